@@ -1,0 +1,38 @@
+"""Shared fixtures: real data from ../shared (skipped with a reason when absent) and small atlases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test saying which file is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not available: {path} (../shared/data is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_atlas(tmp_path_factory):
+    """The default MNI 2009a tissue atlas at 2 mm, built offline from nilearn's files."""
+    from unireg.atlas import prepare_default_atlas
+    return prepare_default_atlas(tmp_path_factory.mktemp("atlas") / "mni2009a-2mm", spacing=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never write into the user's ~/.cache from tests."""
+    monkeypatch.setenv("UNIREG_HOME", str(tmp_path_factory.getbasetemp() / "unireg_home"))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())

@@ -1,0 +1,182 @@
+"""Atlases: a template image, a label map on the same grid, and a label table.
+
+An atlas lives in a folder with a fixed layout (written by ``unireg atlas prepare`` for the
+default MNI atlas, or ``unireg atlas import`` for your own)::
+
+    atlas.nii.gz          template, intensities normalised to [0, 1], RAS, shape divisible by 16
+    atlas_labels.nii.gz   integer label map on the same grid (0 = background)
+    atlas_labels.tsv      columns ``index`` and ``name``: one row per label id
+    atlas_brainmask.nii.gz  brain (foreground) mask on the same grid
+    atlas.json            where it came from and how it was made
+
+The default atlas is the MNI ICBM152 2009a nonlinear symmetric T1 template (shipped inside the
+nilearn wheel, so it is built offline) with tissue labels 1 = CSF (intracranial, neither GM nor
+WM), 2 = grey matter, 3 = white matter, from the argmax of its tissue probability maps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UniregError
+from .intensity import normalise_intensity
+from .io import Image, load_image, save_image, write_text_atomic
+from .transforms import crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras, resample
+
+DEFAULT_ATLAS = "mni2009a"
+ATLAS_FILES = {"image": "atlas.nii.gz", "labels": "atlas_labels.nii.gz", "table": "atlas_labels.tsv",
+               "mask": "atlas_brainmask.nii.gz", "info": "atlas.json"}
+MNI_TISSUE_TABLE = {1: "CSF", 2: "grey_matter", 3: "white_matter"}
+_NILEARN_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                  "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                  "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
+@dataclass(frozen=True)
+class Atlas:
+    image: Image
+    labels: Image
+    mask: Image
+    table: dict[int, str]
+    path: str | None = None
+
+    @property
+    def grid(self):
+        return self.image.grid
+
+
+def read_label_table(path: str | Path) -> dict[int, str]:
+    """Read a TSV with columns ``index`` and ``name`` (a header row is required)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniregError("label table not found", path=path)
+    lines = [ln.rstrip("\n").split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines or [c.strip().lower() for c in lines[0][:2]] != ["index", "name"]:
+        raise UniregError("label table must be a TSV whose header starts with 'index<TAB>name'", path=path)
+    table = {}
+    for n, row in enumerate(lines[1:], start=2):
+        try:
+            idx = int(row[0])
+            name = row[1].strip()
+        except (ValueError, IndexError) as exc:
+            raise UniregError(f"line {n}: expected an integer index and a name", path=path) from exc
+        if idx in table:
+            raise UniregError(f"line {n}: label {idx} listed twice", path=path)
+        table[idx] = name
+    return table
+
+
+def write_label_table(path: str | Path, table: dict[int, str]) -> None:
+    rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(table.items())]
+    write_text_atomic(path, "\n".join(rows) + "\n")
+
+
+def load_atlas(path: str | Path) -> Atlas:
+    """Load an atlas folder; ``"mni2009a"`` means the default atlas (built into the cache if needed)."""
+    if str(path) == DEFAULT_ATLAS:
+        path = default_atlas_dir()
+        if not (path / ATLAS_FILES["image"]).is_file():
+            prepare_default_atlas(path)
+    path = Path(path)
+    if not path.is_dir():
+        raise UniregError(f"atlas folder not found (use '{DEFAULT_ATLAS}' for the default, "
+                          "or build one with 'unireg atlas prepare' / 'unireg atlas import')", path=path)
+    image = load_image(path / ATLAS_FILES["image"])
+    labels = load_image(path / ATLAS_FILES["labels"], label=True)
+    mask = load_image(path / ATLAS_FILES["mask"], label=True)
+    table = read_label_table(path / ATLAS_FILES["table"])
+    for other, name in ((labels, "labels"), (mask, "mask")):
+        if other.shape != image.shape or not np.allclose(other.affine, image.affine, atol=1e-4):
+            raise UniregError(f"atlas {name} are not on the template's grid", path=other.path)
+    missing = sorted(set(np.unique(labels.data).tolist()) - {0} - set(table))
+    if missing:
+        raise UniregError(f"label ids {missing[:10]} are in the label map but not in the table",
+                          path=path / ATLAS_FILES["table"])
+    return Atlas(image=image, labels=labels, mask=mask, table=table, path=str(path))
+
+
+def default_atlas_dir(spacing: float = 2.0) -> Path:
+    """Cache folder of the default atlas: ``$UNIREG_HOME`` or ``~/.cache/unireg``."""
+    home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
+    return home / f"atlas-{DEFAULT_ATLAS}-{spacing:g}mm"
+
+
+def _nilearn_file(key: str) -> Path:
+    try:
+        import nilearn
+    except ImportError as exc:  # pragma: no cover - nilearn is a dependency
+        raise UniregError("the default atlas needs the nilearn package: pip install nilearn") from exc
+    path = Path(nilearn.__file__).parent / "datasets" / "data" / _NILEARN_FILES[key]
+    if not path.is_file():
+        raise UniregError("nilearn does not ship the MNI ICBM152 2009a template in this version", path=path)
+    return path
+
+
+def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table: dict[int, str],
+                 info: dict) -> Atlas:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_image(image, out_dir / ATLAS_FILES["image"])
+    save_image(labels, out_dir / ATLAS_FILES["labels"])
+    save_image(mask, out_dir / ATLAS_FILES["mask"])
+    write_label_table(out_dir / ATLAS_FILES["table"], table)
+    info = dict(info, shape=list(image.shape), spacing_mm=list(image.spacing),
+                labels={str(k): v for k, v in sorted(table.items())})
+    write_text_atomic(out_dir / ATLAS_FILES["info"], json.dumps(info, indent=2) + "\n")
+    return load_atlas(out_dir)
+
+
+def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
+    """Build the default MNI ICBM152 2009a atlas at ``spacing`` mm from nilearn's files (offline)."""
+    t1 = reorient_to_ras(load_image(_nilearn_file("t1")))
+    gm = reorient_to_ras(load_image(_nilearn_file("gm")))
+    wm = reorient_to_ras(load_image(_nilearn_file("wm")))
+    grid = grid_with_spacing(t1.grid, spacing)
+    t1_r, gm_r, wm_r = (resample(img, grid) for img in (t1, gm, wm))
+    brain = t1_r.data > 0.05 * t1_r.data.max()
+    # probabilities are stored 0..255; the rest of the intracranial volume is CSF
+    probs = np.stack([np.clip(255.0 - gm_r.data - wm_r.data, 0, None), gm_r.data, wm_r.data])
+    tissue = (np.argmax(probs, axis=0) + 1) * brain
+    mask = t1_r.with_data(brain.astype(np.uint8), is_label=True)
+    image, start = crop_to_multiple(normalise_intensity(t1_r, mask=brain), brain, multiple=16)
+    labels = crop_or_pad(t1_r.with_data(tissue.astype(np.int32), is_label=True), start, image.shape)
+    mask = crop_or_pad(mask, start, image.shape)
+    info = {"name": DEFAULT_ATLAS,
+            "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "
+                      "as shipped in the nilearn package (datasets/data)",
+            "licence": "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
+                       "Montreal Neurological Institute, McGill University; free use with attribution",
+            "labels_from": "argmax of (255 - GM - WM, GM, WM) probabilities inside the template brain"}
+    return _write_atlas(Path(out_dir), image, labels, mask, dict(MNI_TISSUE_TABLE), info)
+
+
+def import_atlas(image_path: str | Path, labels_path: str | Path, table_path: str | Path,
+                 out_dir: str | Path, spacing: float | None = None, mask_path: str | Path | None = None) -> Atlas:
+    """Bring a user atlas into the atlas layout: RAS, optional new spacing, shape divisible by 16.
+
+    The template should be brain-only (skull-stripped) when subjects are brain-extracted.
+    """
+    table = read_label_table(table_path)
+    image = reorient_to_ras(load_image(image_path))
+    labels = reorient_to_ras(load_image(labels_path, label=True))
+    grid = grid_with_spacing(image.grid, spacing) if spacing else image.grid
+    image = resample(image, grid)
+    labels = resample(labels, grid, label_mode="onehot" if spacing else "nearest")
+    if mask_path is not None:
+        brain = resample(reorient_to_ras(load_image(mask_path, label=True)), grid).data > 0
+    else:
+        brain = (labels.data > 0) | (image.data > 0.05 * np.nanmax(image.data))
+    missing = sorted(set(np.unique(labels.data).tolist()) - {0} - set(table))
+    if missing:
+        raise UniregError(f"label ids {missing[:10]} are in the label map but not in the table", path=table_path)
+    mask = labels.with_data(brain.astype(np.uint8))
+    image, start = crop_to_multiple(normalise_intensity(image, mask=brain), brain, multiple=16)
+    labels = crop_or_pad(labels, start, image.shape)
+    mask = crop_or_pad(mask, start, image.shape)
+    info = {"name": Path(out_dir).name, "source": {"image": str(image_path), "labels": str(labels_path),
+                                                   "table": str(table_path)}}
+    return _write_atlas(Path(out_dir), image, labels, mask, table, info)

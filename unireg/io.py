@@ -1,0 +1,187 @@
+"""The one image type that crosses module boundaries, and NIfTI input/output.
+
+Conventions (the single source of truth, see README "Conventions"):
+
+* ``Image.data`` is a 3-D array indexed ``[i, j, k]`` in the file's voxel order.
+* ``Image.affine`` is the 4x4 voxel-to-world matrix of NIfTI: world = affine @ [i, j, k, 1],
+  world coordinates are RAS+ millimetres (x grows to the Right, y Anterior, z Superior).
+* A label map is an ``Image`` with ``is_label=True`` and integer data; geometry functions
+  never interpolate its values (see :mod:`unireg.transforms`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import UniregError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid in world space: ``shape`` (3 ints) and its 4x4 voxel-to-world ``affine``."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64).reshape(4, 4))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along i, j, k."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        """Axis codes such as ``('R', 'A', 'S')``: the world direction each voxel axis grows to."""
+        return tuple(nib.aff2axcodes(self.affine))
+
+    def world_coordinates(self) -> np.ndarray:
+        """World (RAS mm) coordinates of every voxel centre, shape ``(*shape, 3)``."""
+        idx = np.indices(self.shape, dtype=np.float64).reshape(3, -1)
+        world = self.affine[:3, :3] @ idx + self.affine[:3, 3:4]
+        return world.T.reshape(*self.shape, 3)
+
+    def corners_world(self) -> np.ndarray:
+        """World coordinates of the 8 corner voxel centres, shape ``(8, 3)``."""
+        lo, hi = np.zeros(3), np.asarray(self.shape, dtype=float) - 1
+        corners = np.array([[(hi if b else lo)[a] for a, b in enumerate(bits)]
+                            for bits in np.ndindex(2, 2, 2)], dtype=float)
+        return apply_affine(self.affine, corners)
+
+
+@dataclass(frozen=True)
+class Image:
+    """Voxel data with its affine and where it came from. Never pass a bare array instead."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+    is_label: bool = False
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        data = np.asarray(self.data)
+        if data.ndim != 3:
+            raise UniregError(f"expected a 3-D image, got shape {data.shape}", path=self.path)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64).reshape(4, 4))
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.data.shape, self.affine)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.shape
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.grid.spacing
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        return self.grid.orientation
+
+    def with_data(self, data: np.ndarray, *, is_label: bool | None = None, affine: np.ndarray | None = None) -> "Image":
+        """A new image on the same grid (or ``affine``) with other voxel values."""
+        return replace(self, data=data, affine=self.affine if affine is None else affine,
+                       is_label=self.is_label if is_label is None else is_label, meta=dict(self.meta))
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 matrix to points of shape ``(..., 3)``."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def load_image(path: str | Path, *, label: bool = False, subject: str | None = None) -> Image:
+    """Load a NIfTI file as a 3-D :class:`Image`.
+
+    A 4-D file with a single volume is squeezed to 3-D; more volumes, or fewer than three
+    dimensions, give a :class:`UniregError` naming the file. Intensities load as float32,
+    label maps as their integer values (non-integer label values are an error).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UniregError("file not found", subject=subject, path=path)
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+        raw = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise UniregError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", subject=subject, path=path) from exc
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise UniregError(f"expected a 3-D image, got shape {tuple(shape)}; "
+                          "extract one volume first", subject=subject, path=path)
+    if min(raw.shape) < 2:
+        raise UniregError(f"image is not a volume (shape {tuple(shape)})", subject=subject, path=path)
+    if label:
+        values = np.asarray(raw)
+        if not np.issubdtype(values.dtype, np.integer):
+            if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+                raise UniregError("label map has non-integer values", subject=subject, path=path)
+        data = values.astype(np.int32)
+    else:
+        data = np.asarray(raw, dtype=np.float32)
+    meta = {"source_path": str(path), "source_shape": tuple(int(s) for s in shape)}
+    return Image(data=data, affine=img.affine, path=str(path), is_label=label, meta=meta)
+
+
+def save_image(image: Image, path: str | Path) -> Path:
+    """Write ``image`` as NIfTI atomically (temp file + rename in the same folder).
+
+    Label maps are stored as the smallest fitting integer type, intensities as float32.
+    The header's description fields are left empty, so no free text leaks into outputs.
+    """
+    path = Path(path)
+    if not str(path).endswith(NIFTI_SUFFIXES):
+        raise UniregError("output must end in .nii or .nii.gz", path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image.is_label:
+        data = image.data
+        lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        dtype = np.uint8 if lo >= 0 and hi < 256 else np.int16 if -32768 <= lo and hi < 32768 else np.int32
+        data = data.astype(dtype)
+    else:
+        data = image.data.astype(np.float32)
+    nii = nib.Nifti1Image(data, image.affine)
+    nii.set_qform(image.affine, code=1)
+    nii.set_sform(image.affine, code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(nii, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file (JSON, TSV, transform) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
