@@ -1,0 +1,398 @@
+"""Feature extractors: shapes, freezing, weight files (packaged, torchvision-format, corrupted,
+missing), MIND-SSC properties, and translation equivariance on a real T1 volume."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unireg import features
+from unireg.errors import UniregError
+
+IXI_T1 = sorted(Path("/work/shared/data/ixi_t1_dlmuse/t1").glob("*.nii.gz"))
+
+# name: (out_channels, stride, grid_offset), as the module docstring promises
+EXPECTED = {
+    "mobilenet_v1_025": (16, 2, 0.0),
+    "mind": (12, 1, 0.0),
+    "resnet18": (64, 4, 0.0),
+    "vgg16": (128, 2, 0.5),
+    "scratch": (16, 2, 0.0),
+}
+FROZEN = [name for name in EXPECTED if name != "scratch"]
+TORCHVISION_NETS = {"resnet18": features.ResNet18Early, "vgg16": features.VGG16Early}
+# later-layer keys of the full torchvision files, so the test files look like the real ones
+EXTRA_KEYS = {
+    "resnet18": {"layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer4.1.bn2.running_var": (512,),
+                 "fc.weight": (1000, 512), "fc.bias": (1000,)},
+    "vgg16": {"features.10.weight": (256, 128, 3, 3), "features.28.bias": (512,),
+              "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)},
+}
+
+
+def write_torchvision_file(name: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A torchvision-format state dict with random weights: the early-layer keys/shapes of our
+    module (torchvision names, no num_batches_tracked, like the official files) plus later keys."""
+    torch.manual_seed(seed)
+    state = {key: torch.randn(value.shape) * 0.1 if value.is_floating_point() else value
+             for key, value in TORCHVISION_NETS[name]().state_dict().items()
+             if not key.endswith("num_batches_tracked")}
+    state.update({key: value.abs() + 0.5 for key, value in state.items() if key.endswith("running_var")})
+    state.update({key: torch.randn(shape) for key, shape in EXTRA_KEYS[name].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def torchvision_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("torchvision")
+    paths = {name: folder / features.WEIGHT_SOURCES[name].file_name for name in TORCHVISION_NETS}
+    for name, path in paths.items():
+        write_torchvision_file(name, path)
+    return paths
+
+
+@pytest.fixture
+def make(torchvision_files):
+    def build(name: str) -> features.FeatureExtractor:
+        torch.manual_seed(0)
+        return features.build_extractor(name, torchvision_files.get(name))
+    return build
+
+
+@pytest.fixture(scope="module")
+def real_t1() -> torch.Tensor:
+    """An 80^3 crop (2 mm voxels) of a real IXI T1, intensities scaled to [0, 1]."""
+    if not IXI_T1:
+        pytest.skip("real-data test: /work/shared/data/ixi_t1_dlmuse/t1/*.nii.gz is not available here")
+    import nibabel as nib
+    data = np.asarray(nib.load(IXI_T1[0]).dataobj, dtype=np.float32)
+    starts = [(n - 80) // 2 for n in data.shape]
+    crop = data[tuple(slice(s, s + 80) for s in starts)]
+    crop = np.clip(crop / np.percentile(crop, 99.5), 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+
+
+def random_volume(shape=(1, 1, 32, 32, 32), seed=0) -> torch.Tensor:
+    """Smooth random structure in [0, 1] (a blurred noise volume, like tissue, not pure noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(shape, generator=generator)
+    smooth = F.avg_pool3d(F.pad(noise, (1,) * 6, mode="replicate"), 3, stride=1)
+    return (smooth - smooth.min()) / (smooth.max() - smooth.min())
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and the extractor contract
+# ---------------------------------------------------------------------------------------------
+
+def test_registry_lists_every_extractor_default_first():
+    assert features.available_extractors() == list(EXPECTED)
+    assert features.available_extractors()[0] == features.DEFAULT_EXTRACTOR == "mobilenet_v1_025"
+
+
+def test_unknown_extractor_names_the_valid_ones():
+    with pytest.raises(UniregError, match="unknown feature extractor 'dino'.*mobilenet_v1_025, mind, resnet18"):
+        features.build_extractor("dino")
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32, 32), (2, 1, 16, 32, 48)])
+def test_output_shape_stride_channels(make, name, shape):
+    extractor = make(name)
+    channels, stride, offset = EXPECTED[name]
+    assert (extractor.name, extractor.out_channels, extractor.stride, extractor.grid_offset) == \
+        (name, channels, stride, offset)
+    out = extractor(random_volume(shape))
+    assert out.shape == (shape[0], channels, *(n // stride for n in shape[2:]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.std() > 1e-4  # not a constant map
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_batch_items_are_independent_and_output_deterministic(make, name):
+    """A batch gives each volume's own features (catches slice/batch reshape mix-ups)."""
+    extractor = make(name).eval()
+    pair = torch.cat([random_volume(seed=1), random_volume(seed=2)])
+    with torch.no_grad():
+        together = extractor(pair)
+        alone = torch.cat([extractor(pair[:1]), extractor(pair[1:])])
+        again = extractor(pair)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    assert torch.equal(together, again)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_wrong_input_shape_is_refused(make, name):
+    with pytest.raises(UniregError, match=rf"{name} takes a \(B, 1, D, H, W\) volume"):
+        make(name)(torch.rand(1, 2, 32, 32, 32))
+    if EXPECTED[name][1] > 1:
+        with pytest.raises(UniregError, match="divisible by"):
+            make(name)(torch.rand(1, 1, 32, 33, 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen vs trainable
+# ---------------------------------------------------------------------------------------------
+
+def training_step(extractor: features.FeatureExtractor) -> torch.nn.Module:
+    """One SGD step of a model whose trainable first layer feeds the extractor inside the loss."""
+    upstream = torch.nn.Conv3d(1, 1, 3, padding=1)
+    model = torch.nn.Sequential(upstream, extractor)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.01)
+    loss = model(random_volume()).square().mean()
+    loss.backward()
+    optimizer.step()
+    return upstream
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_extractor_never_changes_but_passes_gradients(make, name):
+    extractor = make(name)
+    assert not extractor.trainable and not extractor.training
+    assert all(not p.requires_grad for p in extractor.parameters())
+    before = {key: value.clone() for key, value in extractor.state_dict().items()}
+    upstream = training_step(extractor)
+    assert not extractor.training  # the parent's .train() kept it in eval mode
+    after = extractor.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # weights and BN statistics
+    assert upstream.weight.grad.abs().sum() > 0  # the loss gradient went through the extractor
+
+    x = random_volume().requires_grad_()
+    extractor(x).square().mean().backward()
+    assert x.grad is not None and (x.grad != 0).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_train_keeps_frozen_extractor_in_eval(make, name):
+    extractor = make(name)
+    extractor.train()
+    assert not extractor.training and not any(m.training for m in extractor.modules())
+    extractor.train(True).eval().train()
+    assert not any(m.training for m in extractor.modules())
+
+
+def test_scratch_is_seeded_trainable_and_learns(make):
+    torch.manual_seed(3)
+    first = features.build_extractor("scratch")
+    torch.manual_seed(3)
+    second = features.build_extractor("scratch")
+    assert first.weights_sha256 is None and first.trainable
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(p.requires_grad for p in first.parameters()) and len(list(first.parameters())) == 9  # 3 convs, 3 BNs
+    # the same architecture as the pretrained encoder
+    pretrained = make("mobilenet_v1_025")
+    assert {k: v.shape for k, v in first.state_dict().items()} == \
+        {k: v.shape for k, v in pretrained.state_dict().items()}
+
+    before = [p.clone() for p in first.parameters()]
+    training_step(first)
+    assert first.training
+    assert all(not torch.equal(b, p) for b, p in zip(before, first.parameters()))
+    first.eval()
+    assert not any(m.training for m in first.modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaged MobileNet weights
+# ---------------------------------------------------------------------------------------------
+
+def test_mobilenet_uses_packaged_weights_with_known_hash():
+    packaged = features.WEIGHTS_DIR / features.MOBILENET_FILE
+    assert features.sha256_file(packaged) == features.MOBILENET_SHA256 == \
+        "1a73859ca67b1d1753f5e01af050d660880dc6a97b4b346905356d65f3ee8755"
+    assert (features.WEIGHTS_DIR / "Pytorch_Retinaface_LICENSE.MIT").is_file()
+    assert "non-commercial" in (features.WEIGHTS_DIR / "README.md").read_text()
+
+    extractor = features.build_extractor("mobilenet_v1_025")
+    assert extractor.weights_sha256 == features.MOBILENET_SHA256
+    checkpoint = torch.load(packaged, map_location="cpu", weights_only=True)["state_dict"]
+    loaded = extractor.encoder.state_dict()
+    assert torch.equal(loaded["0.0.weight"], checkpoint["module.stage1.0.0.weight"])
+    assert torch.equal(loaded["1.4.running_var"], checkpoint["module.stage1.1.4.running_var"])
+
+
+def test_full_mobilenet_recognises_a_cat():
+    """The whole classifier loads strictly and, with our ImageNet normalisation, calls
+    scikit-image's cat photo a cat: architecture, weights and input scaling are right."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photo")
+    photo = torch.from_numpy(skimage_data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    photo = F.interpolate(photo, size=(224, 224), mode="bilinear", antialias=True)
+    mean, std = torch.tensor(features.IMAGENET_MEAN), torch.tensor(features.IMAGENET_STD)
+    with torch.no_grad():
+        logits = features.load_mobilenet_v1_025()((photo - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+    top3 = set(logits.topk(3).indices[0].tolist())
+    assert top3 <= {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egyptian cat
+
+
+def test_corrupted_mobilenet_weights_are_refused(tmp_path):
+    corrupted = tmp_path / features.MOBILENET_FILE
+    shutil.copyfile(features.WEIGHTS_DIR / features.MOBILENET_FILE, corrupted)
+    data = bytearray(corrupted.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupted.write_bytes(bytes(data))
+    with pytest.raises(UniregError) as err:
+        features.build_extractor("mobilenet_v1_025", weights=corrupted)
+    assert str(corrupted) in str(err.value) and "sha256" in str(err.value) and "corrupted" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UniregError, match="not found"):
+        features.build_extractor("mobilenet_v1_025", weights=tmp_path / "absent.pth.tar")
+
+
+@pytest.mark.parametrize("name", ["mind", "scratch"])
+def test_weight_free_extractors_refuse_a_weight_file(tmp_path, name):
+    assert features.build_extractor(name).weights_sha256 is None
+    with pytest.raises(UniregError, match=f"{name} takes no weight file"):
+        features.build_extractor(name, weights=tmp_path / "w.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision-format weights: explicit file, hub cache, wrong keys, missing file, fetching
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
+def test_torchvision_weights_load_from_a_file(tmp_path, name):
+    path = tmp_path / "my_weights.pth"
+    state = write_torchvision_file(name, path, seed=5)
+    extractor = features.build_extractor(name, weights=str(path))
+    assert extractor.weights_sha256 == features.sha256_file(path)
+    loaded = extractor.encoder.state_dict()
+    for key, value in state.items():
+        if key in loaded:
+            assert torch.equal(loaded[key], value), key
+    assert not set(EXTRA_KEYS[name]) & set(loaded)  # later layers are not part of the extractor
+
+
+@pytest.mark.parametrize("name, key", [("resnet18", "layer1.1.conv2.weight"), ("vgg16", "features.7.bias")])
+def test_torchvision_file_with_wrong_keys_is_refused(tmp_path, name, key):
+    path = tmp_path / "wrong.pth"
+    state = write_torchvision_file(name, path)
+    state[key.replace(".weight", ".kernel").replace(".bias", ".offset")] = state.pop(key)
+    torch.save(state, path)
+    with pytest.raises(UniregError) as err:
+        features.build_extractor(name, weights=path)
+    message = str(err.value)
+    assert str(path) in message and repr(key) in message and "missing" in message and "\n" not in message
+
+    state = write_torchvision_file(name, path)
+    state[key] = torch.zeros(3, 3)
+    torch.save(state, path)
+    with pytest.raises(UniregError, match=rf"{key}' has shape \(3, 3\), expected"):
+        features.build_extractor(name, weights=path)
+
+    path.write_bytes(b"<html>not a weight file</html>")
+    with pytest.raises(UniregError, match="cannot be read as a PyTorch weight file"):
+        features.build_extractor(name, weights=path)
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
+def test_torchvision_weights_found_in_the_hub_cache(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / features.WEIGHT_SOURCES[name].file_name
+    assert features.hub_checkpoint_dir() == cached.parent
+    write_torchvision_file(name, cached)
+    assert features.build_extractor(name).weights_sha256 == features.sha256_file(cached)
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
+def test_missing_torchvision_weights_say_which_file_and_how(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UniregError) as err:
+        features.build_extractor(name)
+    message = str(err.value)
+    assert features.WEIGHT_SOURCES[name].file_name in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    assert f"unireg weights fetch {name}" in message and "pass the file's path" in message
+
+
+def test_fetch_weights_failure_names_the_file_to_place_by_hand(tmp_path, monkeypatch):
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UniregError) as err:
+        features.fetch_weights("vgg16")
+    message = str(err.value)
+    assert "vgg16-397923af.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message and "name resolution" in message
+
+
+def test_fetch_weights_downloads_into_the_cache_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        write_torchvision_file("resnet18", Path(dst))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = features.fetch_weights("resnet18")
+    assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth" and path.is_file()
+    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
+    assert features.fetch_weights("resnet18") == path and len(calls) == 1  # present: no download
+    assert features.build_extractor("resnet18").weights_sha256 == features.sha256_file(path)
+
+    elsewhere = features.fetch_weights("vgg16", dest_dir=tmp_path / "elsewhere")
+    assert elsewhere == tmp_path / "elsewhere" / "vgg16-397923af.pth"
+    assert calls[-1] == ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af")
+    with pytest.raises(UniregError, match="no weights to fetch for 'mind'"):
+        features.fetch_weights("mind")
+
+
+# ---------------------------------------------------------------------------------------------
+# MIND-SSC
+# ---------------------------------------------------------------------------------------------
+
+def test_mind_is_invariant_to_intensity_rescaling(real_t1):
+    mind = features.build_extractor("mind")
+    reference = mind(real_t1)
+    for scale, shift in [(3.0, 0.0), (0.2, 0.5), (1000.0, -7.0)]:
+        torch.testing.assert_close(mind(scale * real_t1 + shift), reference, rtol=1e-3, atol=2e-4)
+    assert reference.min() >= 0 and reference.max() <= 1
+    assert (reference == 1).any(dim=1).all()  # the most similar neighbour pair gives exp(0)
+    assert torch.equal(mind(torch.full((1, 1, 16, 16, 16), 0.3)), torch.ones(1, 12, 16, 16, 16))
+
+
+def test_mind_tells_a_volume_from_its_shifted_copy():
+    mind = features.build_extractor("mind")
+    volume = random_volume(seed=4)
+    original, shifted = mind(volume), mind(torch.roll(volume, 2, dims=3))
+    assert (original - shifted).abs().mean() > 0.05
+    # ... and the shifted copy's descriptor is the shifted descriptor (away from the border)
+    torch.testing.assert_close(torch.roll(original, 2, dims=3)[..., 8:-8, 8:-8, 8:-8],
+                               shifted[..., 8:-8, 8:-8, 8:-8], rtol=1e-4, atol=1e-5)
+
+
+def test_mind_pairs_are_the_12_orthogonal_neighbour_pairs():
+    assert len(features._MIND_PAIRS) == 12 == len(set(features._MIND_PAIRS))
+    for p, q in features._MIND_PAIRS:
+        assert sum(map(abs, p)) == sum(map(abs, q)) == 1 and sum(a * b for a, b in zip(p, q)) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data: the three views line up (translation equivariance on every axis)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, margin", [("mobilenet_v1_025", 4), ("mind", 6), ("resnet18", 7),
+                                          ("vgg16", 6), ("scratch", 4)])
+def test_shifting_the_volume_by_one_stride_shifts_the_features_by_one_voxel(make, real_t1, name, margin):
+    """Shift a real T1 by ``stride`` voxels along each axis: the features move by one voxel
+    along that axis, away from the borders. A view fused along the wrong axis, or a slice
+    batch put back in the wrong order, breaks this."""
+    extractor = make(name).eval()
+    volume = real_t1 if name == "resnet18" else real_t1[..., 24:56, 24:56, 24:56]
+    interior = (..., *[slice(margin, -margin)] * 3)
+    with torch.no_grad():
+        reference = extractor(volume)
+        assert reference[interior].std() > 1e-3
+        for axis in (2, 3, 4):
+            moved = extractor(torch.roll(volume, extractor.stride, dims=axis))
+            torch.testing.assert_close(moved[interior], torch.roll(reference, 1, dims=axis)[interior],
+                                       rtol=1e-4, atol=1e-5)

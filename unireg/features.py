@@ -1,0 +1,508 @@
+"""Frozen pretrained feature extractors for 3-D volumes, behind one small registry.
+
+Every extractor maps a grey volume ``(B, 1, D, H, W)``, intensities in [0, 1], voxel order as
+in :mod:`unireg.io`, to features ``(B, C, D/s, H/s, W/s)``. ``s`` is the extractor's ``stride``,
+the same on all three axes; D, H and W must be divisible by it (the preprocessed grids are
+divisible by 16, which suits every extractor here).
+
+=====================  ====  ==  ======================================================
+name                   C     s   what
+=====================  ====  ==  ======================================================
+``mobilenet_v1_025``   16    2   default. ImageNet MobileNetV1 x0.25 (Pytorch_Retinaface),
+                                 first conv + first depthwise-separable block, packaged
+``mind``               12    1   MIND-SSC self-similarity context (Heinrich et al. 2013),
+                                 no weights
+``resnet18``           64    4   torchvision ResNet-18 up to ``layer1``, ImageNet weights
+                                 from the torch hub cache (``unireg weights fetch``)
+``vgg16``              128   2   torchvision VGG-16 ``features`` up to relu2_2, ImageNet
+                                 weights from the torch hub cache
+``scratch``            16    2   the ``mobilenet_v1_025`` encoder, randomly initialised
+                                 (global torch seed) and trainable
+=====================  ====  ==  ======================================================
+
+3-D from a 2-D ImageNet network (:class:`SliceWise3d`)
+------------------------------------------------------
+1. grey [0, 1] becomes 3 identical channels normalised with the ImageNet mean/std;
+2. for each voxel axis (D, then H, then W) the slices perpendicular to it are batched through
+   the 2-D network, :data:`SLICE_CHUNK` slices at a time: features at stride ``s`` in-plane and
+   stride 1 along that axis;
+3. an average pool along that axis brings it to stride ``s`` too;
+4. the three views are averaged.
+
+Sampling grid: feature voxel ``i`` sits at input voxel ``stride * i + grid_offset`` on every
+axis. A strided conv with "same" padding (MobileNet, ResNet) samples ``s * i`` (offset 0), a
+2x2 max pool (VGG) ``2 * i + 0.5``; the through-plane pool of step 3 is centred on the same
+positions (window ``s + 1`` for offset 0, ``s`` for offset ``(s - 1) / 2``) so that the three
+views agree voxel for voxel before they are averaged.
+
+Frozen extractors (all but ``scratch``) stay in eval mode whatever ``.train()`` a parent model
+calls, and their parameters have ``requires_grad=False``; gradients still flow to the input,
+because they serve inside a loss on warped images. Build an optimiser from
+``[p for p in model.parameters() if p.requires_grad]``.
+
+Weights and licences: the MobileNet weights ship in ``unireg/data/weights`` (MIT code,
+Pytorch_Retinaface commit 3c31dcd) and are checked against :data:`MOBILENET_SHA256` before
+every load. They, like the torchvision weights, were trained on ImageNet, whose terms ask for
+research/non-commercial use. Every extractor records the sha256 of the file it loaded in
+``weights_sha256`` (``None`` for ``mind`` and ``scratch``); checkpoints trained on top of it
+should record it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import urllib.error
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UniregError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
+MOBILENET_FILE = "mobilenetV1x0.25_imagenet_model_best.pth.tar"
+MOBILENET_SHA256 = "1a73859ca67b1d1753f5e01af050d660880dc6a97b4b346905356d65f3ee8755"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SLICE_CHUNK = 64  # 2-D slices per network call: bounds peak memory without autograd
+DEFAULT_EXTRACTOR = "mobilenet_v1_025"
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where torchvision publishes a weight file; its name embeds the first 8 hex of its sha256."""
+
+    file_name: str
+    url: str
+    sha256_prefix: str
+
+
+WEIGHT_SOURCES: dict[str, WeightSource] = {
+    "resnet18": WeightSource("resnet18-f37072fd.pth",
+                             "https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd"),
+    "vgg16": WeightSource("vgg16-397923af.pth",
+                          "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: hashes, the hub cache, loading
+# ---------------------------------------------------------------------------------------------
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hub_checkpoint_dir() -> Path:
+    """torch hub's weight cache: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/...``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_weight_file(path: Path) -> Mapping:
+    """``torch.load`` (tensors only, no code execution) with errors meant for people."""
+    if not path.is_file():
+        raise UniregError("weight file not found", path=path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load fails with many types; all mean "not a weight file"
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UniregError(f"cannot be read as a PyTorch weight file ({reason})", path=path) from None
+    if not isinstance(state, Mapping):
+        raise UniregError(f"holds a {type(state).__name__}, not a state dict", path=path)
+    return state
+
+
+def _load_matching(module: nn.Module, state: Mapping, path: Path, name: str) -> None:
+    """Load the entries of a full state dict that ``module`` (named like the full net) needs.
+
+    Checks every needed key and shape first; ``num_batches_tracked`` (unused in eval mode,
+    absent from older torchvision files) may be missing.
+    """
+    needed = {key: value for key, value in module.state_dict().items()
+              if not key.endswith("num_batches_tracked")}
+    for key, value in needed.items():
+        if key not in state:
+            raise UniregError(f"not a torchvision {name} state dict: key {key!r} is missing "
+                              f"(expected shape {tuple(value.shape)})", path=path)
+        found = state[key]
+        if not isinstance(found, torch.Tensor) or found.shape != value.shape:
+            shape = tuple(found.shape) if isinstance(found, torch.Tensor) else type(found).__name__
+            raise UniregError(f"not a torchvision {name} state dict: key {key!r} has shape {shape}, "
+                              f"expected {tuple(value.shape)}", path=path)
+    module.load_state_dict({key: state[key] for key in needed}, strict=False)
+
+
+def _verified(path: Path, expected_sha256: str, what: str) -> str:
+    """The file's sha256, after checking that it is ``expected_sha256``."""
+    if not path.is_file():
+        raise UniregError(f"{what} not found; reinstall unireg or pass the file's path as weights", path=path)
+    digest = sha256_file(path)
+    if digest != expected_sha256:
+        raise UniregError(f"sha256 {digest[:16]}... is not the {expected_sha256[:16]}... of {what}: the file "
+                          "is corrupted or a different file; reinstall unireg or restore the file", path=path)
+    return digest
+
+
+def fetch_weights(name: str, dest_dir: str | Path | None = None) -> Path:
+    """Download torchvision's ImageNet weights for ``name`` (``resnet18``, ``vgg16``).
+
+    Saves ``WEIGHT_SOURCES[name].file_name`` into ``dest_dir`` (default: the torch hub cache,
+    where :func:`build_extractor` looks) and checks the sha256 prefix; an existing file is
+    kept. Returns the file's path. The only function here that touches the network.
+    """
+    if name not in WEIGHT_SOURCES:
+        raise UniregError(f"no weights to fetch for {name!r}; fetchable: {', '.join(WEIGHT_SOURCES)} "
+                          f"({DEFAULT_EXTRACTOR} ships with unireg, mind and scratch have no weights)")
+    source = WEIGHT_SOURCES[name]
+    folder = Path(dest_dir).expanduser() if dest_dir is not None else hub_checkpoint_dir()
+    dest = folder / source.file_name
+    if dest.is_file():
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(source.url, str(dest), hash_prefix=source.sha256_prefix)
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise UniregError(f"could not download {source.url} ({reason}); download that file where there "
+                          f"is internet and place it here as {source.file_name} (folder {folder}), "
+                          f"or pass its path as weights", path=dest) from None
+    except RuntimeError as err:  # download_url_to_file's hash check
+        raise UniregError(f"the download of {source.url} failed its sha256 check ({err}); try again",
+                          path=dest) from None
+    return dest
+
+
+def _torchvision_weights(name: str, weights: Path | None) -> Path:
+    """The weight file for ``name``: ``weights`` if given, else torchvision's file in the hub cache."""
+    if weights is not None:
+        if not weights.is_file():
+            raise UniregError(f"{name} weight file not found", path=weights)
+        return weights
+    source = WEIGHT_SOURCES[name]
+    cached = hub_checkpoint_dir() / source.file_name
+    if cached.is_file():
+        return cached
+    raise UniregError(f"feature extractor {name} needs torchvision's ImageNet weights {source.file_name}, "
+                      f"not found in {cached.parent}; run `unireg weights fetch {name}` (downloads "
+                      f"{source.url}) or pass the file's path as weights")
+
+
+# ---------------------------------------------------------------------------------------------
+# The extractor contract and the slice-wise 3-D scheme
+# ---------------------------------------------------------------------------------------------
+
+class FeatureExtractor(nn.Module):
+    """``(B, 1, D, H, W)`` in [0, 1] -> ``(B, out_channels, D/stride, H/stride, W/stride)``.
+
+    Attributes: ``name``, ``out_channels``, ``stride`` (voxels, all axes), ``grid_offset``
+    (feature voxel ``i`` sits at input voxel ``stride * i + grid_offset``), ``weights_sha256``
+    (sha256 of the weight file, ``None`` without one) and ``trainable``. A frozen extractor
+    (``trainable=False``) is always in eval mode and its parameters never require grad.
+    """
+
+    def __init__(self, *, name: str, out_channels: int, stride: int, grid_offset: float = 0.0,
+                 weights_sha256: str | None = None, trainable: bool = False):
+        super().__init__()
+        self.name = name
+        self.out_channels = out_channels
+        self.stride = stride
+        self.grid_offset = grid_offset
+        self.weights_sha256 = weights_sha256
+        self.trainable = trainable
+
+    def freeze(self) -> "FeatureExtractor":
+        """Make this extractor frozen for good: no parameter gradients, eval mode."""
+        self.trainable = False
+        self.requires_grad_(False)
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        return super().train(mode and self.trainable)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != 1 or any(n % self.stride for n in x.shape[2:]):
+            divisible = f" with D, H, W divisible by {self.stride}" if self.stride > 1 else ""
+            raise UniregError(f"feature extractor {self.name} takes a (B, 1, D, H, W) volume{divisible}; "
+                              f"got shape {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        sha = self.weights_sha256[:12] if self.weights_sha256 else None
+        return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
+                f"grid_offset={self.grid_offset}, trainable={self.trainable}, weights_sha256={sha}")
+
+
+def _through_plane_window(stride: int, grid_offset: float) -> tuple[int, int]:
+    """Average-pool (kernel, padding) of stride ``stride`` whose window centres sit at
+    ``stride * i + grid_offset``, like the in-plane network's samples."""
+    padding = max(0, math.ceil((stride - 1) / 2 - grid_offset))
+    kernel = 2 * (padding + grid_offset) + 1
+    if kernel != int(kernel) or kernel < stride:
+        raise ValueError(f"no through-plane window for stride {stride} and grid offset {grid_offset}")
+    return int(kernel), padding
+
+
+class SliceWise3d(FeatureExtractor):
+    """A 2-D ImageNet encoder ``(N, 3, P, Q) -> (N, C, P/s, Q/s)`` applied to a 3-D volume.
+
+    The scheme (three slice-wise views, through-plane pooling, averaging) is described in the
+    module docstring. ``encoder`` takes ImageNet-normalised RGB; the grey -> RGB step is here.
+    """
+
+    def __init__(self, encoder: nn.Module, *, name: str, out_channels: int, stride: int,
+                 grid_offset: float, weights_sha256: str | None = None, trainable: bool = False,
+                 chunk_slices: int = SLICE_CHUNK):
+        super().__init__(name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset,
+                         weights_sha256=weights_sha256, trainable=trainable)
+        self.encoder = encoder
+        self.chunk_slices = chunk_slices
+        self.pool_kernel, self.pool_padding = _through_plane_window(stride, grid_offset)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        if not trainable:
+            self.freeze()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        features = self._view(x, 2)
+        for axis in (3, 4):
+            features = features + self._view(x, axis)
+        return features / 3
+
+    def _view(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Features from the slices perpendicular to ``axis`` (2, 3 or 4 of ``x``)."""
+        batch, n_slices = x.shape[0], x.shape[axis]
+        slices = x.movedim(axis, 1).reshape(batch * n_slices, 1, *(x.shape[a] for a in (2, 3, 4) if a != axis))
+        features = torch.cat([self.encoder((chunk - self.mean) / self.std)
+                              for chunk in slices.split(self.chunk_slices)])
+        features = features.reshape(batch, n_slices, *features.shape[1:]).movedim(1, 2).movedim(2, axis)
+        if self.stride == 1:
+            return features
+        kernel, stride, padding = [1, 1, 1], [1, 1, 1], [0, 0, 0]
+        kernel[axis - 2], stride[axis - 2], padding[axis - 2] = self.pool_kernel, self.stride, self.pool_padding
+        return F.avg_pool3d(features, kernel, stride, padding, count_include_pad=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D networks, parameter names as in their published weight files
+# ---------------------------------------------------------------------------------------------
+
+def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup),
+                         nn.LeakyReLU(0.1, inplace=True))
+
+
+def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1, each followed by BN + LeakyReLU(0.1)."""
+    return nn.Sequential(
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(0.1, inplace=True))
+
+
+class MobileNetV1x025(nn.Module):
+    """MobileNetV1 x0.25 of Pytorch_Retinaface (``models/net.py``): the full ImageNet classifier.
+
+    ``(N, 3, H, W)`` ImageNet-normalised RGB -> ``(N, 1000)`` logits; stage outputs at strides
+    8/16/32. Only :meth:`early` serves as a feature extractor.
+    """
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            _conv_bn(3, 8, 2), _conv_dw(8, 16, 1), _conv_dw(16, 32, 2),
+            _conv_dw(32, 32, 1), _conv_dw(32, 64, 2), _conv_dw(64, 64, 1))
+        self.stage2 = nn.Sequential(_conv_dw(64, 128, 2), *(_conv_dw(128, 128, 1) for _ in range(5)))
+        self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
+        self.avg = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.avg(x).flatten(1))
+
+    def early(self) -> nn.Sequential:
+        """First conv + first depthwise block (the layers before the second stride 2):
+        ``(N, 3, H, W) -> (N, 16, H/2, W/2)``; shares this network's modules."""
+        return nn.Sequential(*self.stage1[:2])
+
+
+def load_mobilenet_v1_025(weights: str | Path | None = None) -> MobileNetV1x025:
+    """The full ImageNet MobileNetV1 x0.25 with the packaged weights (sha256-checked), eval mode."""
+    path = Path(weights).expanduser() if weights is not None else WEIGHTS_DIR / MOBILENET_FILE
+    _verified(path, MOBILENET_SHA256, "the ImageNet MobileNetV1 x0.25 weights")
+    state = _load_weight_file(path)["state_dict"]
+    net = MobileNetV1x025()
+    net.load_state_dict({key.removeprefix("module."): value for key, value in state.items()}, strict=True)
+    return net.eval()
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` without downsampling (all that ``layer1`` needs)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + x)
+
+
+class ResNet18Early(nn.Module):
+    """torchvision ``resnet18`` up to ``layer1`` (conv1 7x7/2, bn1, relu, maxpool 3x3/2, two
+    basic blocks): ``(N, 3, H, W) -> (N, 64, H/4, W/4)``; parameter names as torchvision's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(_BasicBlock(64), _BasicBlock(64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+
+
+class VGG16Early(nn.Module):
+    """torchvision ``vgg16.features[:9]`` (conv1_1 ... relu2_2, one 2x2 max pool):
+    ``(N, 3, H, W) -> (N, 128, H/2, W/2)``; parameter names as torchvision's."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# MIND-SSC
+# ---------------------------------------------------------------------------------------------
+
+_SIX_NEIGHBOURS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+# the 12 pairs of orthogonal neighbours (squared distance 2): the self-similarity context
+_MIND_PAIRS = tuple((p, q) for i, p in enumerate(_SIX_NEIGHBOURS) for q in _SIX_NEIGHBOURS[i + 1:]
+                    if sum((a - b) ** 2 for a, b in zip(p, q)) == 2)
+
+
+class MindSSC(FeatureExtractor):
+    """MIND-SSC (Heinrich et al., MICCAI 2013): 12 channels at stride 1, no weights.
+
+    For each of the 12 pairs of orthogonal 6-neighbours at ``dilation`` voxels, the patch SSD
+    between the two neighbour positions (box filter of width ``2 * radius + 1``, replicate
+    padding); minus the smallest of the 12, divided by their mean (the local variance, clamped
+    to [1e-3, 1e3] x its mean over the volume), through ``exp(-d / var)``. Values in (0, 1];
+    invariant to ``a * x + b`` with ``a > 0``; differentiable w.r.t. the input; runs on any device.
+    """
+
+    def __init__(self, radius: int = 2, dilation: int = 2):
+        super().__init__(name="mind", out_channels=len(_MIND_PAIRS), stride=1)
+        self.radius = radius
+        self.dilation = dilation
+        self.freeze()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        d, r = self.dilation, self.radius
+        padded = F.pad(x, (d,) * 6, mode="replicate")
+
+        def neighbour(offset: tuple[int, int, int]) -> torch.Tensor:
+            return padded[(..., *(slice(d + o * d, d + o * d + n) for o, n in zip(offset, x.shape[2:])))]
+
+        shifted = {offset: neighbour(offset) for offset in _SIX_NEIGHBOURS}
+        squared = torch.cat([(shifted[p] - shifted[q]) ** 2 for p, q in _MIND_PAIRS], dim=1)
+        ssd = F.avg_pool3d(F.pad(squared, (r,) * 6, mode="replicate"), 2 * r + 1, stride=1)
+        ssd = ssd - ssd.amin(dim=1, keepdim=True)
+        variance = ssd.mean(dim=1, keepdim=True)
+        typical = variance.mean(dim=(2, 3, 4), keepdim=True).detach()
+        tiny = torch.finfo(x.dtype).tiny  # a constant image gives 0 / tiny = 0, not NaN
+        variance = torch.maximum(torch.minimum(variance, typical * 1e3), typical * 1e-3 + tiny)
+        return torch.exp(-ssd / variance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+def _refuse_weights(name: str, weights: Path | None, why: str) -> None:
+    if weights is not None:
+        raise UniregError(f"feature extractor {name} takes no weight file ({why})", path=weights)
+
+
+def _build_mobilenet_v1_025(weights: Path | None = None) -> FeatureExtractor:
+    path = weights if weights is not None else WEIGHTS_DIR / MOBILENET_FILE
+    encoder = load_mobilenet_v1_025(path).early()
+    return SliceWise3d(encoder, name="mobilenet_v1_025", out_channels=16, stride=2, grid_offset=0.0,
+                       weights_sha256=MOBILENET_SHA256)
+
+
+def _build_scratch(weights: Path | None = None) -> FeatureExtractor:
+    _refuse_weights("scratch", weights, "it starts random; its trained weights live in the model checkpoint")
+    return SliceWise3d(MobileNetV1x025().early(), name="scratch", out_channels=16, stride=2,
+                       grid_offset=0.0, trainable=True)
+
+
+def _build_mind(weights: Path | None = None) -> FeatureExtractor:
+    _refuse_weights("mind", weights, "MIND-SSC is computed, not learned")
+    return MindSSC()
+
+
+def _build_torchvision(name: str, encoder: nn.Module, out_channels: int, stride: int, grid_offset: float,
+                       weights: Path | None) -> FeatureExtractor:
+    path = _torchvision_weights(name, weights)
+    _load_matching(encoder, _load_weight_file(path), path, name)
+    return SliceWise3d(encoder, name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset,
+                       weights_sha256=sha256_file(path))
+
+
+def _build_resnet18(weights: Path | None = None) -> FeatureExtractor:
+    return _build_torchvision("resnet18", ResNet18Early(), 64, 4, 0.0, weights)
+
+
+def _build_vgg16(weights: Path | None = None) -> FeatureExtractor:
+    return _build_torchvision("vgg16", VGG16Early(), 128, 2, 0.5, weights)
+
+
+EXTRACTORS: dict[str, Callable[[Path | None], FeatureExtractor]] = {
+    "mobilenet_v1_025": _build_mobilenet_v1_025,
+    "mind": _build_mind,
+    "resnet18": _build_resnet18,
+    "vgg16": _build_vgg16,
+    "scratch": _build_scratch,
+}
+
+
+def available_extractors() -> list[str]:
+    """Registered extractor names, the default first."""
+    return list(EXTRACTORS)
+
+
+def build_extractor(name: str, weights: str | Path | None = None) -> FeatureExtractor:
+    """The extractor ``name`` on the CPU (move it with ``.to(device)``).
+
+    ``weights``: a weight file to use instead of the default (packaged MobileNet weights, which
+    must match :data:`MOBILENET_SHA256`; torchvision's file in :func:`hub_checkpoint_dir`).
+    Never downloads: see :func:`fetch_weights`.
+    """
+    if name not in EXTRACTORS:
+        raise UniregError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    return EXTRACTORS[name](None if weights is None else Path(weights).expanduser())
