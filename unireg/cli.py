@@ -35,6 +35,39 @@ def _cmd_atlas_import(args) -> None:
     print(f"unireg atlas import: wrote {atlas.path} (grid {atlas.grid.shape}, {len(atlas.table)} labels)")
 
 
+def _cmd_train(args) -> None:
+    from .train import train
+    card = train(args.config, resume=not args.restart, progress=not args.no_progress)
+    val = card.get("validation", {})
+    print(f"unireg train: {card['steps']} steps; validation Dice {val.get('val_dice_affine', float('nan')):.3f} "
+          f"(affine) -> {val.get('val_dice', float('nan')):.3f} (UniReg)")
+
+
+def _cmd_register(args) -> None:
+    from .register import InstanceOptOptions, register_files
+    opt = InstanceOptOptions(steps=args.instance_opt, similarity=args.instance_opt_similarity)
+    result = register_files(args.fixed, args.moving, args.out, model_path=args.model,
+                            moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
+                            subject=args.subject, fixed_mask_path=args.fixed_mask)
+    jac = result.info["jacobian"]
+    print(f"unireg register: wrote {args.out} on {result.info['device']} "
+          f"({jac['folding_percent']:.3f} % folding, std log|J| {jac['log_jacobian_std']:.3f})")
+
+
+def _cmd_weights_fetch(args) -> None:
+    from .features import fetch_weights
+    path = fetch_weights(args.name, args.dest)
+    print(f"unireg weights fetch: {path}")
+
+
+def _cmd_weights_list(args) -> None:
+    from .features import EXTRACTORS, WEIGHT_SOURCES, hub_checkpoint_dir
+    for name in EXTRACTORS:
+        source = WEIGHT_SOURCES.get(name)
+        where = f"{hub_checkpoint_dir() / source.file_name}" if source else "packaged / none needed"
+        print(f"{name:18s} {where}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unireg", description="unireg: cohort-scale atlas registration with frozen pretrained features (UniReg)")
     parser.add_argument("--version", action="version", version=f"unireg {__version__}")
@@ -68,6 +101,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="resample to this voxel size in mm")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_atlas_import)
+    p = verbs.add_parser("train", help="train a UniReg model on one dataset (YAML config)")
+    p.add_argument("--config", required=True, help="training YAML (see config/train_default.yaml)")
+    p.add_argument("--restart", action="store_true", help="ignore <output>/last.pt and start from step 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.csv)")
+    p.set_defaults(func=_cmd_train)
+
+    p = verbs.add_parser("register", help="deformably register a moving image onto a fixed one (same grid)")
+    p.add_argument("--fixed", required=True, help="fixed image (e.g. a subject's preproc.nii.gz)")
+    p.add_argument("--moving", required=True, help="moving image (e.g. the atlas template)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
+    p.add_argument("--moving-labels", help="label map on the moving grid to warp as well")
+    p.add_argument("--fixed-mask", help="mask on the fixed grid for the Jacobian statistics")
+    p.add_argument("--instance-opt", type=int, default=0, metavar="N",
+                   help="refine the prediction with N test-time optimisation steps (default 0)")
+    p.add_argument("--instance-opt-similarity", choices=["mind", "lncc"], default="mind",
+                   help="similarity for --instance-opt: MIND (any modality, default) or LNCC (same modality)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu or cuda")
+    p.add_argument("--subject", help="subject id used in messages")
+    p.set_defaults(func=_cmd_register)
+
+    weights = verbs.add_parser("weights", help="ImageNet weights of the feature extractors").add_subparsers(
+        dest="weights_verb", metavar="ACTION", required=True)
+    p = weights.add_parser("fetch", help="download torchvision ImageNet weights (hash-checked) into the hub cache")
+    p.add_argument("name", choices=["resnet18", "vgg16"])
+    p.add_argument("--dest", help="folder (default: $TORCH_HOME/hub/checkpoints)")
+    p.set_defaults(func=_cmd_weights_fetch)
+    p = weights.add_parser("list", help="where each extractor's weights are looked for")
+    p.set_defaults(func=_cmd_weights_list)
     return parser
 
 

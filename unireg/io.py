@@ -160,6 +160,42 @@ def save_image(image: Image, path: str | Path) -> Path:
     nii.set_qform(image.affine, code=1)
     nii.set_sform(image.affine, code=1)
     nii.header.set_xyzt_units("mm", "sec")
+    return _save_atomic(nii, path)
+
+
+def save_displacement(displacement_mm: np.ndarray, affine: np.ndarray, path: str | Path, *, lps: bool = False) -> Path:
+    """Write a displacement field ``(3, X, Y, Z)`` in RAS mm as a NIfTI vector image (X, Y, Z, 1, 3).
+
+    ``lps=True`` negates the x and y components: the ITK/ANTs displacement-field convention.
+    """
+    field = np.asarray(displacement_mm, dtype=np.float32)
+    if field.ndim != 4 or field.shape[0] != 3:
+        raise ValueError(f"displacement must be (3, X, Y, Z), got {field.shape}")
+    if lps:
+        field = field * np.array([-1.0, -1.0, 1.0], dtype=np.float32)[:, None, None, None]
+    data = np.moveaxis(field, 0, -1)[:, :, :, None, :]
+    nii = nib.Nifti1Image(data, affine)
+    nii.header.set_intent("vector")
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    return _save_atomic(nii, Path(path))
+
+
+def load_displacement(path: str | Path, *, subject: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a field written by :func:`save_displacement` (RAS): ``(3, X, Y, Z)`` mm and its affine."""
+    try:
+        nii = nib.load(str(path))
+        data = np.asarray(nii.dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise UniregError(f"cannot read displacement field ({type(exc).__name__})", subject=subject, path=path) from exc
+    if data.ndim != 5 or data.shape[3:] != (1, 3):
+        raise UniregError(f"not a displacement field (shape {data.shape}, expected X,Y,Z,1,3)", subject=subject, path=path)
+    return np.moveaxis(data[:, :, :, 0, :], -1, 0), nii.affine
+
+
+def _save_atomic(nii, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+
+from unireg.errors import UniregError
+from unireg.io import load_displacement, save_displacement
+from unireg.model import (SpatialTransformer, UniRegNet, VecInt, build_model, jacobian_stats, load_checkpoint,
+                          resize_field, save_checkpoint)
+from unireg.features import build_extractor
+
+SHAPE = (32, 32, 32)
+
+
+def _smooth_field(amplitude: float, seed: int = 0) -> torch.Tensor:
+    """A smooth random field (B, 3, *SHAPE) in voxels: a few low-frequency sinusoids."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 2 * np.pi, s) for s in SHAPE], indexing="ij"))
+    field = torch.zeros(1, 3, *SHAPE)
+    for c in range(3):
+        k = torch.randint(1, 3, (3,), generator=g).float()
+        phase = torch.rand(3, generator=g) * 6.28
+        field[0, c] = amplitude * torch.sin((grid * k.view(3, 1, 1, 1)).sum(0) / 2 + phase.sum())
+    return field
+
+
+@pytest.mark.parametrize("amplitude", [1.0, 3.0, 6.0])
+def test_scaling_and_squaring_of_smooth_velocity_does_not_fold(amplitude):
+    velocity = _smooth_field(amplitude)
+    ddf = VecInt(7)(velocity)
+    assert ddf.abs().max() > 0.5 * amplitude  # a real deformation, not a vanishing one
+    stats = jacobian_stats(ddf)
+    assert stats["folding_percent"] == 0.0 and stats["jacobian_min"] > 0
+    # the same field used directly as a displacement does fold at the larger amplitudes
+    if amplitude >= 6.0:
+        assert jacobian_stats(velocity)["folding_percent"] > 0
+
+
+def test_zero_field_warp_is_identity_for_images_and_labels():
+    warp = SpatialTransformer()
+    image = torch.rand(1, 1, *SHAPE)
+    labels = torch.randint(0, 5, (1, 1, *SHAPE))
+    zero = torch.zeros(1, 3, *SHAPE)
+    torch.testing.assert_close(warp(image, zero), image)
+    assert torch.equal(warp(labels, zero, label=True), labels)
+
+
+def test_integer_shift_follows_voxel_axis_convention():
+    """ddf channel c moves along voxel axis c: warped(x) = moving(x + ddf(x))."""
+    warp = SpatialTransformer()
+    moving = torch.rand(1, 1, *SHAPE)
+    ddf = torch.zeros(1, 3, *SHAPE)
+    ddf[:, 1] = 2.0  # +2 voxels along j
+    warped = warp(moving, ddf)
+    torch.testing.assert_close(warped[0, 0, :, :-2], moving[0, 0, :, 2:])
+    labels = torch.randint(0, 7, (1, 1, *SHAPE))
+    assert torch.equal(warp(labels, ddf, label=True)[0, 0, :, :-2], labels[0, 0, :, 2:])
+    assert set(warp(labels, _smooth_field(3.0), label=True).unique().tolist()) <= set(labels.unique().tolist())
+
+
+def test_resize_field_rescales_voxel_units():
+    ddf = torch.ones(1, 3, 16, 16, 16)
+    up = resize_field(ddf, (32, 32, 32))
+    assert up.shape == (1, 3, 32, 32, 32)
+    torch.testing.assert_close(up, torch.full_like(up, 2.0))
+
+
+def test_displacement_nifti_is_world_mm_and_itk_is_lps(tmp_path):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = [-10, 5, 0]
+    field = np.random.default_rng(0).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    save_displacement(field, affine, tmp_path / "d.nii.gz")
+    save_displacement(field, affine, tmp_path / "d_itk.nii.gz", lps=True)
+    back, aff = load_displacement(tmp_path / "d.nii.gz")
+    np.testing.assert_allclose(back, field)
+    np.testing.assert_allclose(aff, affine)
+    itk, _ = load_displacement(tmp_path / "d_itk.nii.gz")
+    np.testing.assert_allclose(itk[:2], -field[:2])
+    np.testing.assert_allclose(itk[2], field[2])
+    import nibabel as nib
+    assert nib.load(str(tmp_path / "d.nii.gz")).header.get_intent()[0] == "vector"
+
+
+@pytest.mark.parametrize("extractor", ["mobilenet_v1_025", "mind"])
+def test_network_shapes_and_identity_start(extractor):
+    torch.manual_seed(0)
+    model = build_model({"extractor": extractor, "channels": [8, 16, 16]})
+    fixed, moving = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    ddf = model(fixed, moving)
+    assert ddf.shape == (1, 3, *SHAPE)
+    assert ddf.abs().max() < 0.05  # the flow head starts near the identity
+
+
+def test_training_step_changes_unet_but_not_frozen_extractor():
+    torch.manual_seed(0)
+    model = build_model({"extractor": "mobilenet_v1_025", "channels": [8, 16, 16]})
+    model.train()
+    assert not model.extractor.training
+    frozen = {k: v.clone() for k, v in model.extractor.state_dict().items()}
+    unet = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    fixed, moving = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    for _ in range(2):
+        opt.zero_grad()
+        ddf = model(fixed, moving)
+        loss = ((model.transformer(moving, ddf) - fixed) ** 2).mean() + (ddf ** 2).mean()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in model.extractor.state_dict().items())
+    assert any(not torch.equal(unet[k], v) for k, v in model.unet.state_dict().items())
+
+
+def test_checkpoint_round_trip_and_integrity(tmp_path):
+    torch.manual_seed(0)
+    config = {"extractor": "mobilenet_v1_025", "channels": [8, 16, 16]}
+    model = build_model(config)
+    path = save_checkpoint(tmp_path / "m.pt", model, config, extra={"model_card": {"steps": 3}})
+    assert (tmp_path / "m.pt.sha256").is_file()
+    loaded, payload = load_checkpoint(path)
+    assert payload["extractor_weights_sha256"] == build_extractor("mobilenet_v1_025").weights_sha256
+    assert payload["model_card"] == {"steps": 3}
+    x, y = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, y), model.eval()(x, y))
+    # frozen extractor weights are not duplicated into the checkpoint
+    assert not any(k.startswith("extractor.") for k in payload["state_dict"])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UniregError, match="m.pt: checkpoint sha256 does not match"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_refuses_other_extractor_weights(tmp_path):
+    model = build_model({"extractor": "mind", "channels": [8, 16, 16]})
+    path = save_checkpoint(tmp_path / "m.pt", model, {"extractor": "mind", "channels": [8, 16, 16]})
+    payload = torch.load(path, weights_only=False)
+    payload["extractor_weights_sha256"] = "0" * 64
+    torch.save(payload, path)
+    (tmp_path / "m.pt.sha256").unlink()
+    with pytest.raises(UniregError, match="not those the model was trained on"):
+        load_checkpoint(path)

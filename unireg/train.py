@@ -1,0 +1,365 @@
+"""Training a UniReg model on one dataset: ``unireg train --config train.yaml``.
+
+The dataset is a folder of NIfTI images (optionally a folder of label maps whose file names start
+with the image's name without extension, e.g. ``IXI012_T1.nii.gz`` -> ``IXI012_T1_DLMUSE.nii.gz``)
+or a TSV with columns ``image`` and optionally ``labels`` (paths relative to the TSV). Every
+image is first brought onto the atlas grid by :mod:`unireg.preprocess` (cached in
+``<output>/cache``); its labels follow through the same affine (nearest neighbour).
+
+Each step draws a random ordered pair (fixed, moving) of training subjects, applies a small
+random affine to the moving one (image, labels and features alike), predicts the displacement
+and minimises ``similarity + smooth_weight * regulariser + dice_weight * Dice loss`` (the Dice
+term uses ``dice_labels`` random labels present in both maps). Frozen extractors' features
+are computed once per image (they do not change); ``scratch`` computes them every step.
+
+Outputs in ``output``: ``config.yaml`` (as run), ``splits.json``, ``log.csv`` (losses per step,
+validation Dice), ``last.pt`` (resumable: model, optimiser, step, RNG states), ``model.pt`` (the
+final model, with ``model.pt.sha256``) and ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from . import __version__
+from .affine import read_affine_txt
+from .atlas import load_atlas
+from .errors import UniregError
+from .io import load_image, save_image, write_text_atomic
+from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
+from .metrics import mean_dice
+from .model import build_model, save_checkpoint
+from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
+from .transforms import resample
+
+DEFAULTS = {
+    "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": []},
+    "atlas": "mni2009a",
+    "preprocess": {"brain_extraction": True, "similarity": "mi"},
+    "model": {"extractor": "mobilenet_v1_025", "extractor_weights": None, "channels": [16, 32, 32, 32],
+              "flow_stride": 2, "int_steps": 7},
+    "loss": {"similarity": "lncc", "regulariser": "diffusion", "smooth_weight": 1.0, "dice_weight": 1.0,
+             "dice_labels": 16},
+    "train": {"steps": 1000, "learning_rate": 1e-3, "seed": 0, "validate_every": 250, "val_pairs": 9,
+              "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05}},
+    "output": None,
+}
+
+
+def merge_config(user: dict, defaults: dict = DEFAULTS, where: str = "") -> dict:
+    """Defaults overridden by ``user``; an unknown key is an error that names it."""
+    out = copy.deepcopy(defaults)
+    for key, value in (user or {}).items():
+        if key not in defaults:
+            raise UniregError(f"unknown config key '{where}{key}'; valid keys: {', '.join(defaults)}")
+        if isinstance(defaults[key], dict) and defaults[key]:
+            if not isinstance(value, dict):
+                raise UniregError(f"config key '{where}{key}' must be a mapping")
+            out[key] = merge_config(value, defaults[key], f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        user = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UniregError(f"cannot read training config ({type(exc).__name__})", path=path) from exc
+    config = merge_config(user)
+    base = path.parent
+    for section, key in (("data", "images"), ("data", "labels")):
+        if config[section][key]:
+            config[section][key] = str((base / config[section][key]).resolve())
+    if not config["data"]["images"]:
+        raise UniregError("config needs data.images (a folder of NIfTI files or a TSV)", path=path)
+    if not config["output"]:
+        raise UniregError("config needs output (a folder for checkpoints and logs)", path=path)
+    config["output"] = str((base / config["output"]).resolve())
+    return config
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def discover_dataset(images: str | Path, labels: str | Path | None = None) -> list[dict]:
+    """``[{"id", "image", "labels"}]`` from a folder (+ label folder) or a TSV, sorted by id."""
+    images = Path(images)
+    items = []
+    if images.is_file():
+        rows = [ln.split("\t") for ln in images.read_text().splitlines() if ln.strip()]
+        header = [h.strip() for h in rows[0]]
+        if "image" not in header:
+            raise UniregError("dataset TSV needs a header with an 'image' column", path=images)
+        for row in rows[1:]:
+            rec = dict(zip(header, (c.strip() for c in row)))
+            image = (images.parent / rec["image"]).resolve()
+            lab = (images.parent / rec["labels"]).resolve() if rec.get("labels") else None
+            items.append({"id": rec.get("id") or _stem(image), "image": str(image), "labels": lab and str(lab)})
+    elif images.is_dir():
+        label_files = sorted(Path(labels).glob("*.nii*")) if labels else []
+        for image in sorted(images.glob("*.nii*")):
+            stem = _stem(image)
+            match = [p for p in label_files if p.name.startswith(stem)]
+            items.append({"id": stem, "image": str(image), "labels": str(match[0]) if match else None})
+    else:
+        raise UniregError("dataset not found (a folder of NIfTI files or a TSV)", path=images)
+    if not items:
+        raise UniregError("dataset has no NIfTI images", path=images)
+    return sorted(items, key=lambda r: r["id"])
+
+
+def split_dataset(items: list[dict], n_train: int, n_val: int, seed: int, exclude=()) -> tuple[list, list]:
+    items = [r for r in items if r["id"] not in set(exclude)]
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    if n_train + n_val > len(items):
+        raise UniregError(f"dataset has {len(items)} subjects; n_train + n_val = {n_train + n_val}")
+    return [items[i] for i in order[:n_train]], [items[i] for i in order[n_train:n_train + n_val]]
+
+
+def prepare_subject(item: dict, atlas, cache: Path, options: PreprocessOptions) -> dict:
+    """Preprocess one subject onto the atlas grid (cached); labels follow the same affine."""
+    out = cache / item["id"]
+    if not (out / OUTPUT_FILES["info"]).is_file():
+        preprocess_file(item["image"], atlas, out, options, subject=item["id"])
+    record = {"id": item["id"], "image": load_image(out / OUTPUT_FILES["image"]).data,
+              "mask": load_image(out / OUTPUT_FILES["mask"], label=True).data, "labels": None}
+    if item.get("labels"):
+        lab_path = out / "labels.nii.gz"
+        if not lab_path.is_file():
+            labels = load_image(item["labels"], label=True, subject=item["id"])
+            save_image(resample(labels, atlas.grid, read_affine_txt(out / OUTPUT_FILES["affine"])), lab_path)
+        record["labels"] = load_image(lab_path, label=True).data
+    return record
+
+
+VOXEL_MM = 2.0  # nominal atlas voxel size used to express augmentation shifts in mm
+
+
+def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch.Tensor:
+    """A small random affine as ``F.affine_grid`` theta (normalised coordinates, any resolution).
+
+    Rotations act in normalised coordinates, so on a non-cubic grid they carry a slight shear:
+    harmless for augmentation, which only has to be small, random and the same for image,
+    labels and features."""
+    angles = np.deg2rad(rng.uniform(-1, 1, 3) * augment["rotation_deg"])
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+           @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    lin = rot @ np.diag(1 + rng.uniform(-1, 1, 3) * augment["scale"])
+    # normalised coordinates span [-1, 1] over the grid: a shift of t mm is t / (extent / 2)
+    shift = rng.uniform(-1, 1, 3) * augment["translation_mm"] / (np.asarray(shape, float) * VOXEL_MM / 2.0)
+    # affine_grid orders coordinates (x=W, y=H, z=D): reverse the voxel axes
+    perm = np.eye(3)[::-1]
+    theta = np.concatenate([perm @ lin @ perm, (perm @ shift)[:, None]], axis=1)
+    return torch.tensor(theta, dtype=torch.float32)[None]
+
+
+def apply_theta(volume: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    grid = F.affine_grid(theta, list(volume.shape), align_corners=False)
+    return F.grid_sample(volume, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+class Trainer:
+    """Holds the data, model and optimiser of one training run (see the module docstring)."""
+
+    def __init__(self, config: dict, resume: bool = True, log=print):
+        self.config = config
+        self.log = log
+        self.out = Path(config["output"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        train_cfg = config["train"]
+        torch.manual_seed(train_cfg["seed"])
+        self.rng = np.random.default_rng(train_cfg["seed"])
+        self.atlas = load_atlas(config["atlas"])
+        items = discover_dataset(config["data"]["images"], config["data"]["labels"])
+        train_items, val_items = split_dataset(items, config["data"]["n_train"], config["data"]["n_val"],
+                                               config["data"]["split_seed"], config["data"]["exclude"])
+        write_text_atomic(self.out / "splits.json", json.dumps(
+            {"train": [r["id"] for r in train_items], "val": [r["id"] for r in val_items]}, indent=1) + "\n")
+        write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        options = PreprocessOptions(**config["preprocess"])
+        cache = self.out / "cache"
+        t0 = time.perf_counter()
+        self.train_set = [prepare_subject(r, self.atlas, cache, options) for r in train_items]
+        self.val_set = [prepare_subject(r, self.atlas, cache, options) for r in val_items]
+        self.log(f"prepared {len(self.train_set)} train + {len(self.val_set)} val subjects "
+                 f"in {time.perf_counter() - t0:.0f} s")
+        self.model = build_model(config["model"])
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.Adam(self.params, lr=train_cfg["learning_rate"])
+        loss_cfg = config["loss"]
+        self.similarity = ImageSimilarity(loss_cfg["similarity"])
+        self.smooth = regulariser(loss_cfg["regulariser"])
+        self.dice = dice_loss()
+        self.step = 0
+        self.history = []
+        self.cache_features = not self.model.extractor.trainable
+        self._features = {}
+        if resume and (self.out / "last.pt").is_file():
+            self._resume(self.out / "last.pt")
+
+    # -- data -------------------------------------------------------------------------------
+    def _image(self, record) -> torch.Tensor:
+        return torch.from_numpy(record["image"].astype(np.float32))[None, None]
+
+    def _features_of(self, record) -> torch.Tensor:
+        if not self.cache_features:
+            return self.model.features(self._image(record))
+        if record["id"] not in self._features:
+            with torch.no_grad():
+                self._features[record["id"]] = self.model.features(self._image(record))
+        return self._features[record["id"]]
+
+    # -- one step -----------------------------------------------------------------------------
+    def losses(self, fixed, moving, theta=None) -> dict[str, torch.Tensor]:
+        cfg = self.config["loss"]
+        fixed_img, moving_img = self._image(fixed), self._image(moving)
+        fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
+        moving_lab = torch.from_numpy(moving["labels"])[None, None] if moving["labels"] is not None else None
+        if theta is not None:
+            moving_img = apply_theta(moving_img, theta)
+            moving_feat = apply_theta(moving_feat, theta)
+            if moving_lab is not None:
+                moving_lab = apply_theta(moving_lab.float(), theta, mode="nearest").long()
+        velocity = self.model.velocity(fixed_feat, moving_feat)
+        ddf = self.model.displacement(velocity, fixed_img.shape[2:])
+        warped = self.model.transformer(moving_img, ddf)
+        terms = {"similarity": self.similarity(warped, fixed_img),
+                 "smooth": self.smooth(ddf)}
+        if cfg["dice_weight"] > 0 and moving_lab is not None and fixed["labels"] is not None:
+            fixed_lab = torch.from_numpy(fixed["labels"])[None, None]
+            common = np.intersect1d(np.unique(fixed["labels"]), np.unique(moving_lab.numpy()))
+            common = common[common > 0]
+            pick = self.rng.choice(common, size=min(cfg["dice_labels"], common.size), replace=False)
+            values = torch.from_numpy(np.sort(pick))
+            warped_onehot = self.model.transformer(one_hot(moving_lab, values), ddf)
+            terms["dice"] = self.dice(warped_onehot, one_hot(fixed_lab, values))
+        else:
+            terms["dice"] = torch.zeros(())
+        terms["total"] = terms["similarity"] + cfg["smooth_weight"] * terms["smooth"] + cfg["dice_weight"] * terms["dice"]
+        return terms
+
+    def train_step(self) -> dict[str, float]:
+        i, j = self.rng.choice(len(self.train_set), size=2, replace=False)
+        theta = random_affine_theta(self.rng, self.config["train"]["augment"], self.train_set[j]["image"].shape)
+        self.model.train()
+        self.optimiser.zero_grad()
+        terms = self.losses(self.train_set[i], self.train_set[j], theta)
+        terms["total"].backward()
+        self.optimiser.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    # -- validation ---------------------------------------------------------------------------
+    def validation_pairs(self) -> list[tuple[int, int]]:
+        n = len(self.val_set)
+        return [(k % n, (k + 1) % n) for k in range(min(self.config["train"]["val_pairs"], n))] if n > 1 else []
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean label Dice (fixed labels vs warped moving labels) over validation pairs."""
+        self.model.eval()
+        before, after, folding = [], [], []
+        from .model import jacobian_stats
+        for i, j in self.validation_pairs():
+            fixed, moving = self.val_set[i], self.val_set[j]
+            if fixed["labels"] is None or moving["labels"] is None:
+                continue
+            velocity = self.model.velocity(self._features_of(fixed), self._features_of(moving))
+            ddf = self.model.displacement(velocity, fixed["image"].shape)
+            lab = torch.from_numpy(moving["labels"])[None, None].float()
+            warped = self.model.transformer(lab, ddf, label=True)[0, 0].round().long().numpy()
+            before.append(mean_dice(fixed["labels"], moving["labels"]))
+            after.append(mean_dice(fixed["labels"], warped))
+            folding.append(jacobian_stats(ddf)["folding_percent"])
+        self.model.train()
+        if not after:
+            return {}
+        return {"val_dice_affine": float(np.mean(before)), "val_dice": float(np.mean(after)),
+                "val_folding_percent": float(np.mean(folding))}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _resume(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.step = state["step"]
+        self.history = state.get("history", [])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def save_last(self) -> None:
+        state = {"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(), "step": self.step,
+                 "history": self.history, "numpy_rng": self.rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "config": self.config}
+        tmp = self.out / ".last.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "last.pt")
+
+    def run(self, progress: bool = True) -> dict:
+        cfg = self.config["train"]
+        steps = cfg["steps"]
+        log_path = self.out / "log.csv"
+        fields = ["step", "total", "similarity", "smooth", "dice", "seconds", "val_dice_affine", "val_dice",
+                  "val_folding_percent"]
+        new_log = not log_path.is_file() or self.step == 0
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        t_start = time.perf_counter()
+        with open(log_path, "w" if new_log else "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            if new_log:
+                writer.writeheader()
+            while self.step < steps:
+                t0 = time.perf_counter()
+                row = self.train_step()
+                row.update(step=self.step, seconds=round(time.perf_counter() - t0, 3))
+                if self.step % cfg["validate_every"] == 0 or self.step == steps:
+                    row.update(self.validate())
+                    self.save_last()
+                writer.writerow({k: row.get(k, "") for k in fields})
+                fh.flush()
+                self.history.append(row)
+                bar.set_postfix(loss=f"{row['total']:.3f}", dice=f"{row['dice']:.3f}")
+                bar.update(1)
+        bar.close()
+        final = self.validate()
+        elapsed = time.perf_counter() - t_start
+        card = {"unireg_version": __version__, "extractor": self.model.extractor.name,
+                "extractor_weights_sha256": self.model.extractor.weights_sha256, "steps": self.step,
+                "train_seconds_this_run": round(elapsed, 1), "seed": cfg["seed"],
+                "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
+                "atlas": self.atlas.path, "train_subjects": [r["id"] for r in self.train_set],
+                "val_subjects": [r["id"] for r in self.val_set], "validation": final,
+                "normalisation": "percentile 0.5/99.5 in deepbet brain mask, [0, 1]" if
+                self.config["preprocess"]["brain_extraction"] else "percentile 0.5/99.5 of non-zero voxels"}
+        save_checkpoint(self.out / "model.pt", self.model, self.config["model"],
+                        extra={"model_card": card, "grid": card["grid"], "train_config": self.config})
+        write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
+        return card
+
+
+def train(config_path: str | Path, resume: bool = True, progress: bool = True) -> dict:
+    trainer = Trainer(load_config(config_path), resume=resume)
+    return trainer.run(progress=progress)
