@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import UniregError
@@ -68,6 +69,28 @@ def _cmd_weights_list(args) -> None:
         print(f"{name:18s} {where}")
 
 
+def _cmd_propagate(args) -> None:
+    from .atlas import ATLAS_FILES, load_atlas
+    from .propagate import propagate_files
+    labels_path = args.atlas_labels or Path(load_atlas(args.atlas).path) / ATLAS_FILES["labels"]
+    labels = propagate_files(labels_path, args.native, args.affine, args.out, args.displacement, subject=args.subject)
+    print(f"unireg propagate: wrote {args.out} ({len(set(labels.data.ravel().tolist()) - {0})} labels)")
+
+
+def _cmd_metrics(args) -> None:
+    from .metrics import metrics_files
+    rows = metrics_files(args.labels, args.table, args.out, args.reference, args.registration, subject=args.subject)
+    dice = [r["dice"] for r in rows if r["dice"] == r["dice"]]
+    summary = f"mean Dice {sum(dice) / len(dice):.3f} over {len(dice)} labels" if dice else "no reference: volumes only"
+    print(f"unireg metrics: wrote {args.out} ({summary})")
+
+
+def _cmd_report(args) -> None:
+    from .report import write_report
+    write_report(args.results, args.out, args.summary)
+    print(f"unireg report: {Path(args.out).resolve()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unireg", description="unireg: cohort-scale atlas registration with frozen pretrained features (UniReg)")
     parser.add_argument("--version", action="version", version=f"unireg {__version__}")
@@ -122,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", help="subject id used in messages")
     p.set_defaults(func=_cmd_register)
 
+    p = verbs.add_parser("propagate", help="atlas labels -> a subject's native grid (affine + displacement, one resampling)")
+    p.add_argument("--native", required=True, help="the subject's converted (native) NIfTI")
+    p.add_argument("--affine", required=True, help="affine.txt from unireg preprocess")
+    p.add_argument("--displacement", help="displacement.nii.gz from unireg register (omit: affine only)")
+    p.add_argument("--atlas-labels", help="atlas label map (default: the --atlas folder's)")
+    p.add_argument("--atlas", default="mni2009a")
+    p.add_argument("--out", required=True, help="output label map (.nii.gz)")
+    p.add_argument("--subject")
+    p.set_defaults(func=_cmd_propagate)
+
+    p = verbs.add_parser("metrics", help="per-label Dice and volumes of propagated labels against a reference")
+    p.add_argument("--labels", required=True, help="propagated labels (native grid)")
+    p.add_argument("--reference", help="reference labels on the same grid (omit: volumes only)")
+    p.add_argument("--table", required=True, help="label table TSV (index, name)")
+    p.add_argument("--registration", help="registration.json (adds folding statistics)")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--out", required=True, help="output TSV")
+    p.set_defaults(func=_cmd_metrics)
+
+    p = verbs.add_parser("report", help="aggregate per-subject metrics into a cohort table and HTML report")
+    p.add_argument("results", help="results folder (with sub-*/sub-*_metrics.tsv)")
+    p.add_argument("--out", help="HTML report (default RESULTS/report.html)")
+    p.add_argument("--summary", help="cohort summary TSV (default RESULTS/cohort_metrics.tsv)")
+    p.set_defaults(func=_cmd_report)
+
     weights = verbs.add_parser("weights", help="ImageNet weights of the feature extractors").add_subparsers(
         dest="weights_verb", metavar="ACTION", required=True)
     p = weights.add_parser("fetch", help="download torchvision ImageNet weights (hash-checked) into the hub cache")
@@ -135,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb == "report":
+        args.out = args.out or str(Path(args.results) / "report.html")
+        args.summary = args.summary or str(Path(args.results) / "cohort_metrics.tsv")
     try:
         args.func(args)
     except UniregError as err:

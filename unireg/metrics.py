@@ -32,3 +32,71 @@ def mean_dice(reference: np.ndarray, prediction: np.ndarray, labels=None) -> flo
         labels = labels[labels > 0]
     values = [v for v in dice_per_label(reference, prediction, labels).values() if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+METRIC_COLUMNS = ["subject", "label", "name", "dice", "volume_reference_ml", "volume_propagated_ml", "reason",
+                  "folding_percent", "log_jacobian_std"]
+
+
+def subject_metrics(labels, reference, table: dict[int, str], subject: str,
+                    registration: dict | None = None) -> list[dict]:
+    """One row per label of ``table``: Dice and volumes (ml); ``reason`` says why a value is NaN.
+
+    ``labels`` and ``reference`` are :class:`unireg.io.Image` label maps on the same grid
+    (``reference`` may be None: volumes only). Dice is NaN (never 0 or 1) when the label is
+    empty in the reference and/or the propagated map.
+    """
+    voxel_ml = float(np.prod(labels.spacing)) / 1000.0
+    pred = labels.data
+    ref = reference.data if reference is not None else None
+    if ref is not None and (ref.shape != pred.shape or not np.allclose(reference.affine, labels.affine, atol=1e-3)):
+        from .errors import UniregError
+        raise UniregError("reference labels are not on the propagated labels' grid (the converted image's grid)",
+                          subject=subject, path=reference.path)
+    pred_counts = np.bincount(pred.ravel().clip(0), minlength=max(table, default=0) + 1)
+    ref_counts = np.bincount(ref.ravel().clip(0), minlength=max(table, default=0) + 1) if ref is not None else None
+    dice = dice_per_label(ref, pred, list(table)) if ref is not None else {}
+    jac = (registration or {}).get("jacobian", {})
+    rows = []
+    for label, name in sorted(table.items()):
+        n_pred = int(pred_counts[label]) if label < pred_counts.size else 0
+        n_ref = int(ref_counts[label]) if ref_counts is not None and label < ref_counts.size else 0
+        if ref is None:
+            value, reason = float("nan"), "no reference labels"
+        elif n_ref == 0 and n_pred == 0:
+            value, reason = float("nan"), "empty in both"
+        elif n_ref == 0:
+            value, reason = float("nan"), "empty in reference"
+        elif n_pred == 0:
+            value, reason = dice[label], "empty in propagated labels"
+        else:
+            value, reason = dice[label], ""
+        rows.append({"subject": subject, "label": label, "name": name, "dice": value,
+                     "volume_reference_ml": n_ref * voxel_ml if ref is not None else float("nan"),
+                     "volume_propagated_ml": n_pred * voxel_ml, "reason": reason,
+                     "folding_percent": jac.get("folding_percent", float("nan")),
+                     "log_jacobian_std": jac.get("log_jacobian_std", float("nan"))})
+    return rows
+
+
+def write_metrics_tsv(rows: list[dict], path) -> None:
+    from .io import write_text_atomic
+
+    def fmt(v):
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+    lines = ["\t".join(METRIC_COLUMNS)] + ["\t".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def metrics_files(labels_path, table_path, out_path, reference_path=None, registration_path=None,
+                  subject: str = "") -> list[dict]:
+    import json
+
+    from .atlas import read_label_table
+    from .io import load_image
+    labels = load_image(labels_path, label=True, subject=subject)
+    reference = load_image(reference_path, label=True, subject=subject) if reference_path else None
+    registration = json.loads(open(registration_path).read()) if registration_path else None
+    rows = subject_metrics(labels, reference, read_label_table(table_path), subject, registration)
+    write_metrics_tsv(rows, out_path)
+    return rows

@@ -1,0 +1,2 @@
+# unireg cohort workflow: see README.md ("Cohort workflow"). All logic lives in workflow/.
+include: "workflow/Snakefile"

@@ -1,0 +1,45 @@
+# Config validation, paths, subject list and wildcard constraints shared by all rules.
+import csv
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+DEMO_DIR = config["demo"]["out"]
+ATLAS_DIR = (
+    "resources/atlas/" + config["atlas"] if config["atlas"] == "mni2009a" else config["atlas"]
+)
+USE_GPU = bool(config["register"]["gpu"])
+
+
+wildcard_constraints:
+    subject="[A-Za-z0-9]+",
+
+
+def cohort_input():
+    """The cohort as given: the generated demo TSV, a cohort TSV or a DICOM folder."""
+    return f"{DEMO_DIR}/cohort.tsv" if config["cohort"] == "demo" else config["cohort"]
+
+
+def subjects():
+    """Subject ids from the manifest (written by the `index` checkpoint) or from config."""
+    if config["subjects"]:
+        return list(config["subjects"])
+    manifest = checkpoints.index.get().output.manifest
+    with open(manifest) as fh:
+        return sorted({row["subject"] for row in csv.DictReader(fh, delimiter="\t")})
+
+
+def report_target():
+    return f"{RESULTS}/report.html"
+
+
+def log(rule_name):
+    return f"logs/{rule_name}/{{subject}}.log"
+
+
+def bench(rule_name):
+    return f"benchmarks/{rule_name}/{{subject}}.tsv"

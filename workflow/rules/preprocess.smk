@@ -1,0 +1,47 @@
+# Reorient, brain-extract, normalise and affinely align each subject to the atlas.
+
+
+rule atlas:
+    output:
+        image=f"resources/atlas/{config['atlas']}/atlas.nii.gz",
+        labels=f"resources/atlas/{config['atlas']}/atlas_labels.nii.gz",
+        table=f"resources/atlas/{config['atlas']}/atlas_labels.tsv",
+    log:
+        "logs/atlas/atlas.log",
+    benchmark:
+        "benchmarks/atlas/atlas.tsv"
+    params:
+        out=lambda w, output: Path(output.image).parent,
+        spacing=config["atlas_spacing"],
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "unireg atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        image=rules.convert.output.image,
+        atlas=f"{ATLAS_DIR}/atlas.nii.gz",
+    output:
+        image=f"{RESULTS}/sub-{{subject}}/preproc/preproc.nii.gz",
+        mask=f"{RESULTS}/sub-{{subject}}/preproc/brainmask.nii.gz",
+        affine=f"{RESULTS}/sub-{{subject}}/preproc/affine.txt",
+        info=f"{RESULTS}/sub-{{subject}}/preproc/preprocess.json",
+    log:
+        log("preprocess"),
+    benchmark:
+        bench("preprocess")
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        atlas=ATLAS_DIR,
+        out=lambda w, output: Path(output.image).parent,
+        bet="" if config["preprocess"]["brain_extraction"] else "--no-brain-extraction",
+        similarity=config["preprocess"]["similarity"],
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "unireg preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
+        "--subject {wildcards.subject} --similarity {params.similarity} {params.bet} > {log} 2>&1"

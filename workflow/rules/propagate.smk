@@ -1,0 +1,20 @@
+# Atlas labels -> subject's native (converted NIfTI) grid, composing affine and displacement.
+
+
+rule propagate:
+    input:
+        native=rules.convert.output.image,
+        affine=rules.preprocess.output.affine,
+        displacement=rules.register.output.displacement,
+        atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
+    output:
+        labels=f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_labels.nii.gz",
+    log:
+        log("propagate"),
+    benchmark:
+        bench("propagate")
+    conda:
+        "../../envs/preprocess.yaml"
+    shell:
+        "unireg propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
+        "--displacement {input.displacement} --subject {wildcards.subject} --out {output.labels} > {log} 2>&1"

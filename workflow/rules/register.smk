@@ -1,0 +1,33 @@
+# UniReg deformable registration: atlas template (moving) onto each preprocessed subject (fixed).
+# The GPU rule: asks SLURM for a GPU when register.gpu is true, else runs on CPU.
+
+
+rule register:
+    input:
+        fixed=rules.preprocess.output.image,
+        mask=rules.preprocess.output.mask,
+        atlas=f"{ATLAS_DIR}/atlas.nii.gz",
+        atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
+    output:
+        displacement=f"{RESULTS}/sub-{{subject}}/reg/displacement.nii.gz",
+        warped=f"{RESULTS}/sub-{{subject}}/reg/warped.nii.gz",
+        info=f"{RESULTS}/sub-{{subject}}/reg/registration.json",
+    log:
+        log("register"),
+    benchmark:
+        bench("register")
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=1 if USE_GPU else 0,
+    params:
+        out=lambda w, output: Path(output.displacement).parent,
+        model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
+        device="cuda" if USE_GPU else "cpu",
+        steps=config["register"]["instance_opt"],
+    conda:
+        "../../envs/register.yaml"
+    shell:
+        "unireg register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
+        "--fixed-mask {input.mask} --out {params.out} --subject {wildcards.subject} {params.model} "
+        "--device {params.device} --instance-opt {params.steps} > {log} 2>&1"

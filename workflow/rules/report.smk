@@ -1,0 +1,17 @@
+# Cohort aggregation of the per-subject metrics and the HTML report.
+
+
+rule report:
+    input:
+        metrics=lambda w: expand(f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_metrics.tsv", subject=subjects()),
+    output:
+        html=f"{RESULTS}/report.html",
+        summary=f"{RESULTS}/cohort_metrics.tsv",
+    log:
+        "logs/report/report.log",
+    benchmark:
+        "benchmarks/report/report.tsv"
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "unireg report {RESULTS} --out {output.html} --summary {output.summary} > {log} 2>&1"
