@@ -130,20 +130,36 @@ def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table:
     return load_atlas(out_dir)
 
 
+def mni_template_images() -> tuple[Image, Image, Image]:
+    """The MNI ICBM152 2009a T1 template and its GM and WM probability maps (0..255), 1 mm, RAS."""
+    return tuple(reorient_to_ras(load_image(_nilearn_file(key))) for key in ("t1", "gm", "wm"))
+
+
+def template_brain(t1: Image) -> np.ndarray:
+    """The brain of the (skull-stripped) template: voxels above 5 % of its maximum."""
+    return t1.data > 0.05 * t1.data.max()
+
+
+def tissue_labels(t1: Image, gm: Image, wm: Image) -> Image:
+    """Tissue labels (1 CSF, 2 GM, 3 WM) on ``t1``'s grid from probability maps stored 0..255.
+
+    The argmax of (255 - GM - WM, GM, WM) inside the template brain: the rest of the
+    intracranial volume counts as CSF.
+    """
+    probs = np.stack([np.clip(255.0 - gm.data - wm.data, 0, None), gm.data, wm.data])
+    tissue = (np.argmax(probs, axis=0) + 1) * template_brain(t1)
+    return t1.with_data(tissue.astype(np.int32), is_label=True)
+
+
 def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
     """Build the default MNI ICBM152 2009a atlas at ``spacing`` mm from nilearn's files (offline)."""
-    t1 = reorient_to_ras(load_image(_nilearn_file("t1")))
-    gm = reorient_to_ras(load_image(_nilearn_file("gm")))
-    wm = reorient_to_ras(load_image(_nilearn_file("wm")))
+    t1, gm, wm = mni_template_images()
     grid = grid_with_spacing(t1.grid, spacing)
     t1_r, gm_r, wm_r = (resample(img, grid) for img in (t1, gm, wm))
-    brain = t1_r.data > 0.05 * t1_r.data.max()
-    # probabilities are stored 0..255; the rest of the intracranial volume is CSF
-    probs = np.stack([np.clip(255.0 - gm_r.data - wm_r.data, 0, None), gm_r.data, wm_r.data])
-    tissue = (np.argmax(probs, axis=0) + 1) * brain
+    brain = template_brain(t1_r)
     mask = t1_r.with_data(brain.astype(np.uint8), is_label=True)
     image, start = crop_to_multiple(normalise_intensity(t1_r, mask=brain), brain, multiple=16)
-    labels = crop_or_pad(t1_r.with_data(tissue.astype(np.int32), is_label=True), start, image.shape)
+    labels = crop_or_pad(tissue_labels(t1_r, gm_r, wm_r), start, image.shape)
     mask = crop_or_pad(mask, start, image.shape)
     info = {"name": DEFAULT_ATLAS,
             "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "

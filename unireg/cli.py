@@ -91,6 +91,12 @@ def _cmd_report(args) -> None:
     print(f"unireg report: {Path(args.out).resolve()}")
 
 
+def _cmd_demo(args) -> None:
+    from .demo import make_demo_cohort
+    info = make_demo_cohort(Path(args.out), n_subjects=args.subjects, seed=args.seed, low_res=args.low_res)
+    print(f"unireg demo: wrote {len(info['subjects'])} subjects to {args.out} (cohort.tsv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unireg", description="unireg: cohort-scale atlas registration with frozen pretrained features (UniReg)")
     parser.add_argument("--version", action="version", version=f"unireg {__version__}")
@@ -124,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="resample to this voxel size in mm")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_atlas_import)
+    p = verbs.add_parser("demo", help="generate the embedded demo cohort (DICOM series + reference labels), offline")
+    p.add_argument("--out", required=True, help="output folder (dicom/, reference/, cohort.tsv)")
+    p.add_argument("--subjects", type=int, help="number of subjects (default 4; 2 with --low-res)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--low-res", action="store_true", help="small, fast version (3 x 3 x 4 mm) for tests")
+    p.set_defaults(func=_cmd_demo)
+
     p = verbs.add_parser("train", help="train a UniReg model on one dataset (YAML config)")
     p.add_argument("--config", required=True, help="training YAML (see config/train_default.yaml)")
     p.add_argument("--restart", action="store_true", help="ignore <output>/last.pt and start from step 0")
