@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_file
-from unireg.atlas import import_atlas, load_atlas, read_label_table
+from unireg.atlas import import_atlas, load_atlas
+from unireg.io import read_label_table
 from unireg.errors import UniregError
 
 

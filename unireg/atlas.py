@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import UniregError
 from .intensity import normalise_intensity
-from .io import Image, load_image, save_image, write_text_atomic
+from .io import Image, load_image, read_label_table, save_image, write_label_table, write_text_atomic
 from .transforms import crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras, resample
 
 DEFAULT_ATLAS = "mni2009a"
@@ -48,32 +48,6 @@ class Atlas:
     @property
     def grid(self):
         return self.image.grid
-
-
-def read_label_table(path: str | Path) -> dict[int, str]:
-    """Read a TSV with columns ``index`` and ``name`` (a header row is required)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UniregError("label table not found", path=path)
-    lines = [ln.rstrip("\n").split("\t") for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines or [c.strip().lower() for c in lines[0][:2]] != ["index", "name"]:
-        raise UniregError("label table must be a TSV whose header starts with 'index<TAB>name'", path=path)
-    table = {}
-    for n, row in enumerate(lines[1:], start=2):
-        try:
-            idx = int(row[0])
-            name = row[1].strip()
-        except (ValueError, IndexError) as exc:
-            raise UniregError(f"line {n}: expected an integer index and a name", path=path) from exc
-        if idx in table:
-            raise UniregError(f"line {n}: label {idx} listed twice", path=path)
-        table[idx] = name
-    return table
-
-
-def write_label_table(path: str | Path, table: dict[int, str]) -> None:
-    rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(table.items())]
-    write_text_atomic(path, "\n".join(rows) + "\n")
 
 
 def load_atlas(path: str | Path) -> Atlas:

@@ -194,6 +194,14 @@ def load_displacement(path: str | Path, *, subject: str | None = None) -> tuple[
     return np.moveaxis(data[:, :, :, 0, :], -1, 0), nii.affine
 
 
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file normal permissions (umask) and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _save_atomic(nii, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
@@ -201,7 +209,7 @@ def _save_atomic(nii, path: Path) -> Path:
     os.close(fd)
     try:
         nib.save(nii, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -216,8 +224,34 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_label_table(path: str | Path) -> dict[int, str]:
+    """Read a TSV with columns ``index`` and ``name`` (a header row is required)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniregError("label table not found", path=path)
+    lines = [ln.rstrip("\n").split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines or [c.strip().lower() for c in lines[0][:2]] != ["index", "name"]:
+        raise UniregError("label table must be a TSV whose header starts with 'index<TAB>name'", path=path)
+    table = {}
+    for n, row in enumerate(lines[1:], start=2):
+        try:
+            idx = int(row[0])
+            name = row[1].strip()
+        except (ValueError, IndexError) as exc:
+            raise UniregError(f"line {n}: expected an integer index and a name", path=path) from exc
+        if idx in table:
+            raise UniregError(f"line {n}: label {idx} listed twice", path=path)
+        table[idx] = name
+    return table
+
+
+def write_label_table(path: str | Path, table: dict[int, str]) -> None:
+    rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(table.items())]
+    write_text_atomic(path, "\n".join(rows) + "\n")

@@ -92,8 +92,7 @@ def metrics_files(labels_path, table_path, out_path, reference_path=None, regist
                   subject: str = "") -> list[dict]:
     import json
 
-    from .atlas import read_label_table
-    from .io import load_image
+    from .io import load_image, read_label_table
     labels = load_image(labels_path, label=True, subject=subject)
     reference = load_image(reference_path, label=True, subject=subject) if reference_path else None
     registration = json.loads(open(registration_path).read()) if registration_path else None

@@ -31,7 +31,7 @@ from monai.networks.nets import UNet
 from . import __version__
 from .errors import UniregError
 from .features import FeatureExtractor, build_extractor, sha256_file
-from .io import write_text_atomic
+from .io import publish, write_text_atomic
 
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample.")
 
@@ -182,7 +182,7 @@ def save_checkpoint(path: str | Path, model: UniRegNet, config: dict, extra: dic
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

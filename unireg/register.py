@@ -42,8 +42,8 @@ class InstanceOptOptions:
     steps: int = 0
     similarity: str = "mind"
     regulariser: str = "diffusion"
-    weight: float = 1.0
-    learning_rate: float = 0.05
+    weight: float = 0.1          # regulariser weight (diffusion of the flow-grid velocity)
+    learning_rate: float = 0.2   # Adam step, flow-grid voxels
 
 
 @dataclass

@@ -14,9 +14,9 @@ rule demo:
         seed=config["demo"]["seed"],
         out=DEMO_DIR,
     conda:
-        "../../envs/dicom.yaml"
+        "../../envs/preprocess.yaml"
     shell:
-        "unireg demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
+        "{UNIREG} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
 
 
 checkpoint index:
@@ -31,7 +31,7 @@ checkpoint index:
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "unireg index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
+        "{UNIREG} index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
 
 
 rule convert:
@@ -52,5 +52,5 @@ rule convert:
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "unireg convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
+        "{UNIREG} convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
         "--out {output.image} > {log} 2>&1"

@@ -7,6 +7,10 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+# The unireg CLI, run from this checkout: inside a rule's conda env only third-party packages
+# are installed (envs/*.yaml), and `python -m unireg` imports the package from the source tree.
+REPO = Path(workflow.basedir).parent
+UNIREG = f"PYTHONPATH={REPO} python -m unireg"
 RESULTS = config["results"]
 DEMO_DIR = config["demo"]["out"]
 ATLAS_DIR = (

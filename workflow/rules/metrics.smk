@@ -31,5 +31,5 @@ rule metrics:
     conda:
         "../../envs/report.yaml"
     shell:
-        "unireg metrics --labels {input.labels} {params.reference} --table {input.table} "
+        "{UNIREG} metrics --labels {input.labels} {params.reference} --table {input.table} "
         "--registration {input.registration} --subject {wildcards.subject} --out {output.tsv} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule atlas:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "unireg atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
+        "{UNIREG} atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
 
 
 rule preprocess:
@@ -43,5 +43,5 @@ rule preprocess:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "unireg preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
+        "{UNIREG} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
         "--subject {wildcards.subject} --similarity {params.similarity} {params.bet} > {log} 2>&1"

@@ -16,5 +16,5 @@ rule propagate:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "unireg propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
+        "{UNIREG} propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
         "--displacement {input.displacement} --subject {wildcards.subject} --out {output.labels} > {log} 2>&1"

@@ -28,6 +28,6 @@ rule register:
     conda:
         "../../envs/register.yaml"
     shell:
-        "unireg register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
+        "{UNIREG} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
         "--fixed-mask {input.mask} --out {params.out} --subject {wildcards.subject} {params.model} "
         "--device {params.device} --instance-opt {params.steps} > {log} 2>&1"

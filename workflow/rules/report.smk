@@ -14,4 +14,4 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "unireg report {RESULTS} --out {output.html} --summary {output.summary} > {log} 2>&1"
+        "{UNIREG} report {RESULTS} --out {output.html} --summary {output.summary} > {log} 2>&1"

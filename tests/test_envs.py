@@ -1,0 +1,99 @@
+"""Every workflow rule's conda env lists the third-party packages its unireg code imports."""
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "unireg"
+# import name -> conda/pip package name where they differ
+DISTRIBUTION = {"torch": "pytorch", "yaml": "pyyaml", "skimage": "scikit-image", "sklearn": "scikit-learn",
+                "PIL": "pillow"}
+
+
+def _rules():
+    """(rule name, env file, CLI words) for every rule that runs the unireg CLI."""
+    found = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", text):
+            head = re.match(r"(?:rule|checkpoint) (\w+):", block.strip())
+            shell = re.search(r'\{UNIREG\} ((?:[a-z]+ ?)+)', block)
+            if not head or not shell:
+                continue
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            found.append((head.group(1), env and (smk.parent / env.group(1)).resolve(), shell.group(1).split()))
+    return found
+
+
+def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(third-party top-level names, unireg module names) imported anywhere in ``tree``."""
+    external, internal = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                (internal if alias.name.startswith("unireg") else external).add(alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > 0:
+                if node.module:
+                    internal.add(node.module.split(".")[0])
+                else:
+                    internal.update(alias.name for alias in node.names)
+            elif node.module:
+                (internal if node.module.startswith("unireg") else external).add(node.module.split(".")[0])
+    internal = {m.replace("unireg.", "") for m in internal if m != "unireg"}
+    return external - set(sys.stdlib_module_names) - {"__future__"}, internal
+
+
+def _needed_packages(words: list[str]) -> set[str]:
+    cli = ast.parse((PACKAGE / "cli.py").read_text())
+    func_name = "_cmd_" + "_".join(words)
+    funcs = [n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == func_name]
+    assert funcs, f"no {func_name} in unireg/cli.py for 'unireg {' '.join(words)}'"
+    external, todo = _imports(funcs[0])
+    seen = set()
+    while todo:
+        module = todo.pop()
+        if module in seen or not (PACKAGE / f"{module}.py").is_file():
+            continue
+        seen.add(module)
+        ext, internal = _imports(ast.parse((PACKAGE / f"{module}.py").read_text()))
+        external |= ext
+        todo |= internal - seen
+    return {DISTRIBUTION.get(name, name).lower() for name in external}
+
+
+def _env_packages(path: Path) -> set[str]:
+    spec = yaml.safe_load(path.read_text())
+    names = set()
+    for dep in spec["dependencies"]:
+        for item in (dep["pip"] if isinstance(dep, dict) else [dep]):
+            names.add(re.split(r"[=<>! \[]", item.strip())[0].lower())
+    return names
+
+
+RULES = _rules()
+
+
+def test_every_rule_has_an_env_and_calls_the_cli():
+    names = {name for name, _, _ in RULES}
+    assert {"index", "convert", "preprocess", "register", "propagate", "metrics", "report"} <= names
+    for name, env, _ in RULES:
+        assert env is not None and env.is_file(), f"rule {name} has no conda env file"
+
+
+@pytest.mark.parametrize("name,env,words", RULES, ids=[r[0] for r in RULES])
+def test_rule_env_has_every_package_its_code_imports(name, env, words):
+    missing = _needed_packages(words) - _env_packages(env)
+    assert not missing, f"rule {name} ({' '.join(words)}) imports {sorted(missing)} but {env.name} lacks them"
+
+
+def test_envs_pin_python_and_use_conda_forge():
+    for path in sorted((REPO / "envs").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        assert "conda-forge" in spec["channels"], path.name
+        assert any(str(d).startswith("python=") for d in spec["dependencies"]), path.name

@@ -1,0 +1,117 @@
+"""Registration with the packaged default model on real data (IXI validation subjects, MNI)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_file
+from unireg.affine import read_affine_txt
+from unireg.cli import main
+from unireg.io import load_displacement, load_image, save_image
+from unireg.metrics import mean_dice
+from unireg.model import VecInt, load_checkpoint
+from unireg.preprocess import OUTPUT_FILES, preprocess_file
+from unireg.register import InstanceOptOptions, register_images, OUTPUT_FILES as REG_FILES
+from unireg.transforms import resample
+
+INSTANCE_OPT_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def ixi_validation_subjects(default_model, default_atlas, tmp_path_factory):
+    """Three IXI subjects the default model never saw in training, preprocessed onto the atlas."""
+    _, payload = default_model
+    ids = payload["model_card"]["val_subjects"][:3]
+    out = tmp_path_factory.mktemp("ixi_val")
+    records = []
+    for sid in ids:
+        t1 = shared_file("ixi_t1_dlmuse", "t1", f"{sid}.nii.gz")
+        labels = shared_file("ixi_t1_dlmuse", "labels", f"{sid}_DLMUSE.nii.gz")
+        preprocess_file(t1, default_atlas, out / sid, subject=sid)
+        matrix = read_affine_txt(out / sid / OUTPUT_FILES["affine"])
+        lab = resample(load_image(labels, label=True), default_atlas.grid, matrix)
+        records.append({"id": sid, "image": load_image(out / sid / OUTPUT_FILES["image"]), "labels": lab,
+                        "dir": out / sid})
+    return records
+
+
+def test_default_model_beats_affine_and_instance_opt_improves_it(default_model, ixi_validation_subjects):
+    model, _ = default_model
+    rows = []
+    for fixed, moving in [(0, 1), (1, 2), (2, 0)]:
+        f, m = ixi_validation_subjects[fixed], ixi_validation_subjects[moving]
+        affine = mean_dice(f["labels"].data, m["labels"].data)
+        net = register_images(f["image"], m["image"], model, moving_labels=m["labels"])
+        opt = register_images(f["image"], m["image"], model, moving_labels=m["labels"],
+                              instance_opt=InstanceOptOptions(steps=INSTANCE_OPT_STEPS))
+        rows.append((affine, mean_dice(f["labels"].data, net.warped_labels.data),
+                     mean_dice(f["labels"].data, opt.warped_labels.data)))
+        assert net.info["jacobian"]["folding_percent"] < 0.5
+        assert set(np.unique(net.warped_labels.data)) <= set(np.unique(m["labels"].data))
+    affine, net, opt = np.mean(rows, axis=0)
+    print(f"mean label Dice over {len(rows)} IXI validation pairs (148 DLMUSE labels): "
+          f"affine {affine:.3f}, UniReg {net:.3f}, UniReg + {INSTANCE_OPT_STEPS} instance-opt steps {opt:.3f}")
+    assert net > affine + 0.04
+    assert opt > net + 0.005
+
+
+def test_recovers_known_smooth_deformation_of_mni_template(default_model, default_atlas):
+    """Fixed = the template deformed by a known diffeomorphism; moving = the template."""
+    model, _ = default_model
+    g = torch.Generator().manual_seed(0)
+    shape = default_atlas.grid.shape
+    coarse = torch.randn(1, 3, *(s // 16 for s in shape), generator=g) * 2.5
+    velocity = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
+    truth = VecInt(7)(velocity)
+    with torch.no_grad():
+        fixed_t = model.transformer(torch.from_numpy(default_atlas.image.data)[None, None], truth)
+        fixed_lab = model.transformer(torch.from_numpy(default_atlas.labels.data)[None, None].float(), truth,
+                                      label=True)[0, 0].long().numpy()
+    fixed = default_atlas.image.with_data(fixed_t[0, 0].numpy())
+    result = register_images(fixed, default_atlas.image, model, moving_labels=default_atlas.labels)
+    before = mean_dice(fixed_lab, default_atlas.labels.data)
+    after = mean_dice(fixed_lab, result.warped_labels.data)
+    brain = torch.from_numpy(default_atlas.mask.data > 0)
+    err_before = truth[0].norm(dim=0)[brain].mean()
+    err_after = (result.ddf[0] - truth[0]).norm(dim=0)[brain].mean()
+    print(f"MNI known field: tissue Dice {before:.3f} -> {after:.3f}; mean endpoint error "
+          f"{float(err_before) * 2:.2f} -> {float(err_after) * 2:.2f} mm")
+    assert truth[0].norm(dim=0)[brain].max() > 2.5  # a real deformation (> 5 mm somewhere)
+    assert after > before + 0.05
+    assert err_after < 0.75 * err_before
+
+
+def test_register_cli_writes_outputs(ixi_validation_subjects, tmp_path, capsys):
+    f, m = ixi_validation_subjects[0], ixi_validation_subjects[1]
+    save_image(m["labels"], tmp_path / "moving_labels.nii.gz")
+    out = tmp_path / "reg"
+    assert main(["register", "--fixed", str(f["dir"] / OUTPUT_FILES["image"]), "--moving",
+                 str(m["dir"] / OUTPUT_FILES["image"]), "--moving-labels", str(tmp_path / "moving_labels.nii.gz"),
+                 "--fixed-mask", str(f["dir"] / OUTPUT_FILES["mask"]), "--out", str(out), "--device", "cpu"]) == 0
+    assert "on cpu" in capsys.readouterr().out
+    assert all((out / name).is_file() for name in REG_FILES.values())
+    info = json.loads((out / REG_FILES["info"]).read_text())
+    assert info["device"] == "cpu" and info["jacobian"]["folding_percent"] < 0.5
+    field, affine = load_displacement(out / REG_FILES["displacement"])
+    np.testing.assert_allclose(affine, f["image"].affine, atol=1e-5)
+    assert field.shape == (3, *f["image"].shape) and 0.5 < np.abs(field).max() < 40  # mm
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    img = tmp_path / "x.nii.gz"
+    save_image(load_image(shared_file("ixi_t1_dlmuse", "t1", "IXI012-HH-1211_T1.nii.gz")), img)
+    proc = subprocess.run([sys.executable, "-m", "unireg.cli", "register", "--fixed", str(img), "--moving", str(img),
+                           "--out", str(tmp_path / "o"), "--device", "cuda"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("unireg: a GPU was requested (device cuda) but none is visible")
