@@ -10,9 +10,7 @@ test: setup
 bench: setup
 	.venv/bin/python benchmarks/preprocess_speed.py
 
-# Demo: preprocess nibabel's real low-resolution T1 subject onto the default atlas.
+# Demo: the whole cohort workflow on the embedded demo cohort (generated offline on first run).
 demo: setup
-	.venv/bin/unireg atlas prepare
-	.venv/bin/unireg preprocess --subject demo --out demo/sub-demo/preproc \
-	  --image "$$(.venv/bin/python -c 'import nibabel, os; print(os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii"))')"
-	@echo "demo outputs: $$(pwd)/demo/sub-demo/preproc"
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/snakemake --cores 2
+	@echo "report: $(CURDIR)/results/report.html"

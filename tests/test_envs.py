@@ -22,7 +22,7 @@ def _rules():
         text = smk.read_text()
         for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", text):
             head = re.match(r"(?:rule|checkpoint) (\w+):", block.strip())
-            shell = re.search(r'\{UNIREG\} ((?:[a-z]+ ?)+)', block)
+            shell = re.search(r'\{params\.unireg\} ((?:[a-z]+ ?)+)', block)
             if not head or not shell:
                 continue
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)

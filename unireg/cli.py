@@ -78,8 +78,9 @@ def _cmd_propagate(args) -> None:
 
 
 def _cmd_metrics(args) -> None:
-    from .metrics import metrics_files
-    rows = metrics_files(args.labels, args.table, args.out, args.reference, args.registration, subject=args.subject)
+    from .metrics import find_reference, metrics_files
+    reference = args.reference or find_reference(args.subject, args.manifest, args.reference_dir)
+    rows = metrics_files(args.labels, args.table, args.out, reference, args.registration, subject=args.subject)
     dice = [r["dice"] for r in rows if r["dice"] == r["dice"]]
     summary = f"mean Dice {sum(dice) / len(dice):.3f} over {len(dice)} labels" if dice else "no reference: volumes only"
     print(f"unireg metrics: wrote {args.out} ({summary})")
@@ -89,6 +90,17 @@ def _cmd_report(args) -> None:
     from .report import write_report
     write_report(args.results, args.out, args.summary)
     print(f"unireg report: {Path(args.out).resolve()}")
+
+
+def _cmd_index(args) -> None:
+    from .dicom import index_command
+    index_command(args.input, args.out)
+
+
+def _cmd_convert(args) -> None:
+    from .dicom import convert_command
+    out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description)
+    print(f"unireg convert: wrote {out}")
 
 
 def _cmd_demo(args) -> None:
@@ -130,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="resample to this voxel size in mm")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_atlas_import)
+    p = verbs.add_parser("index", help="index a cohort (DICOM folder or cohort TSV) into a series manifest")
+    p.add_argument("--input", required=True, help="a folder of DICOM files (any nesting) or a cohort TSV")
+    p.add_argument("--out", required=True, help="manifest TSV (a .files.json beside it lists each series' files)")
+    p.set_defaults(func=_cmd_index)
+
+    p = verbs.add_parser("convert", help="convert a subject's selected series to NIfTI with dcm2niix")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--out", required=True, help="output .nii.gz (a de-identified .json sidecar is written beside it)")
+    p.add_argument("--modality", help="keep series of this modality (e.g. MR)")
+    p.add_argument("--description", help="regular expression on SeriesDescription")
+    p.set_defaults(func=_cmd_convert)
+
     p = verbs.add_parser("demo", help="generate the embedded demo cohort (DICOM series + reference labels), offline")
     p.add_argument("--out", required=True, help="output folder (dicom/, reference/, cohort.tsv)")
     p.add_argument("--subjects", type=int, help="number of subjects (default 4; 2 with --low-res)")
@@ -171,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("metrics", help="per-label Dice and volumes of propagated labels against a reference")
     p.add_argument("--labels", required=True, help="propagated labels (native grid)")
     p.add_argument("--reference", help="reference labels on the same grid (omit: volumes only)")
+    p.add_argument("--manifest", help="cohort manifest: its 'reference' column names the reference labels")
+    p.add_argument("--reference-dir", help="folder of sub-<id>_labels.nii.gz reference label maps")
     p.add_argument("--table", required=True, help="label table TSV (index, name)")
     p.add_argument("--registration", help="registration.json (adds folding statistics)")
     p.add_argument("--subject", required=True)

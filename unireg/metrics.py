@@ -99,3 +99,20 @@ def metrics_files(labels_path, table_path, out_path, reference_path=None, regist
     rows = subject_metrics(labels, reference, read_label_table(table_path), subject, registration)
     write_metrics_tsv(rows, out_path)
     return rows
+
+
+def find_reference(subject: str, manifest_path=None, reference_dir=None):
+    """The subject's reference label map: the manifest's ``reference`` column (cohort TSV), else
+    ``reference_dir/sub-<subject>_labels.nii.gz`` if it exists, else None."""
+    import csv
+    from pathlib import Path
+    if manifest_path:
+        with open(manifest_path) as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                if row["subject"] == subject and row.get("reference"):
+                    return row["reference"]
+    if reference_dir:
+        candidate = Path(reference_dir) / f"sub-{subject}_labels.nii.gz"
+        if candidate.is_file():
+            return str(candidate)
+    return None

@@ -9,14 +9,15 @@ rule demo:
     benchmark:
         "benchmarks/demo/demo.tsv"
     params:
+        unireg=UNIREG,
         low_res="--low-res" if config["demo"]["low_res"] else "",
         n=config["demo"]["subjects"],
         seed=config["demo"]["seed"],
-        out=DEMO_DIR,
+        out=lambda w, output: Path(output.cohort).parent,
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "{UNIREG} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
+        "{params.unireg} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
 
 
 checkpoint index:
@@ -28,10 +29,12 @@ checkpoint index:
         "logs/index/index.log",
     benchmark:
         "benchmarks/index/index.tsv"
+    params:
+        unireg=UNIREG,
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "{UNIREG} index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
+        "{params.unireg} index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
 
 
 rule convert:
@@ -44,6 +47,7 @@ rule convert:
     benchmark:
         bench("convert")
     params:
+        unireg=UNIREG,
         select=" ".join(
             f"--{k.replace('_', '-')} '{v}'"
             for k, v in config["series_filter"].items()
@@ -52,5 +56,5 @@ rule convert:
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "{UNIREG} convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
+        "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
         "--out {output.image} > {log} 2>&1"

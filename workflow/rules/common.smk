@@ -9,12 +9,12 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # The unireg CLI, run from this checkout: inside a rule's conda env only third-party packages
 # are installed (envs/*.yaml), and `python -m unireg` imports the package from the source tree.
-REPO = Path(workflow.basedir).parent
+REPO = Path(workflow.basedir)  # the directory of the root Snakefile: the repository
 UNIREG = f"PYTHONPATH={REPO} python -m unireg"
 RESULTS = config["results"]
 DEMO_DIR = config["demo"]["out"]
 ATLAS_DIR = (
-    "resources/atlas/" + config["atlas"] if config["atlas"] == "mni2009a" else config["atlas"]
+    f"resources/atlas/{config['atlas']}" if config["atlas"] == "mni2009a" else config["atlas"]
 )
 USE_GPU = bool(config["register"]["gpu"])
 
@@ -29,16 +29,18 @@ def cohort_input():
 
 
 def subjects():
-    """Subject ids from the manifest (written by the `index` checkpoint) or from config."""
+    """Subject ids, known before anything runs wherever possible (config, demo, cohort TSV);
+    only a bare DICOM folder needs the `index` checkpoint's manifest."""
     if config["subjects"]:
         return list(config["subjects"])
+    if config["cohort"] == "demo":
+        return [f"demo{k:02d}" for k in range(1, config["demo"]["subjects"] + 1)]
+    if Path(config["cohort"]).is_file():
+        with open(config["cohort"]) as fh:
+            return sorted({row["subject"] for row in csv.DictReader(fh, delimiter="\t")})
     manifest = checkpoints.index.get().output.manifest
     with open(manifest) as fh:
         return sorted({row["subject"] for row in csv.DictReader(fh, delimiter="\t")})
-
-
-def report_target():
-    return f"{RESULTS}/report.html"
 
 
 def log(rule_name):

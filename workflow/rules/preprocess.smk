@@ -11,12 +11,13 @@ rule atlas:
     benchmark:
         "benchmarks/atlas/atlas.tsv"
     params:
+        unireg=UNIREG,
         out=lambda w, output: Path(output.image).parent,
         spacing=config["atlas_spacing"],
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "{UNIREG} atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
+        "{params.unireg} atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
 
 
 rule preprocess:
@@ -36,12 +37,13 @@ rule preprocess:
     resources:
         mem_mb=4000,
     params:
-        atlas=ATLAS_DIR,
+        unireg=UNIREG,
+        atlas=lambda w, input: Path(input.atlas).parent,
         out=lambda w, output: Path(output.image).parent,
         bet="" if config["preprocess"]["brain_extraction"] else "--no-brain-extraction",
         similarity=config["preprocess"]["similarity"],
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "{UNIREG} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
+        "{params.unireg} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
         "--subject {wildcards.subject} --similarity {params.similarity} {params.bet} > {log} 2>&1"

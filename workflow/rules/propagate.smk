@@ -13,8 +13,10 @@ rule propagate:
         log("propagate"),
     benchmark:
         bench("propagate")
+    params:
+        unireg=UNIREG,
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "{UNIREG} propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
+        "{params.unireg} propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
         "--displacement {input.displacement} --subject {wildcards.subject} --out {output.labels} > {log} 2>&1"

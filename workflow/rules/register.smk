@@ -21,6 +21,7 @@ rule register:
         mem_mb=8000,
         gpu=1 if USE_GPU else 0,
     params:
+        unireg=UNIREG,
         out=lambda w, output: Path(output.displacement).parent,
         model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
         device="cuda" if USE_GPU else "cpu",
@@ -28,6 +29,6 @@ rule register:
     conda:
         "../../envs/register.yaml"
     shell:
-        "{UNIREG} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
+        "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
         "--fixed-mask {input.mask} --out {params.out} --subject {wildcards.subject} {params.model} "
         "--device {params.device} --instance-opt {params.steps} > {log} 2>&1"

@@ -11,7 +11,10 @@ rule report:
         "logs/report/report.log",
     benchmark:
         "benchmarks/report/report.tsv"
+    params:
+        unireg=UNIREG,
+        results=lambda w, output: Path(output.html).parent,
     conda:
         "../../envs/report.yaml"
     shell:
-        "{UNIREG} report {RESULTS} --out {output.html} --summary {output.summary} > {log} 2>&1"
+        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} > {log} 2>&1"
