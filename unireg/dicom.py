@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -66,6 +65,7 @@ import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import UniregError
 from .io import publish, write_text_atomic
@@ -103,7 +103,7 @@ NIFTI_FREE_TEXT = ("descrip", "aux_file", "db_name", "intent_name", "data_type")
 
 def validate_subject_id(subject: str) -> str:
     """Subject ids are letters and digits only (no ``/``, ``..``, ``-``, spaces): safe in any path."""
-    if not isinstance(subject, str) or not SUBJECT_ID.match(subject):
+    if not isinstance(subject, str) or not SUBJECT_ID.fullmatch(subject):  # "$" alone would accept "x\n"
         raise UniregError(f"invalid subject id {subject!r}: use letters and digits only (e.g. 'sub-01' -> '01')")
     return subject
 
@@ -138,15 +138,17 @@ def _read_header(path: Path):
     """``(dataset, pixel_state)`` from the header only, or ``(None, None)`` for a non-DICOM file.
 
     ``pixel_state`` is ``"complete"``, ``"truncated"`` (the file ends before its pixel data
-    does) or ``"none"`` (no pixel data element at all).
+    does) or ``"none"`` (no pixel data element at all: cut before it, or never written).
     """
     try:
         with open(path, "rb") as fh:
             try:
                 ds = pydicom.dcmread(fh, stop_before_pixels=True)
-            except InvalidDicomError:  # no preamble / 'DICM': may still be a bare dataset
+            except InvalidDicomError:  # no preamble / 'DICM': may still be a bare (ACR-NEMA style) dataset
                 fh.seek(0)
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds:  # forced parsing of other bytes gives garbage, not DICOM
+                    return None, None
             return ds, _pixel_state(fh, ds)
     except Exception:  # pydicom raises many types on non-DICOM bytes; such files are skipped
         return None, None
@@ -156,8 +158,9 @@ def _pixel_state(fh, ds) -> str:
     """Whether the pixel data element that starts at ``fh.tell()`` fits inside the file."""
     start, size = fh.tell(), os.fstat(fh.fileno()).st_size
     implicit, little = getattr(ds, "original_encoding", (None, None))
-    if implicit is None or little is None:
-        return "complete"  # deflated or unknown encoding: leave it to dcm2niix
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if implicit is None or little is None or transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return "complete"  # unknown encoding, or a deflated stream that fh does not address: leave it to dcm2niix
     order = "<" if little else ">"
     head = fh.read(12)
     if len(head) < 8:
@@ -165,7 +168,7 @@ def _pixel_state(fh, ds) -> str:
     group, _ = struct.unpack(order + "HH", head[:4])
     if group != 0x7FE0:
         return "none"
-    if implicit:
+    if implicit or not head[4:6].isalpha():  # some writers store this one element implicitly
         (length,), offset = struct.unpack(order + "I", head[4:8]), 8
     elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN") and len(head) == 12:
         (length,), offset = struct.unpack(order + "I", head[8:12]), 12
@@ -202,25 +205,49 @@ def _geometry_value(ds, keyword: str, sequence: str):
     return value if value not in (None, "") else _functional_group_value(ds, sequence, keyword)
 
 
-def _orientation_label(iop) -> str:
-    """``axial``/``sagittal``/``coronal`` from the slice normal, ``oblique`` past :data:`OBLIQUE_DEGREES`."""
-    if iop is None or len(iop) != 6:
+def orientation_label(iop) -> str:
+    """Slice plane of an ImageOrientationPatient (6 direction cosines, LPS).
+
+    ``axial``/``sagittal``/``coronal`` by the axis nearest to the slice normal, ``oblique``
+    when the normal is further than :data:`OBLIQUE_DEGREES` from every axis, ``unknown``
+    without a valid value.
+    """
+    iop = _vector(iop, 6)
+    if iop is None:
         return "unknown"
-    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+    normal = np.cross(iop[:3], iop[3:])
     axis = int(np.argmax(np.abs(normal)))
-    if abs(normal[axis]) < np.cos(np.deg2rad(OBLIQUE_DEGREES)) * np.linalg.norm(normal):
+    if not np.any(normal) or abs(normal[axis]) < np.cos(np.deg2rad(OBLIQUE_DEGREES)) * np.linalg.norm(normal):
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]  # LPS x, y, z normals
+
+
+def _vector(value, size: int) -> np.ndarray | None:
+    """A DICOM multi-value as floats, or None when absent or malformed (headers do not always parse)."""
+    try:
+        vector = np.asarray(value, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.size == size and np.all(np.isfinite(vector)) else None
+
+
+def _number(value, kind=float):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _slice_positions(ds) -> list[tuple]:
     """The ImagePositionPatient of every slice stored in ``ds`` (one, or one per frame)."""
     frames = ds.get("PerFrameFunctionalGroupsSequence")
     if frames:
-        return [tuple(np.round(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), 3))
-                for f in frames if "PlanePositionSequence" in f]
-    position = ds.get("ImagePositionPatient")
-    return [tuple(np.round(np.asarray(position, float), 3))] if position else []
+        values = [f.PlanePositionSequence[0].get("ImagePositionPatient") for f in frames
+                  if f.get("PlanePositionSequence")]
+    else:
+        values = [ds.get("ImagePositionPatient")]
+    vectors = [_vector(v, 3) for v in values]
+    return [tuple(np.round(v, 3)) for v in vectors if v is not None]
 
 
 def _mosaic_slices(ds) -> int | None:
@@ -228,7 +255,7 @@ def _mosaic_slices(ds) -> int | None:
     if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])] or (0x0019, 0x100A) not in ds:
         return None
     value = ds[0x0019, 0x100A].value
-    return int.from_bytes(value[:2], "little") if isinstance(value, bytes) else int(value)
+    return int.from_bytes(value[:2], "little") if isinstance(value, bytes) else _number(value, int)
 
 
 def _is_image(ds) -> bool:
@@ -242,28 +269,37 @@ def _text(value) -> str:
 
 
 def _series_row(subject: str, uid: str, headers: list, n_truncated: int) -> dict:
+    """One manifest row from the headers of a series' files.
+
+    ``n_slices``: distinct ImagePositionPatient values (per frame for enhanced multi-frame
+    files), NumberOfFrames where frames carry no position, the mosaic's slice count for a
+    Siemens mosaic. ``orientation``: :func:`orientation_label`, or ``mixed`` when the files'
+    ImageOrientationPatient differ (dcm2niix then writes one volume per orientation).
+    Geometry and sizes come from the first complete file.
+    """
     complete = [ds for ds in headers if "Rows" in ds] or headers
     first = complete[0]
     image_type = "\\".join(str(v) for v in (first.get("ImageType") or []))
-    iops = [_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence") for ds in complete]
-    iops = [np.asarray(v, float) for v in iops if v is not None and len(v) == 6]
+    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6)
+            for ds in complete]
+    iops = [v for v in iops if v is not None]
     same = all(np.allclose(v, iops[0], atol=1e-4) for v in iops)
     positions = {p for ds in complete for p in _slice_positions(ds)}
-    n_frames = sum(int(ds.get("NumberOfFrames") or 1) for ds in complete)
+    n_frames = sum(_number(ds.get("NumberOfFrames"), int) or 1 for ds in complete)
     mosaic = _mosaic_slices(first)
-    n_slices = mosaic if mosaic else max(len(positions), n_frames if n_frames > len(complete) else 1)
-    spacing = _geometry_value(first, "PixelSpacing", "PixelMeasuresSequence") or []
-    thickness = _geometry_value(first, "SliceThickness", "PixelMeasuresSequence")
+    n_slices = mosaic or len(positions) or n_frames
+    spacing = _vector(_geometry_value(first, "PixelSpacing", "PixelMeasuresSequence"), 2)
+    thickness = _number(_geometry_value(first, "SliceThickness", "PixelMeasuresSequence"))
     transfer_syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")
     sop_class = first.get("SOPClassUID", "")
     return {
         "subject": subject, "study_uid": str(first.get("StudyInstanceUID", "")), "series_uid": uid,
         "modality": _text(first.get("Modality")), "series_description": _text(first.get("SeriesDescription")),
         "n_files": len(headers), "n_slices": int(n_slices),
-        "orientation": _orientation_label(iops[0]) if iops and same else ("mixed" if iops else "unknown"),
-        "rows": int(first.get("Rows") or 0), "columns": int(first.get("Columns") or 0),
-        "pixel_spacing": "x".join(f"{float(v):g}" for v in spacing),
-        "slice_thickness": f"{float(thickness):g}" if thickness not in (None, "") else "",
+        "orientation": orientation_label(iops[0]) if iops and same else ("mixed" if iops else "unknown"),
+        "rows": _number(first.get("Rows"), int) or 0, "columns": _number(first.get("Columns"), int) or 0,
+        "pixel_spacing": "x".join(f"{v:g}" for v in spacing) if spacing is not None else "",
+        "slice_thickness": f"{thickness:g}" if thickness is not None else "",
         "transfer_syntax": str(transfer_syntax), "sop_class": _text(getattr(sop_class, "name", sop_class)),
         "image_type": _text(image_type), "n_truncated": n_truncated, "kind": "dicom", "source": "", "reference": "",
     }
@@ -296,8 +332,8 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
         The manifest (:data:`MANIFEST_COLUMNS`), with ``attrs["files"]`` (series uid -> its
         files, sorted) and ``attrs["skipped"]``: ``not_dicom`` (unreadable or not DICOM) and
         ``not_image`` (DICOM without an image, e.g. a DICOMDIR or a report) counts, and
-        ``truncated`` (image files whose pixel data is cut short: they stay in their series,
-        so converting it fails loudly instead of silently losing a slice).
+        ``truncated`` (image files whose pixel data is cut short or missing: they stay in
+        their series, so converting it fails loudly instead of silently losing a slice).
     """
     root = Path(root)
     if not root.is_dir():
@@ -522,6 +558,8 @@ def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: 
     file with more than one volume is an error. Written atomically, gzip without name or time.
     """
     source, out_nifti = Path(source), Path(out_nifti)
+    if not out_nifti.name.endswith(".nii.gz"):
+        raise UniregError("output must end in .nii.gz", subject=subject, path=out_nifti)
     try:
         with (gzip.open if source.name.endswith(".gz") else open)(source, "rb") as fin:
             first = fin.read(4)
@@ -541,6 +579,9 @@ def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: 
                 if name in header:
                     header[name] = b""
             vox_offset = int(header["vox_offset"])
+            if vox_offset == 0:  # some writers leave it 0 in a single file: the data follow the 4-byte flag
+                vox_offset = sizeof_hdr + 4
+                header["vox_offset"] = vox_offset
             if vox_offset < sizeof_hdr + 4:
                 raise UniregError("not a single-file NIfTI (.nii/.nii.gz)", subject=subject, path=source)
             fin.read(vox_offset - sizeof_hdr)  # extension flag and extensions: dropped
@@ -580,6 +621,22 @@ def _phi_values(ds) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def _why_not_one_volume(headers: list, n_outputs: int) -> str:
+    """What the headers say about a series that dcm2niix did not turn into exactly one volume."""
+    if not n_outputs:
+        return "no volume"
+    reasons = []
+    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6) for ds in headers]
+    n_orientations = len({tuple(np.round(v, 3)) for v in iops if v is not None})
+    if n_orientations > 1:
+        reasons.append(f"{n_orientations} slice orientations")
+    n_echoes = len({str(ds.get("EchoTime", "")) for ds in headers})
+    if n_echoes > 1:
+        reasons.append(f"{n_echoes} echo times")
+    because = "; it has " + " and ".join(reasons) if reasons else " (several echoes, volumes or a gap in the slices?)"
+    return f"{n_outputs} volumes{because}"
+
+
 def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str, series_uid: str = "") -> Path:
     """Convert one series' files with dcm2niix into ``out_nifti`` (.nii.gz) + a de-identified ``.json``.
 
@@ -595,21 +652,20 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
     label = f"series {series_uid}" if series_uid else "series"
     if not files:
         raise UniregError(f"{label} has no files; run 'unireg index' again", subject=subject)
-    first = None
+    headers = []
     for path in files:
         if not path.is_file():
-            raise UniregError(f"{label}: file missing (moved since 'unireg index'?): {path.name}", subject=subject,
-                              path=path.parent)
+            raise UniregError(f"{label}: file missing (moved since 'unireg index'?)", subject=subject, path=path)
         ds, pixels = _read_header(path)
         if ds is None or not _is_image(ds):
-            raise UniregError(f"{label}: {path.name} is not a readable DICOM image", subject=subject, path=path.parent)
+            raise UniregError(f"{label}: not a readable DICOM image", subject=subject, path=path)
         if pixels != "complete":
-            raise UniregError(f"{label}: {path.name} is truncated (the file ends before its pixel data); copy or "
-                              "export the series again", subject=subject, path=path.parent)
-        first = first or ds
+            raise UniregError(f"{label}: file is truncated (its pixel data is cut short or missing); copy or "
+                              "export the series again", subject=subject, path=path)
         if series_uid and str(ds.SeriesInstanceUID) != series_uid:
-            raise UniregError(f"{label}: {path.name} belongs to another series; run 'unireg index' again",
-                              subject=subject, path=path.parent)
+            raise UniregError(f"{label}: file belongs to another series; run 'unireg index' again",
+                              subject=subject, path=path)
+        headers.append(ds)
     with tempfile.TemporaryDirectory(prefix="unireg-dcm2niix-") as tmp:
         source, target = Path(tmp, "in"), Path(tmp, "out")
         source.mkdir()
@@ -626,20 +682,31 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
         except subprocess.TimeoutExpired as exc:
             raise UniregError(f"{label}: dcm2niix did not finish in {DCM2NIIX_TIMEOUT_S} s", subject=subject) from exc
         outputs = sorted(target.glob("*.nii"))
+        log = (proc.stdout + "\n" + proc.stderr).splitlines()
+        phi = _phi_values(headers[0])
+        messages = [_redact(ln.strip(), phi, tmp) for ln in log
+                    if re.match(r"\s*(error|warning|slices not stacked)", ln, re.I)]
+        for message in messages:  # for the rule's log: QC hints such as varying slice spacing
+            print(f"unireg convert: {subject}: dcm2niix: {message[:300]}")
         if len(outputs) != 1:
-            log = (proc.stdout + "\n" + proc.stderr).splitlines()
-            messages = [ln.strip() for ln in log if re.match(r"\s*(error|warning|slices not stacked)", ln, re.I)]
             messages = [m for m in messages if "interpolated protocol" not in m] or messages
-            detail = f" (dcm2niix: {_redact(messages[-1], _phi_values(first), tmp)[:200]})" if messages else ""
-            what = ("no volume" if not outputs else
-                    f"{len(outputs)} volumes (several orientations, echoes or a gap in the slices)")
-            raise UniregError(f"{label} converts to {what}{detail}; check the series or choose another with "
-                              "series_filter", subject=subject)
+            detail = f" (dcm2niix: {messages[-1][:200]})" if messages else ""
+            raise UniregError(f"{label} converts to {_why_not_one_volume(headers, len(outputs))}{detail}; check the "
+                              "series or choose another with series_filter", subject=subject)
         sidecar_file = outputs[0].with_suffix(".json")
         sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.is_file() else {}
-        write_text_atomic(sidecar_path(out_nifti), json.dumps(scrub_sidecar(sidecar), indent=2) + "\n")
-        write_scrubbed_nifti(outputs[0], out_nifti, subject=subject)
-    return out_nifti
+        return _write_converted(outputs[0], scrub_sidecar(sidecar), out_nifti, subject)
+
+
+def _write_converted(source: Path, sidecar: dict, out_nifti: Path, subject: str) -> Path:
+    """Sidecar first, then the NIfTI (its presence means both are complete); no sidecar left on failure."""
+    json_path = sidecar_path(out_nifti)
+    write_text_atomic(json_path, json.dumps(sidecar, indent=2) + "\n")
+    try:
+        return write_scrubbed_nifti(source, out_nifti, subject=subject)
+    except BaseException:
+        json_path.unlink(missing_ok=True)
+        raise
 
 
 def convert_command(manifest_path: str | Path, subject: str, out_nifti: str | Path, modality: str | None = None,
@@ -652,8 +719,7 @@ def convert_command(manifest_path: str | Path, subject: str, out_nifti: str | Pa
     manifest = read_manifest(manifest_path)
     row = select_series(manifest, subject, modality, description_regex)
     if row["kind"] == "nifti":
-        write_text_atomic(sidecar_path(out_nifti), json.dumps({"Source": "NIfTI from the cohort TSV"}) + "\n")
-        return write_scrubbed_nifti(row["source"], out_nifti, subject=subject)
+        return _write_converted(Path(row["source"]), {"Source": "NIfTI from the cohort TSV"}, Path(out_nifti), subject)
     files = manifest.attrs["files"].get(row["series_uid"])
     if not files:
         raise UniregError(f"series {row['series_uid']} has no file list beside the manifest "

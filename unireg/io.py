@@ -202,33 +202,31 @@ def publish(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def _save_atomic(nii, path: Path) -> Path:
+def write_atomic(path: str | Path, write, suffix: str = "") -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A killed job never leaves a complete-looking ``path``: either the old file or the new one.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        nib.save(nii, tmp)
+        write(tmp)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _save_atomic(nii, path: Path) -> Path:
+    return write_atomic(path, lambda tmp: nib.save(nii, tmp), ".nii.gz" if str(path).endswith(".nii.gz") else ".nii")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a small text file (JSON, TSV, transform) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_label_table(path: str | Path) -> dict[int, str]:

@@ -18,8 +18,6 @@ converted to world millimetres by :mod:`unireg.register`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from monai.networks.nets import UNet
 from . import __version__
 from .errors import UniregError
 from .features import FeatureExtractor, build_extractor, sha256_file
-from .io import publish, write_text_atomic
+from .io import write_atomic, write_text_atomic
 
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample.")
 
@@ -178,14 +176,7 @@ def save_checkpoint(path: str | Path, model: UniRegNet, config: dict, extra: dic
     payload = {"format": CHECKPOINT_FORMAT, "unireg_version": __version__, "config": dict(config),
                "extractor": model.extractor.name, "extractor_weights_sha256": model.extractor.weights_sha256,
                "state_dict": model_state(model), **(extra or {})}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
     write_text_atomic(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n")
     return path
 
