@@ -87,6 +87,21 @@ def test_training_is_deterministic_for_a_seed(tiny_dataset):
     assert losses[0] == losses[1]
 
 
+def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
+    path = _config(tiny_dataset, 2, output="gamma")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["augment"] = {"gamma": 0.5}
+    path.write_text(yaml.safe_dump(cfg))
+    from unireg.train import Trainer
+    trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
+    assert not trainer.cache_features
+    image = trainer._image(trainer.train_set[0])
+    gammas = {float(trainer._gamma(image).sum()) for _ in range(5)}
+    assert len(gammas) == 5  # a different contrast every time
+    trainer.run(progress=False)
+    assert (tiny_dataset / "gamma" / "model.pt").is_file()
+
+
 def test_unknown_config_key_is_named(tiny_dataset, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"data": {"images": "x", "n_trian": 3}, "output": "o"}))

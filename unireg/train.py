@@ -7,7 +7,9 @@ image is first brought onto the atlas grid by :mod:`unireg.preprocess` (cached i
 ``<output>/cache``); its labels follow through the same affine (nearest neighbour).
 
 Each step draws a random ordered pair (fixed, moving) of training subjects, applies a small
-random affine to the moving one (image, labels and features alike), predicts the displacement
+random affine to the moving one (image, labels and features alike) and, with
+``train.augment.gamma > 0``, a random gamma to both images' intensities (features are then
+recomputed every step), predicts the displacement
 and minimises ``similarity + smooth_weight * regulariser + dice_weight * Dice loss`` (the Dice
 term uses ``dice_labels`` random labels present in both maps). Frozen extractors' features
 are computed once per image (they do not change); ``scratch`` computes them every step.
@@ -51,7 +53,7 @@ DEFAULTS = {
     "loss": {"similarity": "lncc", "regulariser": "diffusion", "smooth_weight": 1.0, "dice_weight": 1.0,
              "dice_labels": 16},
     "train": {"steps": 1000, "learning_rate": 1e-3, "seed": 0, "validate_every": 250, "val_pairs": 9,
-              "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05}},
+              "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0}},
     "output": None,
 }
 
@@ -213,7 +215,8 @@ class Trainer:
         self.dice = dice_loss()
         self.step = 0
         self.history = []
-        self.cache_features = not self.model.extractor.trainable
+        # frozen features of an image never change, unless its intensities are augmented
+        self.cache_features = not self.model.extractor.trainable and not train_cfg["augment"]["gamma"]
         self._features = {}
         if resume and (self.out / "last.pt").is_file():
             self._resume(self.out / "last.pt")
@@ -231,10 +234,21 @@ class Trainer:
         return self._features[record["id"]]
 
     # -- one step -----------------------------------------------------------------------------
-    def losses(self, fixed, moving, theta=None) -> dict[str, torch.Tensor]:
+    def _gamma(self, image: torch.Tensor) -> torch.Tensor:
+        """Random intensity augmentation: ``image ** g`` with ``log g`` uniform in +-log(1 + gamma)."""
+        amount = self.config["train"]["augment"]["gamma"]
+        if not amount:
+            return image
+        return image.clamp(min=0) ** float(np.exp(self.rng.uniform(-1, 1) * np.log1p(amount)))
+
+    def losses(self, fixed, moving, theta=None, augment: bool = False) -> dict[str, torch.Tensor]:
         cfg = self.config["loss"]
         fixed_img, moving_img = self._image(fixed), self._image(moving)
-        fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
+        if augment and not self.cache_features:
+            fixed_img, moving_img = self._gamma(fixed_img), self._gamma(moving_img)
+            fixed_feat, moving_feat = self.model.features(fixed_img), self.model.features(moving_img)
+        else:
+            fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
         moving_lab = torch.from_numpy(moving["labels"])[None, None] if moving["labels"] is not None else None
         if theta is not None:
             moving_img = apply_theta(moving_img, theta)
@@ -264,7 +278,7 @@ class Trainer:
         theta = random_affine_theta(self.rng, self.config["train"]["augment"], self.train_set[j]["image"].shape)
         self.model.train()
         self.optimiser.zero_grad()
-        terms = self.losses(self.train_set[i], self.train_set[j], theta)
+        terms = self.losses(self.train_set[i], self.train_set[j], theta, augment=True)
         terms["total"].backward()
         self.optimiser.step()
         self.step += 1

@@ -1,4 +1,4 @@
-# Cohort discovery (one manifest for the whole cohort) and DICOM -> NIfTI conversion per subject.
+# Cohort discovery: the demo cohort (when asked for) and one manifest for the whole cohort.
 
 
 rule demo:
@@ -35,26 +35,3 @@ checkpoint index:
         "../../envs/dicom.yaml"
     shell:
         "{params.unireg} index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
-
-
-rule convert:
-    input:
-        manifest=f"{RESULTS}/manifest.tsv",
-    output:
-        image=f"{RESULTS}/sub-{{subject}}/anat/sub-{{subject}}_T1w.nii.gz",
-    log:
-        log("convert"),
-    benchmark:
-        bench("convert")
-    params:
-        unireg=UNIREG,
-        select=" ".join(
-            f"--{k.replace('_', '-')} '{v}'"
-            for k, v in config["series_filter"].items()
-            if v
-        ),
-    conda:
-        "../../envs/dicom.yaml"
-    shell:
-        "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
-        "--out {output.image} > {log} 2>&1"
