@@ -43,8 +43,8 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-3000:])
-            jobs = sum(int(line.split()[-1]) for line in proc.stdout.splitlines()
-                       if line.strip() and line.split()[-1].isdigit() and not line.startswith("total"))
+            jobs = max(int(line.split()[-1]) for line in (proc.stdout + proc.stderr).splitlines()
+                       if line.startswith("total") and line.split()[-1].isdigit())
             rows.append((n, jobs, seconds))
     print("| subjects | jobs in DAG | seconds for snakemake -n |")
     print("|---|---|---|")
