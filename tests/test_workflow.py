@@ -91,3 +91,25 @@ def test_misspelt_config_key_is_rejected_clearly(tmp_path):
     proc = _snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
     assert "registr" in proc.stdout + proc.stderr and "Additional properties" in proc.stdout + proc.stderr
+
+
+def test_report_regenerates_with_new_references_without_touching_registration(finished_run):
+    """`snakemake report` with a new reference folder redoes metrics + report only."""
+    new_refs = finished_run / "new_refs"
+    new_refs.mkdir(exist_ok=True)
+    for subject in ("demo01", "demo02"):
+        ref = load_image(finished_run / "resources" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
+                         label=True)
+        data = ref.data.copy()
+        data[data == 1] = 0  # a "new segmentation" without CSF
+        from unireg.io import save_image
+        save_image(ref.with_data(data), new_refs / f"sub-{subject}_labels.nii.gz")
+    registration = finished_run / "results" / "sub-demo01" / "reg" / "displacement.nii.gz"
+    before = registration.stat().st_mtime_ns
+    _snakemake(finished_run, "--cores", "2", "report", "--config", f"reference_labels={new_refs}")
+    assert registration.stat().st_mtime_ns == before
+    metrics = (finished_run / "results" / "sub-demo01" / "sub-demo01_metrics.tsv").read_text()
+    assert "empty in reference" in metrics  # CSF is gone from the new references
+    _snakemake(finished_run, "--report", str(finished_run / "snakemake_report.html"),
+               "--config", f"reference_labels={new_refs}")
+    assert (finished_run / "snakemake_report.html").stat().st_size > 10_000

@@ -141,17 +141,18 @@ def metrics_files(labels_path, table_path, out_path, reference_path=None, regist
 
 
 def find_reference(subject: str, manifest_path=None, reference_dir=None):
-    """The subject's reference label map: the manifest's ``reference`` column (cohort TSV), else
-    ``reference_dir/sub-<subject>_labels.nii.gz`` if it exists, else None."""
+    """The subject's reference label map: ``reference_dir/sub-<subject>_labels.nii.gz`` if given and
+    present (a new reference set overrides the cohort's), else the manifest's ``reference``
+    column (cohort TSV), else None."""
     import csv
     from pathlib import Path
+    if reference_dir:
+        candidate = Path(reference_dir) / f"sub-{subject}_labels.nii.gz"
+        if candidate.is_file():
+            return str(candidate)
     if manifest_path:
         with open(manifest_path) as fh:
             for row in csv.DictReader(fh, delimiter="\t"):
                 if row["subject"] == subject and row.get("reference"):
                     return row["reference"]
-    if reference_dir:
-        candidate = Path(reference_dir) / f"sub-{subject}_labels.nii.gz"
-        if candidate.is_file():
-            return str(candidate)
     return None

@@ -5,7 +5,7 @@ rule report:
     input:
         metrics=lambda w: expand(f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_metrics.tsv", subject=subjects()),
     output:
-        html=f"{RESULTS}/report.html",
+        html=report(f"{RESULTS}/report.html", caption="../report/cohort.rst", category="Cohort"),
         summary=f"{RESULTS}/cohort_metrics.tsv",
     log:
         "logs/report/report.log",
