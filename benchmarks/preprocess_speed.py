@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 from unireg.affine import align_affine  # noqa: E402
 from unireg.atlas import prepare_default_atlas  # noqa: E402
 from unireg.io import Grid, load_image  # noqa: E402
-from unireg.preprocess import PreprocessOptions, preprocess_image  # noqa: E402
+from unireg.preprocess import preprocess_image  # noqa: E402
 from unireg.transforms import resample  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"

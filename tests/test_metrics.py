@@ -4,7 +4,7 @@ import torch
 from scipy import ndimage
 
 from unireg.cli import main
-from unireg.io import Image, load_image, save_image
+from unireg.io import Image, save_image
 from unireg.metrics import dice_per_label, find_reference, subject_metrics, surface_distances
 from unireg.model import SpatialTransformer, VecInt
 

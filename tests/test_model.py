@@ -4,7 +4,7 @@ import torch
 
 from unireg.errors import UniregError
 from unireg.io import load_displacement, save_displacement
-from unireg.model import (SpatialTransformer, UniRegNet, VecInt, build_model, jacobian_stats, load_checkpoint,
+from unireg.model import (SpatialTransformer, VecInt, build_model, jacobian_stats, load_checkpoint,
                           resize_field, save_checkpoint)
 from unireg.features import build_extractor
 

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from conftest import shared_file
 from unireg.affine import write_affine_txt

@@ -51,7 +51,7 @@ import torch
 from . import __version__
 from .atlas import MNI_TISSUE_TABLE, mni_template_images, tissue_labels
 from .errors import UniregError
-from .io import Grid, Image, apply_affine, load_image, save_image, write_text_atomic
+from .io import Grid, Image, apply_affine, load_image, save_image, write_atomic, write_text_atomic
 from .model import VecInt, jacobian_determinant
 from .transforms import grid_with_spacing, reorient_to_ras
 
@@ -230,14 +230,7 @@ def write_dicom_series(folder: str | Path, volume: Image, stack: SliceStack, tag
         ds.PixelRepresentation = 0
         ds.PixelData = pixels.astype("<u2").tobytes()
         path = folder / f"MR.{sop_uid}.dcm"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        os.close(fd)
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
         paths.append(path)
     return paths
 

@@ -68,7 +68,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import UniregError
-from .io import publish, write_text_atomic
+from .io import write_atomic, write_text_atomic
 
 SUBJECT_SALT = "unireg-subject-id-v1"  # fixed project constant: the same PatientID gives the same id everywhere
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
@@ -585,18 +585,14 @@ def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: 
             if vox_offset < sizeof_hdr + 4:
                 raise UniregError("not a single-file NIfTI (.nii/.nii.gz)", subject=subject, path=source)
             fin.read(vox_offset - sizeof_hdr)  # extension flag and extensions: dropped
-            out_nifti.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out_nifti.name}.", suffix=".nii.gz", dir=out_nifti.parent)
-            try:
-                with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                               compresslevel=6, mtime=0) as gz:
+
+            def write_gzip(tmp):
+                with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                           compresslevel=6, mtime=0) as gz:
                     gz.write(header.binaryblock)
                     gz.write(b"\0" * (vox_offset - sizeof_hdr))
                     shutil.copyfileobj(fin, gz, 1 << 20)
-                publish(tmp, out_nifti)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(out_nifti, write_gzip, ".nii.gz")
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UniregError(f"cannot read as NIfTI ({type(exc).__name__})", subject=subject, path=source) from exc
     return out_nifti
