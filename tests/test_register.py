@@ -115,3 +115,16 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
                            "--out", str(tmp_path / "o"), "--device", "cuda"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("unireg: a GPU was requested (device cuda) but none is visible")
+
+
+def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atlas, monkeypatch):
+    import unireg.register as reg
+    monkeypatch.setattr(reg, "available_memory_bytes", lambda: 0.5e9)
+    with pytest.raises(reg.UniregError) as err:
+        reg.register_images(default_atlas.image, default_atlas.image, None,
+                            instance_opt=InstanceOptOptions(steps=5))
+    message = str(err.value)
+    assert "80x96x96 atlas grid with instance optimisation needs about" in message
+    assert "register.instance_opt: 0" in message and "atlas_spacing" in message
+    monkeypatch.undo()
+    reg.check_memory(default_atlas.grid.shape, 20, torch.device("cpu"))  # 2 mm fits on this 24 GB machine

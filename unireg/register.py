@@ -69,6 +69,48 @@ def _tensor(image: Image, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.data, dtype=np.float32))[None, None].to(device)
 
 
+# measured with benchmarks/register_speed.py (CPU): bytes per voxel of the atlas grid on top of
+# the ~0.4 GB that torch and the model take; instance optimisation keeps MIND features and
+# their gradients
+BASE_BYTES = 0.45e9
+BYTES_PER_VOXEL = {"predict": 350, "instance_opt": 950}
+
+
+def available_memory_bytes() -> float:
+    """Memory this process may still use: the cgroup limit (SLURM, containers) or MemAvailable."""
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = open(path).read().strip()
+            if value.isdigit():
+                limits.append(float(value))
+        except OSError:
+            pass
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                limits.append(float(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return min(limits) if limits else float("inf")
+
+
+def check_memory(shape: tuple[int, ...], instance_opt_steps: int, device: torch.device) -> None:
+    """Fail early, naming the grid and the settings to lower, instead of being OOM-killed."""
+    if device.type != "cpu":
+        return
+    mode = "instance_opt" if instance_opt_steps > 0 else "predict"
+    needed = BASE_BYTES + BYTES_PER_VOXEL[mode] * float(np.prod(shape))
+    available = available_memory_bytes()
+    if needed > available:
+        grid = "x".join(str(s) for s in shape)
+        raise UniregError(f"registration on the {grid} atlas grid"
+                          f"{' with instance optimisation' if instance_opt_steps else ''} needs about "
+                          f"{needed / 1e9:.1f} GB but only {available / 1e9:.1f} GB is available; use a coarser "
+                          "atlas (atlas_spacing / unireg atlas prepare --spacing), set register.instance_opt: 0, "
+                          "or give the job more memory")
+
+
 def check_pair(fixed: Image, moving: Image, multiple: int = 16) -> None:
     if fixed.shape != moving.shape or not np.allclose(fixed.affine, moving.affine, atol=1e-3):
         raise UniregError("fixed and moving images are not on the same grid; run 'unireg preprocess' "
@@ -102,6 +144,7 @@ def register_images(fixed: Image, moving: Image, model: UniRegNet, *, moving_lab
     """Register ``moving`` onto ``fixed`` (same grid). Returns the warped image and the field."""
     check_pair(fixed, moving)
     device = torch.device(device)
+    check_memory(fixed.shape, (instance_opt or InstanceOptOptions()).steps, device)
     model = model.to(device).eval()
     timings = {}
     fixed_t, moving_t = _tensor(fixed, device), _tensor(moving, device)
