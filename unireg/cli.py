@@ -87,9 +87,14 @@ def _cmd_metrics(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from .report import write_report
-    write_report(args.results, args.out, args.summary)
-    print(f"unireg report: {Path(args.out).resolve()}")
+    from .report import regenerate_metrics, write_report
+    if args.table:
+        errors = regenerate_metrics(args.results, args.table, args.reference_dir, args.manifest)
+        if errors:
+            print(f"unireg report: {len(errors)} subjects could not be re-measured (listed above)")
+    result = write_report(args.results, args.out, args.summary, logs_dir=args.logs)
+    print(f"unireg report: {Path(args.out).resolve()} ({len(result['per_subject'])} subjects, "
+          f"{len(result['qc'])} flagged, {len(result['failed'])} failed)")
 
 
 def _cmd_index(args) -> None:
@@ -208,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="results folder (with sub-*/sub-*_metrics.tsv)")
     p.add_argument("--out", help="HTML report (default RESULTS/report.html)")
     p.add_argument("--summary", help="cohort summary TSV (default RESULTS/cohort_metrics.tsv)")
+    p.add_argument("--logs", help="the workflow's logs folder, for failed subjects' errors (default RESULTS/../logs)")
+    p.add_argument("--table", help="label table TSV: first re-measure every subject's propagated labels with it")
+    p.add_argument("--reference-dir", help="with --table: folder of sub-<id>_labels.nii.gz reference label maps")
+    p.add_argument("--manifest", help="with --table: cohort manifest whose 'reference' column names references")
     p.set_defaults(func=_cmd_report)
 
     weights = verbs.add_parser("weights", help="ImageNet weights of the feature extractors").add_subparsers(

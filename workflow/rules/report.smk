@@ -17,4 +17,5 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} > {log} 2>&1"
+        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs logs "
+        "> {log} 2>&1"
