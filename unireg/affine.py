@@ -24,7 +24,7 @@ from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrel
 from scipy import ndimage
 
 from .errors import UniregError
-from .io import Grid, Image, apply_affine
+from .io import Grid, Image, apply_affine, write_text_atomic
 
 LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 SIMILARITIES = ("mi", "lncc")
@@ -194,7 +194,6 @@ def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None 
 
 def write_affine_txt(path, matrix: np.ndarray) -> str:
     """The 4x4 RAS matrix as plain text (numpy ``loadtxt`` reads it back)."""
-    from .io import write_text_atomic
     header = ("unireg affine: fixed(atlas) world -> moving(subject) world, RAS+ mm, "
               "applied to column vectors [x y z 1]\n")
     rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in matrix)
@@ -212,7 +211,6 @@ def read_affine_txt(path) -> np.ndarray:
 
 def write_itk_affine(path, matrix: np.ndarray) -> str:
     """Write ``matrix`` (RAS, fixed -> moving) as an ITK ``AffineTransform_double_3_3`` text file (LPS)."""
-    from .io import write_text_atomic
     lps = LPS_FLIP @ matrix @ LPS_FLIP
     params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
     text = ("#Insight Transform File V1.0\n#Transform 0\n"

@@ -8,9 +8,15 @@ misleading 0 or 1 (see :func:`subject_metrics`).
 
 from __future__ import annotations
 
+import csv
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+from .errors import UniregError
+from .io import load_image, read_label_table, write_text_atomic
 
 
 def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels=None) -> dict[int, float]:
@@ -85,7 +91,6 @@ def subject_metrics(labels, reference, table: dict[int, str], subject: str,
     pred = labels.data
     ref = reference.data if reference is not None else None
     if ref is not None and (ref.shape != pred.shape or not np.allclose(reference.affine, labels.affine, atol=1e-3)):
-        from .errors import UniregError
         raise UniregError("reference labels are not on the propagated labels' grid (the converted image's grid)",
                           subject=subject, path=reference.path)
     size = max(max(table, default=0), int(pred.max(initial=0)), int(ref.max(initial=0)) if ref is not None else 0) + 1
@@ -119,8 +124,6 @@ def subject_metrics(labels, reference, table: dict[int, str], subject: str,
 
 
 def write_metrics_tsv(rows: list[dict], path) -> None:
-    from .io import write_text_atomic
-
     def fmt(v):
         return f"{v:.6g}" if isinstance(v, float) else str(v)
     lines = ["\t".join(METRIC_COLUMNS)] + ["\t".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
@@ -129,9 +132,6 @@ def write_metrics_tsv(rows: list[dict], path) -> None:
 
 def metrics_files(labels_path, table_path, out_path, reference_path=None, registration_path=None,
                   subject: str = "") -> list[dict]:
-    import json
-
-    from .io import load_image, read_label_table
     labels = load_image(labels_path, label=True, subject=subject)
     reference = load_image(reference_path, label=True, subject=subject) if reference_path else None
     registration = json.loads(open(registration_path).read()) if registration_path else None
@@ -144,8 +144,6 @@ def find_reference(subject: str, manifest_path=None, reference_dir=None):
     """The subject's reference label map: ``reference_dir/sub-<subject>_labels.nii.gz`` if given and
     present (a new reference set overrides the cohort's), else the manifest's ``reference``
     column (cohort TSV), else None."""
-    import csv
-    from pathlib import Path
     if reference_dir:
         candidate = Path(reference_dir) / f"sub-{subject}_labels.nii.gz"
         if candidate.is_file():

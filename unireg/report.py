@@ -55,6 +55,7 @@ AGGREGATE_FILES = {"per_label": "cohort_metrics_per_label", "per_subject": "coho
 MIN_DICE = 0.5
 MAX_FOLDING_PERCENT = 0.5
 MAX_QC_IMAGES = 50
+STRIP_PER_LABEL = 300  # dots per label in the strip plots (boxes use every value)
 
 # files per dask partition: one partition per file costs far more in scheduling than in parsing
 _FILES_PER_PARTITION = 250
@@ -179,6 +180,21 @@ def aggregate(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
       ``mean_dice`` and ``median_hd95_mm`` over the labels with a value, ``folding_percent``
       and ``log_jacobian_std`` of the subject's registration.
     """
+    per_label, per_subject, _ = _compute_tables(results_dir)
+    return per_label, per_subject
+
+
+def _sample_partition(frame: pd.DataFrame, per_label: int) -> pd.DataFrame:
+    """Up to ``per_label`` seeded random rows of each label from one partition."""
+    columns = ["label", "dice", "hd95_mm"]
+    if not len(frame):
+        return frame[columns]
+    # a seeded shuffle, then the first rows of each label: a random sample per label
+    return frame[columns].sample(frac=1.0, random_state=0).groupby("label").head(per_label)
+
+
+def _compute_tables(results_dir: str | Path, strip_per_label: int = 0):
+    """One pass over the metric files: (per_label, per_subject, strip-plot sample or None)."""
     import dask
     frame = read_metrics(results_dir)
     columns = ["label", "name", "dice", "hd95_mm"]
@@ -186,10 +202,14 @@ def aggregate(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     # exact quantiles need every value of a label in one place: shuffle rows by label first
     by_label = frame[columns].shuffle(on="label").map_partitions(_per_label_partition, meta=meta_label)
     by_subject = frame.map_partitions(_per_subject_partition, meta=_per_subject_frame(pd.DataFrame()))
-    per_label, per_subject = dask.compute(by_label, by_subject, scheduler="threads")
-    per_label = per_label.sort_values(["label", "name"], kind="stable").reset_index(drop=True)
-    per_subject = per_subject.sort_values("subject", kind="stable").reset_index(drop=True)
-    return per_label, per_subject
+    todo = [by_label, by_subject]
+    if strip_per_label:
+        k = max(1, strip_per_label // max(1, frame.npartitions))
+        todo.append(frame.map_partitions(_sample_partition, k, meta=frame._meta[["label", "dice", "hd95_mm"]]))
+    results = dask.compute(*todo, scheduler="threads")
+    per_label = results[0].sort_values(["label", "name"], kind="stable").reset_index(drop=True)
+    per_subject = results[1].sort_values("subject", kind="stable").reset_index(drop=True)
+    return per_label, per_subject, (results[2] if strip_per_label else None)
 
 
 def _write_table(frame: pd.DataFrame, stem: Path) -> list[Path]:
@@ -317,17 +337,6 @@ def _png_data_uri(fig) -> str:
 
 def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
-
-
-def _strip_sample(results_dir: str | Path, per_label_max: int = 300) -> pd.DataFrame:
-    """A seeded random sample of (label, dice, hd95_mm) rows, about ``per_label_max`` per label,
-    for the strip plots (the boxes come from the exact aggregates)."""
-    frame = read_metrics(results_dir)[["label", "dice", "hd95_mm"]]
-    n_rows = len(frame)
-    n_labels = max(1, int(frame["label"].nunique().compute()))
-    fraction = min(1.0, per_label_max * n_labels / max(1, n_rows))
-    sample = frame if fraction >= 1.0 else frame.sample(frac=fraction, random_state=0)
-    return sample.compute(scheduler="threads")
 
 
 def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str, ylabel: str) -> str:
@@ -484,7 +493,7 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
     ``per_label``, ``per_subject``, ``qc`` (flagged subjects), ``failed`` (frames), and
     ``html``/``summary`` (paths).
     """
-    per_label, per_subject = aggregate(results_dir)
+    per_label, per_subject, sample = _compute_tables(results_dir, strip_per_label=STRIP_PER_LABEL)
     write_text_atomic(summary_path, per_label.to_csv(sep="\t", index=False, float_format="%.6g"))
     _write_aggregate_tables(per_label, per_subject, Path(summary_path).parent)
     qc = qc_flags(per_subject, min_dice, max_folding_percent)
@@ -506,7 +515,6 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
 
     body.append("<h2>Per label</h2>")
     if len(per_label):
-        sample = _strip_sample(results_dir)
         body += ['<figure>' + _img(box_strip_figure(per_label, sample, "dice", "Dice"), "Dice per label")
                  + "<figcaption>Dice per label: box = quartiles and median, whiskers = min-max, "
                    "dots = subjects (a random sample in large cohorts).</figcaption></figure>",

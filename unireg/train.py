@@ -40,7 +40,7 @@ from .errors import UniregError
 from .io import load_image, save_image, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
-from .model import build_model, save_checkpoint
+from .model import build_model, jacobian_stats, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
 from .transforms import resample
 
@@ -294,7 +294,6 @@ class Trainer:
         """Mean label Dice (fixed labels vs warped moving labels) over validation pairs."""
         self.model.eval()
         before, after, folding = [], [], []
-        from .model import jacobian_stats
         for i, j in self.validation_pairs():
             fixed, moving = self.val_set[i], self.val_set[j]
             if fixed["labels"] is None or moving["labels"] is None:
