@@ -1,11 +1,15 @@
 # One entry point per job; each does its own setup on a fresh machine.
-.PHONY: setup test bench demo
+.PHONY: setup test test-slurm bench demo
 
 setup:
 	bash scripts/setup.sh
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The workflow on a real one-node SLURM cluster (root + Debian: installs slurmctld slurmd munge)
+test-slurm: setup
+	bash scripts/ci_slurm.sh
 
 bench: setup
 	.venv/bin/python benchmarks/preprocess_speed.py

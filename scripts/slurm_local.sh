@@ -13,6 +13,8 @@ if [ "$action" = stop ]; then
     pkill -KILL -x slurmd 2>/dev/null || true
     pkill -KILL -x slurmctld 2>/dev/null || true
     pkill -x munged 2>/dev/null || true
+    for _ in $(seq 50); do pgrep -x munged >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.2; done
+    rm -rf /var/spool/slurmctld/* /var/spool/slurmd/*   # the next start begins with no job records
     exit 0
 fi
 
@@ -38,6 +40,9 @@ SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ReturnToService=2
+# keep finished jobs visible to squeue for an hour: the workflow polls job states with squeue and CI
+# reads the records of every job at the end of a run
+MinJobAge=3600
 NodeName=$host CPUs=$(nproc) RealMemory=16000 Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
@@ -47,6 +52,7 @@ echo "NodeName=$host Name=gpu File=/dev/null" > "$conf/gres.conf"
 [ -s /etc/munge/munge.key ] || mungekey -c
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged
+for _ in $(seq 50); do [ -S /run/munge/munge.socket.2 ] && break; sleep 0.2; done
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 30); do

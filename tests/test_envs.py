@@ -97,3 +97,35 @@ def test_envs_pin_python_and_use_conda_forge():
         spec = yaml.safe_load(path.read_text())
         assert "conda-forge" in spec["channels"], path.name
         assert any(str(d).startswith("python=") for d in spec["dependencies"]), path.name
+
+
+# conda-forge name -> the distribution installed in the tested environment
+TESTED_AS = {"pytorch": "torch", "pyyaml": "PyYAML"}
+
+
+def _pins(path: Path) -> list[tuple[str, str]]:
+    """(conda name, version) of every ``name=version`` dependency (pip lines: ``name==version``)."""
+    spec = yaml.safe_load(path.read_text())
+    pins = []
+    for dep in spec["dependencies"]:
+        for item in (dep["pip"] if isinstance(dep, dict) else [dep]):
+            if m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==?([0-9][^=]*)(=.*)?", item.strip()):
+                pins.append((m.group(1).lower(), m.group(2)))
+    return pins
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_envs_pin_the_versions_the_tests_run_with(path):
+    from importlib.metadata import PackageNotFoundError, version
+    unpinned = [d for d in yaml.safe_load(path.read_text())["dependencies"]
+                if isinstance(d, str) and not re.search(r"=\d", d) and d != "pip"]
+    assert not unpinned, f"{path.name}: unpinned {unpinned}"
+    for name, pinned in _pins(path):
+        if name == "python":
+            assert f"{sys.version_info.major}.{sys.version_info.minor}" == pinned, path.name
+            continue
+        try:
+            tested = version(TESTED_AS.get(name, name)).split("+")[0]
+        except PackageNotFoundError:
+            pytest.fail(f"{path.name}: {name} is pinned but not installed in the tested environment")
+        assert tested == pinned, f"{path.name}: {name}={pinned}, but the tests run with {tested}"

@@ -1,6 +1,7 @@
 """Registration with the packaged default model on real data (IXI validation subjects, MNI)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -112,9 +113,13 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
     img = tmp_path / "x.nii.gz"
     save_image(load_image(shared_file("ixi_t1_dlmuse", "t1", "IXI012-HH-1211_T1.nii.gz")), img)
     proc = subprocess.run([sys.executable, "-m", "unireg.cli", "register", "--fixed", str(img), "--moving", str(img),
-                           "--out", str(tmp_path / "o"), "--device", "cuda"], capture_output=True, text=True)
+                           "--out", str(tmp_path / "o"), "--device", "cuda", "--subject", "s01"],
+                          capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
     assert proc.returncode == 1
-    assert proc.stderr.startswith("unireg: a GPU was requested (device cuda) but none is visible")
+    assert proc.stderr.startswith("unireg: s01: a GPU was requested (device cuda) but torch sees none "
+                                  "(CUDA_VISIBLE_DEVICES='0'")
+    assert "register.device: cpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atlas, monkeypatch):

@@ -51,6 +51,7 @@ def _cmd_register(args) -> None:
                             moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
                             subject=args.subject, fixed_mask_path=args.fixed_mask)
     jac = result.info["jacobian"]
+    print("unireg register: environment " + " ".join(f"{k}={v}" for k, v in result.info["environment"].items()))
     print(f"unireg register: wrote {args.out} on {result.info['device']} "
           f"({jac['folding_percent']:.3f} % folding, std log|J| {jac['log_jacobian_std']:.3f})")
 

@@ -19,6 +19,8 @@ Outputs of :func:`register_files` in ``out_dir``::
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +58,36 @@ class RegistrationResult:
 
 
 def select_device(requested: str = "auto") -> torch.device:
-    """``auto``: CUDA when visible, else CPU. ``cuda`` without a visible GPU is an error."""
+    """``auto``: CUDA when visible, else CPU. ``cuda`` without a visible GPU is an error.
+
+    Under SLURM a job that was allocated a GPU sees it as ``cuda:0`` (SLURM sets
+    CUDA_VISIBLE_DEVICES to the allocated device), so ``cuda`` always means "the GPU this job got".
+    """
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UniregError("a GPU was requested (device cuda) but none is visible to this process "
-                          "(check CUDA_VISIBLE_DEVICES and the job's GPU allocation), or use device cpu")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+        raise UniregError(f"a GPU was requested (device cuda) but torch sees none ({seen}, torch "
+                          f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): check the job's GPU "
+                          "allocation and that the env has a CUDA build of torch, or set register.device: cpu")
     return torch.device(requested)
+
+
+# what a SLURM job (or any scheduler) tells the process about where it runs
+SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE",
+                       "CUDA_VISIBLE_DEVICES")
+
+
+def execution_environment(device: torch.device) -> dict:
+    """Where this registration ran: host, device (with the GPU's name) and the scheduler's variables
+    (recorded in registration.json and the job log, so a cohort run can be audited afterwards)."""
+    env = {"host": socket.gethostname(), "device": str(device), "torch": torch.__version__,
+           "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu_name"] = torch.cuda.get_device_name(device)
+    env.update({name.lower(): os.environ[name] for name in SCHEDULER_VARIABLES if name in os.environ})
+    return env
 
 
 def _tensor(image: Image, device) -> torch.Tensor:
@@ -185,7 +210,10 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
                    instance_opt: InstanceOptOptions | None = None, device: str = "auto",
                    subject: str | None = None, fixed_mask_path=None) -> RegistrationResult:
     """Load, register, and write the outputs listed in the module docstring (JSON last)."""
-    dev = select_device(device)
+    try:
+        dev = select_device(device)
+    except UniregError as err:
+        raise err.with_context(subject=subject)
     model, checkpoint = load_checkpoint(model_path, dev)
     fixed = load_image(fixed_path, subject=subject)
     moving = load_image(moving_path, subject=subject)
@@ -203,7 +231,7 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
     if result.warped_labels is not None:
         save_image(result.warped_labels, out_dir / OUTPUT_FILES["labels"])
     result.info.update({"subject": subject, "model": str(model_path or "default"),
-                        "extractor": checkpoint.get("extractor"),
+                        "extractor": checkpoint.get("extractor"), "environment": execution_environment(dev),
                         "displacement": "RAS mm, fixed world p -> moving world p + d(p)"})
     write_text_atomic(out_dir / OUTPUT_FILES["info"], json.dumps(result.info, indent=2) + "\n")
     return result

@@ -1,5 +1,6 @@
 # Config validation, paths, subject list and wildcard constraints shared by all rules.
 import csv
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -17,6 +18,9 @@ ATLAS_DIR = (
     f"resources/atlas/{config['atlas']}" if config["atlas"] == "mni2009a" else config["atlas"]
 )
 USE_GPU = bool(config["register"]["gpu"])
+REGISTER_DEVICE = config["register"].get("device", "auto")
+if REGISTER_DEVICE == "auto":
+    REGISTER_DEVICE = "cuda" if USE_GPU else "cpu"
 
 
 wildcard_constraints:
@@ -49,3 +53,25 @@ def log(rule_name):
 
 def bench(rule_name):
     return f"benchmarks/{rule_name}/{{subject}}.tsv"
+
+
+def write_report_after_failure():
+    """After a run with failed jobs (onerror): the cohort report over the subjects that finished,
+    listing each failed subject with its one-line error. Its files get an mtime of 0 (the epoch),
+    so the next run's report rule rebuilds them once the failures are fixed."""
+    import subprocess
+
+    html, summary = Path(RESULTS) / "report.html", Path(RESULTS) / "cohort_metrics.tsv"
+    command = f"{UNIREG} report {RESULTS} --out {html} --summary {summary} --logs logs"
+    if not Path(RESULTS).is_dir():
+        return
+    Path("logs/report").mkdir(parents=True, exist_ok=True)
+    with open("logs/report/report.log", "w") as log:
+        done = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT).returncode == 0
+    if done:
+        for path in (html, summary):
+            os.utime(path, (0, 0))
+        print(f"unireg: some jobs failed; the report lists them: {html}")
+    else:
+        print(f"unireg: some jobs failed; the report could not be written (logs/report/report.log). "
+              f"Once the results are there: {command}")

@@ -1,5 +1,6 @@
 # UniReg deformable registration: atlas template (moving) onto each preprocessed subject (fixed).
-# The GPU rule: asks SLURM for a GPU when register.gpu is true, else runs on CPU.
+# The GPU rule: asks SLURM for a GPU when register.gpu is true and then runs on the GPU the job was
+# given (register.device: auto), failing clearly when none is visible; else it runs on CPU.
 
 
 rule register:
@@ -24,7 +25,7 @@ rule register:
         unireg=UNIREG,
         out=lambda w, output: Path(output.displacement).parent,
         model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
-        device="cuda" if USE_GPU else "cpu",
+        device=REGISTER_DEVICE,
         steps=config["register"]["instance_opt"],
     conda:
         "../../envs/register.yaml"

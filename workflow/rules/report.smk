@@ -19,3 +19,4 @@ rule report:
     shell:
         "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs logs "
         "> {log} 2>&1"
+

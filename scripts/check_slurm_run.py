@@ -1,0 +1,133 @@
+"""Check a workflow run on SLURM made by scripts/ci_slurm.sh; print what was checked, exit 1 on failure.
+
+Evidence used (all kept in the run's working directory):
+  snakemake.out     Snakemake's output, each line prefixed with the epoch second it was printed
+  squeue.txt        `squeue --states=all -O JobID,Partition,State,tres-per-job,tres-alloc` after the
+                    run (the CI cluster keeps finished jobs for an hour: MinJobAge=3600)
+  .snakemake/slurm_logs/**/<slurm id>.log   each SLURM job's log: the rules and subjects it ran
+  benchmarks/<rule>/<subject>.tsv           written by every rule that ran, wherever it ran
+  results/sub-<id>/reg/registration.json    the register job's environment (partition, GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.")
+PER_SUBJECT_RULES = ("convert", "preprocess", "register", "propagate", "metrics")
+MAX_REPORT_DELAY_S = 60.0
+
+
+def read_timestamped(path: Path) -> list[tuple[float, str]]:
+    lines = []
+    for raw in path.read_text().splitlines():
+        stamp, _, text = raw.partition(" ")
+        try:
+            lines.append((float(stamp), text))
+        except ValueError:
+            continue
+    return lines
+
+
+def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
+    """(rule, subject or "") for every Snakemake job the SLURM job ran, from its log."""
+    jobs, rule = set(), None
+    for line in path.read_text(errors="replace").splitlines():
+        if m := re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", line):
+            rule = m.group(1)
+            jobs.add((rule, ""))
+        elif rule and (m := re.match(r"\s*wildcards: subject=(\w+)", line)):
+            jobs.discard((rule, ""))
+            jobs.add((rule, m.group(1)))
+    return jobs
+
+
+def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> list[str]:
+    problems: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            problems.append(what)
+
+    out = read_timestamped(work / "snakemake.out")
+    submitted = {int(m.group(1)): Path(m.group(2)) for _, text in out if (m := SUBMITTED.search(text))}
+    queue = pd.read_csv(work / "squeue.txt", sep="|", header=None, dtype=str,
+                        names=["id", "partition", "state", "tres_per_job", "tres_alloc"]).assign(
+        id=lambda q: q["id"].astype(int)).set_index("id")
+    expect(bool(submitted) and set(submitted) <= set(queue.index),
+           f"{len(submitted)} SLURM jobs submitted, each with a SLURM record")
+
+    # every job that ran (it left a benchmark file) ran inside a SLURM job
+    in_slurm: dict[tuple[str, str], list[int]] = {}
+    for slurm_id, log in submitted.items():
+        for job in jobs_in_slurm_log(log):
+            in_slurm.setdefault(job, []).append(slurm_id)
+    ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in (work / "benchmarks").glob("*/*.tsv")}
+    expect(bool(ran) and ran <= set(in_slurm), f"all {len(ran)} jobs that ran did so in SLURM jobs"
+           + (f" (not: {sorted(ran - set(in_slurm))})" if ran - set(in_slurm) else ""))
+    expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
+
+    # the good subjects: every per-subject job completed in SLURM, register on the gpu partition with a GPU
+    for subject in good:
+        for rule in PER_SUBJECT_RULES:
+            ids = in_slurm.get((rule, subject), [])
+            expect(any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
+                   f"{subject}: {rule} completed in SLURM job(s) {ids}")
+        for i in in_slurm.get(("register", subject), []):
+            expect(queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
+                   f"{subject}: register SLURM job {i} in partition {queue.loc[i, 'partition']} "
+                   f"asking for {queue.loc[i, 'tres_per_job']}")
+        env = json.loads((work / f"results/sub-{subject}/reg/registration.json").read_text())["environment"]
+        expect(env.get("slurm_job_partition") == "gpu" and env.get("cuda_visible_devices") not in (None, "")
+               and env.get("slurm_gpus_on_node", "0") != "0",
+               f"{subject}: register ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
+               f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
+               f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}")
+        metrics = pd.read_csv(work / f"results/sub-{subject}/sub-{subject}_metrics.tsv", sep="\t").set_index("name")
+        gm, wm = metrics.loc["grey_matter", "dice"], metrics.loc["white_matter", "dice"]
+        # the bounds of tests/test_workflow.py's local run of the same cohort
+        expect(gm > 0.55 and wm > 0.6, f"{subject}: propagated labels against the reference: Dice grey matter "
+               f"{gm:.3f}, white matter {wm:.3f}")
+
+    # the failing subject: Snakemake failed, said so within a minute of each failed SLURM job, named it
+    expect(exit_status != 0, f"snakemake exit status {exit_status} (a subject failed)")
+    errors = [(t, text) for t, text in out if text.startswith("Error in ")]
+    for subject in failing:
+        ids = sorted({i for (rule, s), ids in in_slurm.items() if s == subject for i in ids})
+        failed = [i for i in ids if queue.loc[i, "state"] == "FAILED"]
+        expect(bool(failed), f"{subject}: SLURM job(s) {failed} FAILED")
+        for i in failed:
+            ended = submitted[i].stat().st_mtime
+            reported = [t for t, _ in errors if t >= ended - 1]
+            delay = reported[0] - ended if reported else float("inf")
+            expect(delay <= MAX_REPORT_DELAY_S,
+                   f"{subject}: Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended")
+        log = work / f"logs/convert/{subject}.log"
+        expect(log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
+               f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}")
+        expect(not (work / f"results/sub-{subject}/sub-{subject}_labels.nii.gz").exists(),
+               f"{subject}: no labels written")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--exit-status", type=int, required=True)
+    parser.add_argument("--failing", nargs="*", default=[])
+    parser.add_argument("--good", nargs="+", required=True)
+    args = parser.parse_args(argv)
+    problems = check(args.work, args.exit_status, args.failing, args.good)
+    print(f"SLURM run check: {'passed' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
