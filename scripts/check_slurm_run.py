@@ -114,6 +114,10 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
                f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}")
         expect(not (work / f"results/sub-{subject}/sub-{subject}_labels.nii.gz").exists(),
                f"{subject}: no labels written")
+        report = work / "results/report.html"
+        text = report.read_text() if report.exists() else ""
+        expect(subject in text and "cannot read as NIfTI" in text and all(s in text for s in good),
+               f"{subject}: listed with its error in the report, beside the good subjects")
     return problems
 
 

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from conftest import shared_file
 from unireg.dicom import (MANIFEST_COLUMNS, SIDECAR_KEYS, anonymous_subject_id, convert_command, convert_series,
                           files_path, index_command, index_dicom, orientation_label, read_manifest, select_series,
-                          sidecar_path, validate_subject_id, write_manifest)
+                          series_key, sidecar_path, validate_subject_id, write_manifest)
 from unireg.errors import UniregError
 from unireg.io import apply_affine
 
@@ -145,7 +145,7 @@ def test_index_dcm_qa_ts_reads_headers_of_every_transfer_syntax():
     row = manifest.iloc[0]
     assert (row.n_files, row.n_slices, row.rows, row.columns) == (9, 35, 384, 384)
     assert (row.orientation, row.modality, row.sop_class) == ("axial", "MR", "MR Image Storage")
-    assert len(manifest.attrs["files"][row.series_uid]) == 9
+    assert len(manifest.attrs["files"][series_key(row.subject, row.series_uid)]) == 9
 
 
 @pytest.mark.parametrize("number", range(1, 10))
@@ -193,10 +193,11 @@ def test_mprage_index(mprage):
     assert (row.orientation, row.pixel_spacing, row.slice_thickness) == ("axial", "0.410156x0.410156", "1.5")
     assert (row.transfer_syntax, row.sop_class, row.image_type) == ("1.2.840.10008.1.2", "MR Image Storage",
                                                                     "ORIGINAL\\PRIMARY\\M\\ND")
-    assert manifest.attrs["skipped"] == {"not_dicom": 1, "not_image": 0, "truncated": []}  # README.md
+    assert manifest.attrs["skipped"] == {"not_dicom": 1, "not_image": 0, "truncated": [], "corrupt": []}  # README.md
     back = read_manifest(out / "manifest.tsv")
     assert back.astype(str).equals(manifest.astype(str))
-    assert back.attrs["files"] == manifest.attrs["files"] and len(back.attrs["files"][MPRAGE_UID]) == 120
+    assert back.attrs["files"] == manifest.attrs["files"]
+    assert len(back.attrs["files"][series_key(row.subject, MPRAGE_UID)]) == 120
 
 
 def test_mprage_geometry_matches_dicom_tags(mprage):
@@ -315,7 +316,7 @@ def by_description(manifest, description: str):
 def test_index_reports_skipped_and_truncated_files(cohort):
     _, manifest, truncated = cohort
     assert manifest["subject"].nunique() == 1 and len(manifest) == 4
-    assert manifest.attrs["skipped"] == {"not_dicom": 1, "not_image": 0, "truncated": [str(truncated)]}
+    assert manifest.attrs["skipped"] == {"not_dicom": 1, "not_image": 0, "truncated": [str(truncated)], "corrupt": []}
     t1 = by_description(manifest, "t1_mpr_tra_gk_v4")
     assert (t1.n_files, t1.n_slices, t1.n_truncated) == (12, 12, 1)  # kept in its series: converting it must fail
     assert by_description(manifest, "mixed_orientation").orientation == "mixed"
@@ -423,3 +424,24 @@ def test_cohort_tsv_with_dicom_and_nifti_subjects(tmp_path):
     with pytest.raises(UniregError, match="expected one 3-D volume"):
         convert_command(tmp_path / "out" / "manifest.tsv", "four", tmp_path / "out" / "four.nii.gz")
     assert not (tmp_path / "out" / "four.nii.gz").exists() and not (tmp_path / "out" / "four.json").exists()
+
+
+def test_same_series_copied_for_two_subjects_keeps_each_subjects_files(tmp_path):
+    """A cohort TSV naming two folders that hold the same series (a copied export), one of them
+    damaged: each subject converts from its own files only."""
+    copy_series(mprage_files(1, 12), tmp_path / "good", "{}")
+    shutil.copytree(tmp_path / "good", tmp_path / "damaged")
+    victim = sorted((tmp_path / "damaged").iterdir())[4]
+    victim.write_bytes(victim.read_bytes()[:-4000])
+    (tmp_path / "cohort.tsv").write_text("subject\tdicom\ngood01\tgood\nbad01\tdamaged\n")
+    manifest = index_command(tmp_path / "cohort.tsv", tmp_path / "out" / "manifest.tsv")
+    assert manifest["series_uid"].nunique() == 1 and sorted(manifest["subject"]) == ["bad01", "good01"]
+    files = read_manifest(tmp_path / "out" / "manifest.tsv").attrs["files"]
+    uid = manifest["series_uid"].iloc[0]
+    assert all("/good/" in f for f in files[series_key("good01", uid)])
+    assert all("/damaged/" in f for f in files[series_key("bad01", uid)])
+    out = convert_command(tmp_path / "out" / "manifest.tsv", "good01", tmp_path / "out" / "good01.nii.gz")
+    assert nib.load(out).shape == (512, 512, 12)
+    with pytest.raises(UniregError, match="truncated") as err:
+        convert_command(tmp_path / "out" / "manifest.tsv", "bad01", tmp_path / "out" / "bad01.nii.gz")
+    assert str(err.value).startswith("bad01: ")

@@ -3,6 +3,7 @@ missing), MIND-SSC properties, and translation equivariance on a real T1 volume.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import urllib.error
 from pathlib import Path
@@ -24,6 +25,7 @@ EXPECTED = {
     "resnet18": (64, 4, 0.0),
     "vgg16": (128, 2, 0.5),
     "scratch": (16, 2, 0.0),
+    "mobilenet_v1_025_reinit": (16, 2, 0.0),
 }
 FROZEN = [name for name in EXPECTED if name != "scratch"]
 TORCHVISION_NETS = {"resnet18": features.ResNet18Early, "vgg16": features.VGG16Early}
@@ -53,7 +55,8 @@ def write_torchvision_file(name: str, path: Path, seed: int = 0) -> dict[str, to
 @pytest.fixture(scope="module")
 def torchvision_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("torchvision")
-    paths = {name: folder / features.WEIGHT_SOURCES[name].file_name for name in TORCHVISION_NETS}
+    # random stand-ins, so not named like torchvision's files (whose names carry their sha256 prefix)
+    paths = {name: folder / f"stand-in-{name}.pth" for name in TORCHVISION_NETS}
     for name, path in paths.items():
         write_torchvision_file(name, path)
     return paths
@@ -201,6 +204,20 @@ def test_scratch_is_seeded_trainable_and_learns(make):
     assert not any(m.training for m in first.modules())
 
 
+def test_reinit_ablation_redraws_only_the_first_layer_reproducibly():
+    torch.manual_seed(5)
+    reinit = features.build_extractor("mobilenet_v1_025_reinit").state_dict()
+    torch.manual_seed(6)  # its own seed: the same layer whatever the global seed
+    again = features.build_extractor("mobilenet_v1_025_reinit").state_dict()
+    pretrained = features.build_extractor("mobilenet_v1_025").state_dict()
+    assert all(torch.equal(reinit[k], again[k]) for k in reinit)
+    first = [k for k in reinit if k.startswith("encoder.0.") and not k.endswith("num_batches_tracked")]
+    assert len(first) == 5  # conv weight, BN weight/bias/mean/var
+    assert all(not torch.equal(reinit[k], pretrained[k]) for k in first)
+    assert all(torch.equal(reinit[k], pretrained[k]) for k in reinit if k.startswith("encoder.1."))
+    assert features.build_extractor("mobilenet_v1_025_reinit").weights_sha256 == features.MOBILENET_SHA256
+
+
 # ---------------------------------------------------------------------------------------------
 # Packaged MobileNet weights
 # ---------------------------------------------------------------------------------------------
@@ -293,12 +310,22 @@ def test_torchvision_file_with_wrong_keys_is_refused(tmp_path, name, key):
         features.build_extractor(name, weights=path)
 
 
+def accept_stand_in(monkeypatch, name, path):
+    """Let a stand-in state dict pass as torchvision's file: its name's hash prefix becomes the stand-in's."""
+    source = features.WEIGHT_SOURCES[name]
+    monkeypatch.setitem(features.WEIGHT_SOURCES, name, dataclasses.replace(
+        source, sha256_prefix=features.sha256_file(path)[:8]))
+
+
 @pytest.mark.parametrize("name", list(TORCHVISION_NETS))
 def test_torchvision_weights_found_in_the_hub_cache(tmp_path, monkeypatch, name):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = tmp_path / "hub" / "checkpoints" / features.WEIGHT_SOURCES[name].file_name
     assert features.hub_checkpoint_dir() == cached.parent
     write_torchvision_file(name, cached)
+    with pytest.raises(UniregError, match=f"does not start with {features.WEIGHT_SOURCES[name].sha256_prefix}"):
+        features.build_extractor(name)  # a stand-in file under torchvision's name fails the name's hash
+    accept_stand_in(monkeypatch, name, cached)
     assert features.build_extractor(name).weights_sha256 == features.sha256_file(cached)
 
 
@@ -337,6 +364,7 @@ def test_fetch_weights_downloads_into_the_cache_once(tmp_path, monkeypatch):
     assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth" and path.is_file()
     assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
     assert features.fetch_weights("resnet18") == path and len(calls) == 1  # present: no download
+    accept_stand_in(monkeypatch, "resnet18", path)
     assert features.build_extractor("resnet18").weights_sha256 == features.sha256_file(path)
 
     elsewhere = features.fetch_weights("vgg16", dest_dir=tmp_path / "elsewhere")

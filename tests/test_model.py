@@ -6,7 +6,7 @@ from unireg.errors import UniregError
 from unireg.io import load_displacement, save_displacement
 from unireg.model import (SpatialTransformer, VecInt, build_model, jacobian_stats, load_checkpoint,
                           resize_field, save_checkpoint)
-from unireg.features import build_extractor
+from unireg.features import build_extractor, sha256_file
 
 SHAPE = (32, 32, 32)
 
@@ -136,6 +136,6 @@ def test_checkpoint_refuses_other_extractor_weights(tmp_path):
     payload = torch.load(path, weights_only=False)
     payload["extractor_weights_sha256"] = "0" * 64
     torch.save(payload, path)
-    (tmp_path / "m.pt.sha256").unlink()
+    (tmp_path / "m.pt.sha256").write_text(f"{sha256_file(path)}  m.pt\n")  # a consistent, re-hashed copy
     with pytest.raises(UniregError, match="not those the model was trained on"):
         load_checkpoint(path)

@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on the 2-subject, low-resolution demo cohort."""
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -62,6 +63,37 @@ def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run)
     assert "demo01" in report and "grey_matter" in report
 
 
+def _readable_bytes(path: Path) -> bytes:
+    """A file's content as a grep would need it: gunzipped NIfTI, parquet as text."""
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    if path.suffix == ".parquet":
+        import pandas as pd
+        return pd.read_parquet(path).to_csv().encode()
+    return path.read_bytes()
+
+
+def test_no_patient_information_reaches_any_output(finished_run):
+    """The demo DICOM carries patient name, id, birth date, accession number, institution and
+    study date: none may appear in any path or file the workflow wrote (results, logs, benchmarks,
+    Snakemake's own logs)."""
+    from unireg.demo import _common_tags
+    phi = set()
+    for number in (1, 2):
+        tags = _common_tags(0, number, f"demo{number:02d}")
+        phi |= {tags[k] for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                                  "InstitutionName", "StudyDate", "ReferringPhysicianName", "OperatorsName")}
+    phi |= {value.replace("^", " ") for value in phi}
+    written = [p for folder in ("results", "logs", "benchmarks", ".snakemake/log")
+               for p in (finished_run / folder).rglob("*") if p.is_file()]
+    assert len(written) > 30
+    for path in written:
+        relative = str(path.relative_to(finished_run))
+        content = _readable_bytes(path)
+        for value in phi:
+            assert value not in relative and value.encode() not in content, f"{value!r} in {relative}"
+
+
 def test_rerun_is_a_no_op_and_deleting_one_subject_reruns_only_it(finished_run):
     dry = _snakemake(finished_run, "--cores", "2", "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
@@ -113,3 +145,44 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
     _snakemake(finished_run, "--report", str(finished_run / "snakemake_report.html"),
                "--config", f"reference_labels={new_refs}")
     assert (finished_run / "snakemake_report.html").stat().st_size > 10_000
+
+
+def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_path):
+    """--keep-going: a corrupt NIfTI and a DICOM series with a truncated file fail only their own
+    jobs; the good subjects' labels are exactly those of a clean run; the report lists both errors."""
+    demo = tmp_path / "demo"
+    shutil.copytree(finished_run / "resources" / "demo", demo)
+    rows = [line.split("\t") for line in (demo / "cohort.tsv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    dicom_of = {row[header.index("subject")]: row[header.index("dicom")] for row in rows}
+    (demo / "bad01_T1w.nii.gz").write_bytes(bytes(range(256)) * 16)  # not gzip, not NIfTI
+    shutil.copytree(demo / dicom_of["demo02"], demo / "bad02_dicom")
+    victim = sorted((demo / "bad02_dicom").rglob("*.dcm"))[5]
+    victim.write_bytes(victim.read_bytes()[:-5000])  # pixel data cut short, as by an interrupted copy
+    lines = ["subject\tdicom\tnifti\treference"]
+    lines += [f"{s}\t{dicom_of[s]}\t\t{row[header.index('reference')]}" for row in rows for s in [row[0]]]
+    lines += ["bad01\t\tbad01_T1w.nii.gz\t", "bad02\tbad02_dicom\t\t"]
+    (demo / "cohort_bad.tsv").write_text("\n".join(lines) + "\n")
+    _config(tmp_path, cohort=str(demo / "cohort_bad.tsv"))
+
+    proc = _snakemake(tmp_path, "--cores", "2", "--keep-going", check=False)
+    assert proc.returncode != 0
+    results = tmp_path / "results"
+    for subject in ("demo01", "demo02"):
+        name = f"sub-{subject}/sub-{subject}_labels.nii.gz"
+        assert np.array_equal(load_image(results / name, label=True).data,
+                              load_image(finished_run / "results" / name, label=True).data), subject
+        assert (results / f"sub-{subject}" / f"sub-{subject}_metrics.tsv").is_file()
+    errors = {"bad01": "cannot read as NIfTI", "bad02": "truncated"}
+    for subject, message in errors.items():
+        log = (tmp_path / "logs" / "convert" / f"{subject}.log").read_text()
+        assert log.startswith(f"unireg: {subject}: ") and message in log and len(log.strip().splitlines()) == 1
+        assert not list((results / f"sub-{subject}").rglob("*.nii.gz")), "a failed subject left an image behind"
+    report = (results / "report.html").read_text()
+    for subject, message in errors.items():
+        assert subject in report and message in report, subject
+    summary = (results / "cohort_metrics.tsv").read_text()
+    assert "demo01" in summary or "grey_matter" in summary
+    # the next run redoes the failed subjects and the report, nothing of the good subjects
+    dry = _snakemake(tmp_path, "--cores", "2", "-n", check=False).stdout
+    assert "rule report:" in dry and "subject=bad01" in dry and "subject=demo01" not in dry

@@ -12,7 +12,7 @@ Subject ids come from the cohort TSV, from a user ``subject_map`` (PatientID -> 
 stable across runs, never derived from the name. Every id matches ``^[A-Za-z0-9]+$``.
 
 The list of files of each series travels with the manifest as ``manifest.attrs["files"]``
-(``{series_uid: [path, ...]}``); :func:`write_manifest` stores it beside the TSV as
+(``{"<subject>/<series_uid>": [path, ...]}``, :func:`series_key`); :func:`write_manifest` stores it beside the TSV as
 ``<name>.files.json`` (the paths are the user's own, so they may say whatever the user's folder
 names say; the TSV itself holds no path of a DICOM file).
 
@@ -40,8 +40,11 @@ that series' files (symlinks), with :data:`DCM2NIIX_FLAGS` every time:
                 ``-m n`` would split every modulated CT series; ``-m 2``, the documented
                 spelling of the default, in v1.0.20260724 also ignores SeriesInstanceUID.
 
-Exactly one 3-D volume must come out; several (two orientations, echoes, a gap that splits the
-series) or none is a one-line :class:`UniregError` naming the subject and series. The NIfTI
+Before dcm2niix runs, the headers must describe one evenly spaced stack (checked by us, because
+what dcm2niix makes of an uneven one depends on its version): a missing or moved slice, an
+unequal number of images per slice position or no slice geometry at all is a one-line
+:class:`UniregError` naming the subject and series. Exactly one 3-D volume must come out; several
+(two orientations, echoes, repetitions in one 4-D file) or none is such an error too. The NIfTI
 header's free-text fields (``descrip`` holds the acquisition time, ``aux_file``, ``db_name``,
 ``intent_name``) are cleared and NIfTI extensions dropped; voxel bytes are copied unchanged.
 """
@@ -95,6 +98,12 @@ PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs
                 "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
                 "AcquisitionTime", "ContentTime")
 NIFTI_FREE_TEXT = ("descrip", "aux_file", "db_name", "intent_name", "data_type")
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: DICOM without a SOP class, not corrupt
+POSITION_TOLERANCE_MM = 0.01  # slice positions closer than this along the normal are the same position
+# A gap between neighbouring slices may differ from the series' slice spacing by this fraction of
+# it (plus POSITION_TOLERANCE_MM): headers that store positions to 0.1 mm pass, a missing or moved
+# slice does not. dcm2niix cannot write an uneven stack as NIfTI (its result depends on its version).
+SPACING_TOLERANCE = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +148,8 @@ def _read_header(path: Path):
 
     ``pixel_state`` is ``"complete"``, ``"truncated"`` (the file ends before its pixel data
     does) or ``"none"`` (no pixel data element at all: cut before it, or never written).
+    ``(None, "corrupt")``: the file says it is DICOM (preamble + ``DICM``) but its header
+    cannot be parsed, or parses into no SOP class (bytes overwritten); a DICOMDIR is not corrupt.
     """
     try:
         with open(path, "rb") as fh:
@@ -149,9 +160,22 @@ def _read_header(path: Path):
                 ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
                 if "SOPClassUID" not in ds:  # forced parsing of other bytes gives garbage, not DICOM
                     return None, None
+            else:
+                media_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+                if "SOPClassUID" not in ds and media_class != MEDIA_STORAGE_DIRECTORY:
+                    return None, "corrupt"
             return ds, _pixel_state(fh, ds)
     except Exception:  # pydicom raises many types on non-DICOM bytes; such files are skipped
-        return None, None
+        return None, "corrupt" if _has_dicom_preamble(path) else None
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """A DICOM part-10 file: 128 bytes of preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _pixel_state(fh, ds) -> str:
@@ -329,11 +353,14 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
         subject: force this id for every series (a cohort TSV row names the folder's subject).
 
     Returns:
-        The manifest (:data:`MANIFEST_COLUMNS`), with ``attrs["files"]`` (series uid -> its
-        files, sorted) and ``attrs["skipped"]``: ``not_dicom`` (unreadable or not DICOM) and
+        The manifest (:data:`MANIFEST_COLUMNS`), with ``attrs["files"]`` (subject and series
+        uid -> its files, sorted, keyed by :func:`series_key`) and ``attrs["skipped"]``: ``not_dicom`` (unreadable or not DICOM) and
         ``not_image`` (DICOM without an image, e.g. a DICOMDIR or a report) counts, and
         ``truncated`` (image files whose pixel data is cut short or missing: they stay in
-        their series, so converting it fails loudly instead of silently losing a slice).
+        their series, so converting it fails loudly instead of silently losing a slice) and
+        ``corrupt`` (files that say they are DICOM but whose header cannot be read: they belong
+        to no series, so their series misses a slice; :func:`convert_series` refuses a series
+        with a gap in its slices).
     """
     root = Path(root)
     if not root.is_dir():
@@ -342,6 +369,7 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
     headers: dict[str, list] = {}
     files: dict[str, list[str]] = {}
     truncated: list[str] = []
+    corrupt: list[str] = []
     skipped = {"not_dicom": 0, "not_image": 0}
     for folder, subfolders, names in os.walk(root):
         subfolders.sort()
@@ -349,7 +377,10 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
             path = Path(folder, name)
             ds, pixels = _read_header(path)
             if ds is None:
-                skipped["not_dicom"] += 1
+                if pixels == "corrupt":
+                    corrupt.append(str(path))
+                else:
+                    skipped["not_dicom"] += 1
                 continue
             if not _is_image(ds):
                 skipped["not_image"] += 1
@@ -374,7 +405,14 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
             series_subject = validate_subject_id(subject)
         n_truncated = sum(1 for f in files[uid] if f in truncated_set)
         rows.append(_series_row(series_subject, uid, series, n_truncated))
-    return _manifest_frame(rows, files, {**skipped, "truncated": truncated})
+    listing = {series_key(row["subject"], row["series_uid"]): files[row["series_uid"]] for row in rows}
+    return _manifest_frame(rows, listing, {**skipped, "truncated": truncated, "corrupt": corrupt})
+
+
+def series_key(subject: str, series_uid: str) -> str:
+    """Key of a series' file list in ``manifest.attrs["files"]``: per subject, because a cohort TSV
+    may name the same series (a copied folder) for two subjects, and each keeps its own files."""
+    return f"{subject}/{series_uid}"
 
 
 def index_cohort(cohort: str | Path, subject_map: dict | str | Path | None = None) -> pd.DataFrame:
@@ -393,7 +431,7 @@ def index_cohort(cohort: str | Path, subject_map: dict | str | Path | None = Non
     if "subject" not in table.columns or not ({"dicom", "nifti"} & set(table.columns)):
         raise UniregError("cohort TSV needs the columns 'subject' and 'dicom' or 'nifti'", path=cohort)
     rows, files = [], {}
-    skipped = {"not_dicom": 0, "not_image": 0, "truncated": []}
+    skipped = {"not_dicom": 0, "not_image": 0, "truncated": [], "corrupt": []}
     for record in table.to_dict("records"):
         subject = validate_subject_id(record["subject"].strip())
         reference = record.get("reference", "").strip()
@@ -464,10 +502,17 @@ def index_command(dicom_root: str | Path, manifest_out: str | Path,
     print(f"unireg index: {manifest['subject'].nunique()} subjects, {len(manifest)} series/files; skipped "
           f"{skipped['not_dicom']} non-DICOM or unreadable and {skipped['not_image']} non-image files")
     if skipped["truncated"]:
-        shown = ", ".join(skipped["truncated"][:5]) + (" ..." if len(skipped["truncated"]) > 5 else "")
         print(f"unireg index: warning: {len(skipped['truncated'])} truncated DICOM files (their series will not "
-              f"convert): {shown}")
+              f"convert): {_first_few(skipped['truncated'])}")
+    if skipped["corrupt"]:
+        print(f"unireg index: warning: {len(skipped['corrupt'])} corrupt DICOM files (header unreadable or "
+              f"without a SOP class; skipped, so their series each lack a slice; copy or export them again): "
+              f"{_first_few(skipped['corrupt'])}")
     return manifest
+
+
+def _first_few(paths: list[str], n: int = 5) -> str:
+    return ", ".join(paths[:n]) + (" ..." if len(paths) > n else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,18 +662,124 @@ def _phi_values(ds) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def _orientations(headers: list) -> set[tuple]:
+    """The distinct ImageOrientationPatient values (rounded to 1e-3) of a series' files."""
+    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6) for ds in headers]
+    return {tuple(np.round(v, 3)) for v in iops if v is not None}
+
+
+def _slice_normal(iop: tuple) -> np.ndarray:
+    normal = np.cross(iop[:3], iop[3:])
+    return normal / np.linalg.norm(normal)
+
+
+def _stack(headers: list, iop: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct slice positions of a one-orientation series, ordered along its slice normal.
+
+    Returns ``(points, along, counts)``: one ImagePositionPatient (LPS mm) per distinct position,
+    its distance along the normal (mm, ascending) and how many images sit there (echoes, repetitions).
+    """
+    normal = _slice_normal(iop)
+    points = np.array([p for ds in headers for p in _slice_positions(ds)], dtype=float).reshape(-1, 3)
+    order = np.argsort(points @ normal, kind="stable")
+    points, along = points[order], (points @ normal)[order]
+    if not along.size:
+        return points, along, np.zeros(0, dtype=int)
+    starts = np.r_[0, np.flatnonzero(np.diff(along) > POSITION_TOLERANCE_MM) + 1]
+    return points[starts], along[starts], np.diff(np.r_[starts, along.size])
+
+
+def _slice_geometry_problem(headers: list) -> str | None:
+    """Why a series' slices cannot stack into one evenly spaced volume, or None.
+
+    Checked before dcm2niix, from the headers alone: a series with no slice geometry (a
+    screenshot), a missing or moved slice (uneven spacing along the slice normal) or an unequal
+    number of images per slice position (an incomplete repetition or echo). Series with several
+    orientations are left to dcm2niix, which splits them (see :func:`_why_not_one_volume`).
+    """
+    orientations = _orientations(headers)
+    if not orientations:
+        return ("has no slice geometry (no ImageOrientationPatient): a screenshot or secondary capture, not an "
+                "acquisition")
+    if len(orientations) > 1:
+        return None
+    _, positions, counts = _stack(headers, next(iter(orientations)))
+    if len(set(counts.tolist())) > 1:
+        values, how_many = np.unique(counts, return_counts=True)
+        detail = ", ".join(f"{n} with {v}" for v, n in zip(values.tolist(), how_many.tolist()))
+        return (f"has an unequal number of images per slice position ({len(positions)} positions: {detail}): an "
+                "incomplete repetition or echo, or missing files")
+    if len(positions) < 3:
+        return None
+    gaps = np.diff(positions)
+    step = float(np.median(gaps))
+    uneven = np.flatnonzero(np.abs(gaps - step) > SPACING_TOLERANCE * step + POSITION_TOLERANCE_MM)
+    if not uneven.size:
+        return None
+    first = int(uneven[0])
+    where = (f"{gaps[first]:.4g} mm between the slices at {positions[first]:.2f} and {positions[first + 1]:.2f} mm "
+             f"along the slice normal, {step:.4g} mm elsewhere")
+    missing = gaps[first] / step
+    if abs(missing - round(missing)) < SPACING_TOLERANCE and round(missing) >= 2:
+        what = f"{round(missing) - 1} slice{'s' if round(missing) > 2 else ''} missing"
+    else:
+        what = "uneven slice spacing"
+    more = f" ({len(uneven)} uneven gaps in all)" if len(uneven) > 1 else ""
+    return f"has {what}: {where}{more}"
+
+
+def _misplaced_slices(headers: list, nifti_path: Path) -> str | None:
+    """Whether the converted volume puts every slice where its header says, or why not.
+
+    The check that no conversion is silently wrong whatever dcm2niix did: each slice's
+    ImagePositionPatient (the centre of its first pixel) must be, by the NIfTI affine, the
+    centre of a corner voxel of the matching NIfTI slice, within :data:`SPACING_TOLERANCE` of
+    the slice spacing. A uniform spacing that is not the headers' (e.g. taken from the first two
+    of slightly uneven positions) misplaces the far slices and is caught here. Mosaics and series
+    with several orientations (several volumes, refused before) are not checked.
+    """
+    orientations = _orientations(headers)
+    if len(orientations) != 1 or _mosaic_slices(headers[0]):
+        return None
+    iop = next(iter(orientations))
+    points, along, counts = _stack(headers, iop)
+    if len(points) < 3 or counts.max() > 1:
+        return None
+    image = nib.load(nifti_path)
+    affine, shape = image.affine, image.shape[:3]
+    to_ras = np.array([-1.0, -1.0, 1.0])
+    points_ras, normal_ras = points * to_ras, _slice_normal(iop) * to_ras
+    columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    axis = int(np.argmax(np.abs(columns.T @ normal_ras)))
+    if shape[axis] != len(points):
+        return f"converts to a volume of {shape[axis]} slices but its headers give {len(points)} slice positions"
+    rank = np.arange(len(points))
+    voxels = np.tile(np.rint(np.linalg.solve(affine[:3, :3], points_ras[0] - affine[:3, 3])), (len(points), 1))
+    voxels[:, axis] = rank if columns[:, axis] @ normal_ras > 0 else len(points) - 1 - rank
+    errors = np.linalg.norm(voxels @ affine[:3, :3].T + affine[:3, 3] - points_ras, axis=1)
+    mean_step = (along[-1] - along[0]) / (len(along) - 1)
+    if errors.max() <= SPACING_TOLERANCE * mean_step:
+        return None
+    return (f"converts to a volume that puts a slice {errors.max():.2f} mm from where its header says (slices "
+            f"{np.linalg.norm(affine[:3, axis]):.4g} mm apart in the NIfTI, {mean_step:.4g} mm on average in the "
+            "headers): its slice positions are uneven")
+
+
 def _why_not_one_volume(headers: list, n_outputs: int) -> str:
     """What the headers say about a series that dcm2niix did not turn into exactly one volume."""
     if not n_outputs:
         return "no volume"
     reasons = []
-    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6) for ds in headers]
-    n_orientations = len({tuple(np.round(v, 3)) for v in iops if v is not None})
-    if n_orientations > 1:
-        reasons.append(f"{n_orientations} slice orientations")
+    orientations = _orientations(headers)
+    if len(orientations) > 1:
+        reasons.append(f"{len(orientations)} slice orientations")
     n_echoes = len({str(ds.get("EchoTime", "")) for ds in headers})
     if n_echoes > 1:
         reasons.append(f"{n_echoes} echo times")
+    if len(orientations) == 1 and not reasons:
+        _, _, counts = _stack(headers, next(iter(orientations)))
+        if counts.size and counts.min() > 1:
+            reasons.append(f"{counts.min()} images at every slice position (repeated acquisitions)")
     because = "; it has " + " and ".join(reasons) if reasons else " (several echoes, volumes or a gap in the slices?)"
     return f"{n_outputs} volumes{because}"
 
@@ -662,6 +813,10 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
             raise UniregError(f"{label}: file belongs to another series; run 'unireg index' again",
                               subject=subject, path=path)
         headers.append(ds)
+    problem = _slice_geometry_problem(headers)
+    if problem:
+        raise UniregError(f"{label} {problem}; copy or export the series again, or choose another with "
+                          "series_filter", subject=subject)
     with tempfile.TemporaryDirectory(prefix="unireg-dcm2niix-") as tmp:
         source, target = Path(tmp, "in"), Path(tmp, "out")
         source.mkdir()
@@ -684,11 +839,19 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
                     if re.match(r"\s*(error|warning|slices not stacked)", ln, re.I)]
         for message in messages:  # for the rule's log: QC hints such as varying slice spacing
             print(f"unireg convert: {subject}: dcm2niix: {message[:300]}")
-        if len(outputs) != 1:
-            messages = [m for m in messages if "interpolated protocol" not in m] or messages
+        n_volumes = len(outputs)
+        if n_volumes == 1:  # one file may still hold several volumes (4-D): repetitions of the same slices
+            shape = nib.load(outputs[0]).shape
+            n_volumes = int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
+        if n_volumes != 1:
+            messages = [m for m in messages if "interpolated protocol" not in m]  # noise on every Siemens 3-D series
             detail = f" (dcm2niix: {messages[-1][:200]})" if messages else ""
-            raise UniregError(f"{label} converts to {_why_not_one_volume(headers, len(outputs))}{detail}; check the "
+            raise UniregError(f"{label} converts to {_why_not_one_volume(headers, n_volumes)}{detail}; check the "
                               "series or choose another with series_filter", subject=subject)
+        misplaced = _misplaced_slices(headers, outputs[0])
+        if misplaced:
+            raise UniregError(f"{label} {misplaced}; copy or export the series again, or choose another with "
+                              "series_filter", subject=subject)
         sidecar_file = outputs[0].with_suffix(".json")
         sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.is_file() else {}
         return _write_converted(outputs[0], scrub_sidecar(sidecar), out_nifti, subject)
@@ -716,7 +879,8 @@ def convert_command(manifest_path: str | Path, subject: str, out_nifti: str | Pa
     row = select_series(manifest, subject, modality, description_regex)
     if row["kind"] == "nifti":
         return _write_converted(Path(row["source"]), {"Source": "NIfTI from the cohort TSV"}, Path(out_nifti), subject)
-    files = manifest.attrs["files"].get(row["series_uid"])
+    listing = manifest.attrs["files"]
+    files = listing.get(series_key(subject, row["series_uid"])) or listing.get(row["series_uid"])  # or an older manifest
     if not files:
         raise UniregError(f"series {row['series_uid']} has no file list beside the manifest "
                           f"({files_path(manifest_path).name}); run 'unireg index' again", subject=subject)

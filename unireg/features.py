@@ -20,6 +20,11 @@ name                   C     s   what
                                  (global torch seed) and trainable
 =====================  ====  ==  ======================================================
 
+``mobilenet_v1_025_reinit`` (C 16, s 2), an ablation for ``benchmarks/domain_shift.py``: the
+``mobilenet_v1_025`` encoder with its earliest layer (the 3->8 conv, re-drawn with PyTorch's
+default init from seed 0, and its BN reset to identity) random and the depthwise-separable
+block still ImageNet's; frozen; the packaged weights are sha256-checked as for the default.
+
 3-D from a 2-D ImageNet network (:class:`SliceWise3d`)
 ------------------------------------------------------
 1. grey [0, 1] becomes 3 identical channels normalised with the ImageNet mean/std;
@@ -455,6 +460,18 @@ def _build_mobilenet_v1_025(weights: Path | None = None) -> FeatureExtractor:
                        weights_sha256=MOBILENET_SHA256)
 
 
+def _build_mobilenet_v1_025_reinit(weights: Path | None = None) -> FeatureExtractor:
+    """``mobilenet_v1_025`` with only its first conv + BN re-initialised (seed 0, global RNG untouched)."""
+    path = weights if weights is not None else WEIGHTS_DIR / MOBILENET_FILE
+    encoder = load_mobilenet_v1_025(path).early()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder[0][0].reset_parameters()
+        encoder[0][1].reset_parameters()
+    return SliceWise3d(encoder, name="mobilenet_v1_025_reinit", out_channels=16, stride=2, grid_offset=0.0,
+                       weights_sha256=MOBILENET_SHA256)
+
+
 def _build_scratch(weights: Path | None = None) -> FeatureExtractor:
     _refuse_weights("scratch", weights, "it starts random; its trained weights live in the model checkpoint")
     return SliceWise3d(MobileNetV1x025().early(), name="scratch", out_channels=16, stride=2,
@@ -466,12 +483,29 @@ def _build_mind(weights: Path | None = None) -> FeatureExtractor:
     return MindSSC()
 
 
+def _check_torchvision_hash(name: str, path: Path) -> str:
+    """The file's sha256; a file named like torchvision's must start with the hash its name carries.
+
+    torchvision names each weight file after the first 8 hex digits of its sha256 (what
+    ``torch.hub`` checks on download), so a corrupted or replaced ``resnet18-f37072fd.pth`` is
+    caught before use; a file under another name is the user's own and is only recorded.
+    """
+    digest = sha256_file(path)
+    source = WEIGHT_SOURCES[name]
+    if path.name == source.file_name and not digest.startswith(source.sha256_prefix):
+        raise UniregError(f"sha256 {digest[:16]}... does not start with {source.sha256_prefix}, the hash in "
+                          f"torchvision's file name: the file is corrupted or a different file; delete it and run "
+                          f"`unireg weights fetch {name}`, or copy it again", path=path)
+    return digest
+
+
 def _build_torchvision(name: str, encoder: nn.Module, out_channels: int, stride: int, grid_offset: float,
                        weights: Path | None) -> FeatureExtractor:
     path = _torchvision_weights(name, weights)
+    digest = _check_torchvision_hash(name, path)
     _load_matching(encoder, _load_weight_file(path), path, name)
     return SliceWise3d(encoder, name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset,
-                       weights_sha256=sha256_file(path))
+                       weights_sha256=digest)
 
 
 def _build_resnet18(weights: Path | None = None) -> FeatureExtractor:
@@ -488,6 +522,7 @@ EXTRACTORS: dict[str, Callable[[Path | None], FeatureExtractor]] = {
     "resnet18": _build_resnet18,
     "vgg16": _build_vgg16,
     "scratch": _build_scratch,
+    "mobilenet_v1_025_reinit": _build_mobilenet_v1_025_reinit,
 }
 
 

@@ -29,6 +29,21 @@ def handle_nonfinite(image: Image, policy: str = "error", subject: str | None = 
     return image.with_data(np.where(finite, image.data, 0).astype(np.float32)), finite
 
 
+def require_signal(image: Image, finite: np.ndarray | None = None, subject: str | None = None) -> None:
+    """Refuse an image with no signal: every (finite) voxel zero, or all of one value.
+
+    Run before any step that would fail on such an image in a less helpful way (brain
+    extraction, the affine's centre of mass). ``finite``: the voxels to look at (default all).
+    """
+    values = image.data if finite is None else image.data[finite]
+    if not values.size or not np.any(values):
+        raise UniregError("image is empty (all voxels are zero)", subject=subject, path=image.path)
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+        raise UniregError(f"image has constant intensity {lo:g}; it holds no anatomy", subject=subject,
+                          path=image.path)
+
+
 def normalise_intensity(image: Image, mask: np.ndarray | None = None,
                         percentiles: tuple[float, float] = (0.5, 99.5), *, zero_outside: bool = True,
                         subject: str | None = None) -> Image:

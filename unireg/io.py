@@ -73,8 +73,12 @@ class Image:
         data = np.asarray(self.data)
         if data.ndim != 3:
             raise UniregError(f"expected a 3-D image, got shape {data.shape}", path=self.path)
+        affine = np.asarray(self.affine, dtype=np.float64).reshape(4, 4)
+        if not np.all(np.isfinite(affine)):
+            raise UniregError("the affine (voxel-to-world matrix) has NaN/Inf values; fix the header's "
+                              "sform/qform", path=self.path)
         object.__setattr__(self, "data", data)
-        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64).reshape(4, 4))
+        object.__setattr__(self, "affine", affine)
 
     @property
     def grid(self) -> Grid:
@@ -104,12 +108,15 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
-def load_image(path: str | Path, *, label: bool = False, subject: str | None = None) -> Image:
+def load_image(path: str | Path, *, label: bool = False, subject: str | None = None,
+               max_voxels: int | None = None) -> Image:
     """Load a NIfTI file as a 3-D :class:`Image`.
 
     A 4-D file with a single volume is squeezed to 3-D; more volumes, or fewer than three
-    dimensions, give a :class:`UniregError` naming the file. Intensities load as float32,
-    label maps as their integer values (non-integer label values are an error).
+    dimensions, give a :class:`UniregError` naming the file, as does an affine with NaN/Inf
+    values. Intensities load as float32, label maps as their integer values (non-integer label
+    values are an error). ``max_voxels``: refuse larger images from the header alone, before
+    their data are read (a corrupt or huge header must not exhaust memory).
     """
     path = Path(path)
     if not path.is_file():
@@ -117,8 +124,15 @@ def load_image(path: str | Path, *, label: bool = False, subject: str | None = N
     try:
         img = nib.load(str(path))
         shape = img.shape
-        raw = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for broken files
+        raise UniregError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", subject=subject, path=path) from exc
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    if max_voxels is not None and n_voxels > max_voxels:
+        raise UniregError(f"image has {n_voxels:,} voxels (shape {tuple(shape)}), more than the {max_voxels:,} "
+                          "supported; downsample it first", subject=subject, path=path)
+    try:
+        raw = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise UniregError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", subject=subject, path=path) from exc
     while raw.ndim > 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
@@ -136,7 +150,10 @@ def load_image(path: str | Path, *, label: bool = False, subject: str | None = N
     else:
         data = np.asarray(raw, dtype=np.float32)
     meta = {"source_path": str(path), "source_shape": tuple(int(s) for s in shape)}
-    return Image(data=data, affine=img.affine, path=str(path), is_label=label, meta=meta)
+    try:
+        return Image(data=data, affine=img.affine, path=str(path), is_label=label, meta=meta)
+    except UniregError as err:
+        raise err.with_context(subject=subject)
 
 
 def save_image(image: Image, path: str | Path) -> Path:

@@ -18,6 +18,7 @@ converted to world millimetres by :mod:`unireg.register`.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -182,18 +183,28 @@ def save_checkpoint(path: str | Path, model: UniRegNet, config: dict, extra: dic
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[UniRegNet, dict]:
-    """Rebuild a trained model (default: the packaged one), verified by sha256, in eval mode."""
+    """Rebuild a trained model (default: the packaged one), verified by sha256, in eval mode.
+
+    The checkpoint's bytes must match the hash in ``<path>.sha256`` (written by
+    :func:`save_checkpoint`; a checkpoint without one is refused), and its frozen extractor's
+    weight file must be the one it was trained on (``extractor_weights_sha256``).
+    """
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise UniregError("model checkpoint not found", path=path)
     digest_file = path.with_name(path.name + ".sha256")
-    if digest_file.is_file():
-        expected = digest_file.read_text().split()[0]
-        if sha256_file(path) != expected:
-            raise UniregError(f"checkpoint sha256 does not match {digest_file.name}: the file is corrupted "
-                              "or was replaced; re-copy or retrain it", path=path)
-    elif path.parent == MODELS_DIR:
-        raise UniregError("packaged model has no .sha256 file: reinstall unireg", path=path)
+    if not digest_file.is_file():
+        raise UniregError(f"checkpoint has no {digest_file.name} beside it, so its integrity cannot be checked; "
+                          + ("reinstall unireg" if path.parent == MODELS_DIR else
+                             "copy that file along with the checkpoint ('unireg train' writes both)"), path=path)
+    fields = digest_file.read_text(errors="replace").split()
+    expected = fields[0].lower() if fields else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UniregError(f"{digest_file.name} holds no sha256 (64 hex digits); copy it again along with the "
+                          "checkpoint", path=path)
+    if sha256_file(path) != expected:
+        raise UniregError(f"checkpoint sha256 does not match {digest_file.name}: the file is corrupted "
+                          "or was replaced; re-copy or retrain it", path=path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

@@ -2,11 +2,13 @@
 
 Steps, in order (each recorded in ``preprocess.json``):
 
-1. load and check (3-D, finite voxels: see :func:`unireg.intensity.handle_nonfinite`);
+1. load and check (3-D, plausible size and voxel size, finite voxels: see
+   :func:`unireg.intensity.handle_nonfinite`, some signal);
 2. reorient to RAS (exact: a permutation/flip of voxel axes);
 3. brain extraction with deepbet (optional; on by default for T1 heads);
 4. robust intensity normalisation to [0, 1] inside the brain (or non-zero) mask;
-5. affine pre-alignment to the atlas template (:mod:`unireg.affine`);
+5. affine pre-alignment to the atlas template (:mod:`unireg.affine`), refused when its scaling is
+   implausible for a head (:func:`check_alignment`);
 6. resampling onto the atlas grid (shape divisible by 16).
 
 Outputs in ``out_dir`` (fixed names, so a workflow can rely on them)::
@@ -32,13 +34,20 @@ from . import __version__
 from .affine import align_affine, write_affine_txt, write_itk_affine
 from .atlas import Atlas
 from .errors import UniregError
-from .intensity import handle_nonfinite, normalise_intensity
+from .intensity import handle_nonfinite, normalise_intensity, require_signal
 from .io import Image, load_image, save_image, write_text_atomic
 from .transforms import reorient_to_ras, resample
 
 OUTPUT_FILES = {"image": "preproc.nii.gz", "mask": "brainmask.nii.gz", "affine": "affine.txt",
                 "affine_itk": "affine_itk.txt", "info": "preprocess.json"}
 MAX_VOXELS = 512 ** 3
+MIN_AXIS_VOXELS = 10  # fewer voxels along an axis: a single slice, a slab or a localiser, not a head volume
+MAX_VOXEL_MM = 20.0
+# The affine maps the atlas head onto the subject's: scaling it by more than MAX_SCALE (or less than
+# 1 / MAX_SCALE) along any axis, or by MAX_ANISOTROPY times more along one axis than another, is no
+# head-to-head difference but a failed alignment (e.g. a header voxel size 4x too large).
+MAX_SCALE = 2.0
+MAX_ANISOTROPY = 1.8
 
 
 @dataclass
@@ -85,10 +94,26 @@ def check_image(image: Image, subject: str | None = None) -> None:
     if image.data.size > MAX_VOXELS:
         raise UniregError(f"image has {image.data.size:,} voxels (shape {image.shape}), more than the "
                           f"{MAX_VOXELS:,} supported; downsample it first", subject=subject, path=image.path)
-    spacing = np.asarray(image.spacing)
-    if np.any(spacing <= 0) or np.any(spacing > 20) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
-        raise UniregError(f"implausible voxel size {tuple(np.round(spacing, 3))} mm in the affine",
+    if min(image.shape) < MIN_AXIS_VOXELS:
+        raise UniregError(f"image has only {min(image.shape)} voxels along one axis (shape {image.shape}); "
+                          f"a 3-D head image needs at least {MIN_AXIS_VOXELS} (a single slice, slab or localiser?)",
                           subject=subject, path=image.path)
+    spacing = np.asarray(image.spacing)
+    if np.any(spacing <= 0) or np.any(spacing > MAX_VOXEL_MM) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
+        raise UniregError(f"implausible voxel size {tuple(round(float(v), 3) for v in spacing)} mm in the affine",
+                          subject=subject, path=image.path)
+
+
+def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | None = None) -> np.ndarray:
+    """The scaling of the atlas -> subject affine (singular values), after checking it is plausible for heads."""
+    scales = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+    if scales.min() < 1.0 / MAX_SCALE or scales.max() > MAX_SCALE or scales.max() / scales.min() > MAX_ANISOTROPY:
+        shown = " x ".join(f"{s:.2f}" for s in scales)
+        raise UniregError(f"affine alignment to the atlas is implausible: it scales the atlas by {shown} (heads "
+                          f"differ by less than x{MAX_SCALE:g} and x{MAX_ANISOTROPY:g} between axes); check the "
+                          "header's voxel size and orientation and that the image shows the whole head",
+                          subject=subject, path=path)
+    return scales
 
 
 def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | None = None,
@@ -99,6 +124,7 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     t0 = time.perf_counter()
     check_image(image, subject)
     image, finite = handle_nonfinite(image, options.nonfinite, subject=subject)
+    require_signal(image, finite, subject=subject)
     native = {"shape": list(image.shape), "spacing_mm": [round(s, 4) for s in image.spacing],
               "orientation": "".join(image.orientation), "nonfinite_voxels": int(finite.size - finite.sum())}
     ras = reorient_to_ras(image)
@@ -126,6 +152,7 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
                            similarity=options.similarity, seed=options.seed)
     except UniregError as err:
         raise err.with_context(subject=subject, path=image.path)
+    scales = check_alignment(fit.matrix, subject=subject, path=image.path)
     timings["affine_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -148,6 +175,7 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
             "normalisation": normalised.meta.get("normalisation"),
             "affine": {"similarity": fit.similarity, "seed": options.seed, "init": "centre of mass",
                        "loss_before": fit.loss_before, "loss_after": fit.loss_after, "levels": fit.history,
+                       "scales": [round(float(v), 4) for v in scales],
                        "convention": "atlas world -> subject world, RAS mm"},
             "resample": {"grid_shape": list(atlas.grid.shape), "spacing_mm": list(atlas.grid.spacing),
                          "interpolation": "linear (image), nearest (mask)"},
@@ -164,7 +192,7 @@ def preprocess_file(image_path: str | Path, atlas: Atlas, out_dir: str | Path,
 
     The JSON is written last, so its presence means the folder is complete.
     """
-    image = load_image(image_path, subject=subject)
+    image = load_image(image_path, subject=subject, max_voxels=MAX_VOXELS)
     result = preprocess_image(image, atlas, options, subject=subject)
     out_dir = Path(out_dir)
     save_image(result.image, out_dir / OUTPUT_FILES["image"])

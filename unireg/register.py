@@ -212,9 +212,9 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
     """Load, register, and write the outputs listed in the module docstring (JSON last)."""
     try:
         dev = select_device(device)
+        model, checkpoint = load_checkpoint(model_path, dev)
     except UniregError as err:
         raise err.with_context(subject=subject)
-    model, checkpoint = load_checkpoint(model_path, dev)
     fixed = load_image(fixed_path, subject=subject)
     moving = load_image(moving_path, subject=subject)
     labels = load_image(moving_labels_path, label=True, subject=subject) if moving_labels_path else None
