@@ -36,3 +36,24 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def read_commented_csv(path) -> list[dict]:
+    """Rows of a benchmark CSV whose provenance lines start with '#'."""
+    import csv
+    with open(path) as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+
+
+def run_benchmark_smoke(script: str, out: Path) -> str:
+    """Run ``benchmarks/<script> --smoke --out <out>`` on the shared IXI data (skips without it),
+    with its own UNIREG_HOME (never the user's cache); returns its stdout."""
+    import subprocess
+    import sys
+    shared_file("ixi_t1_dlmuse", "t1")
+    shared_file("ixi002_t1_t2")
+    env = {**os.environ, "UNIREG_HOME": str(out / "unireg_home")}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

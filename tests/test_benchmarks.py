@@ -4,15 +4,11 @@ Needs the peer tools of benchmarks/requirements.txt (antspyx, itk-elastix); skip
 where they are not installed. No timing is asserted: the machine may be shared.
 """
 
-import csv
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, shared_file
+from conftest import REPO, read_commented_csv, run_benchmark_smoke, shared_file
 
 REQUIREMENTS = "pip install -r benchmarks/requirements.txt"
 pytest.importorskip("ants", reason=f"antspyx is not installed ({REQUIREMENTS}): peer benchmark not tested")
@@ -23,23 +19,13 @@ if "elastix_registration_method" not in dir(itk):  # itk without the elastix mod
 METHODS = ("affine", "unireg", "unireg_io", "ants", "elastix")
 
 
-def _read_csv(path):
-    with open(path) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    shared_file("ixi_t1_dlmuse", "t1")
-    shared_file("ixi002_t1_t2")
     out = tmp_path_factory.mktemp("peers")
-    env = {**os.environ, "UNIREG_HOME": str(out / "unireg_home")}  # never the user's cache
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"dir": out, "stdout": proc.stdout,
-            "rows": {r["method"]: r for r in _read_csv(out / "peers.csv") if r["task"] == "mono"},
-            "pairs": _read_csv(out / "peers.pairs.csv")}
+    stdout = run_benchmark_smoke("peers.py", out)
+    return {"dir": out, "stdout": stdout,
+            "rows": {r["method"]: r for r in read_commented_csv(out / "peers.csv") if r["task"] == "mono"},
+            "pairs": read_commented_csv(out / "peers.pairs.csv")}
 
 
 def test_every_method_has_a_row_with_sane_numbers(smoke):

@@ -3,37 +3,23 @@ mode: 1 pair on the 4 mm grid, the packaged models, untrained stand-ins for the 
 No timing is asserted: the machine may be shared.
 """
 
-import csv
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, shared_file
+from conftest import REPO, read_commented_csv, run_benchmark_smoke, shared_file
 
 METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch")
 CONTRASTS = ("T1 (source)", "T2-like", "PD-like", "CT-like")
 REAL = "IXI002 real T2 (T2 -> T1)"
 
 
-def _read_csv(path):
-    with open(path) as fh:
-        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    shared_file("ixi_t1_dlmuse", "t1")
-    shared_file("ixi002_t1_t2")
     out = tmp_path_factory.mktemp("domain_shift")
-    env = {**os.environ, "UNIREG_HOME": str(out / "unireg_home")}  # never the user's cache
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "domain_shift.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {(r["method"], r["contrast"]): r for r in _read_csv(out / "domain_shift.csv")}
-    return {"dir": out, "stdout": proc.stdout, "rows": rows}
+    stdout = run_benchmark_smoke("domain_shift.py", out)
+    rows = {(r["method"], r["contrast"]): r for r in read_commented_csv(out / "domain_shift.csv")}
+    return {"dir": out, "stdout": stdout, "rows": rows}
 
 
 def test_every_method_and_contrast_has_a_row_with_sane_numbers(smoke):
