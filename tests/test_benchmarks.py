@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import REPO, read_commented_csv, run_benchmark_smoke, shared_file
+from conftest import read_commented_csv, run_benchmark_smoke
 
 REQUIREMENTS = "pip install -r benchmarks/requirements.txt"
 pytest.importorskip("ants", reason=f"antspyx is not installed ({REQUIREMENTS}): peer benchmark not tested")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import REPO, read_commented_csv, run_benchmark_smoke, shared_file
+from conftest import read_commented_csv, run_benchmark_smoke
 
 METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch")
 CONTRASTS = ("T1 (source)", "T2-like", "PD-like", "CT-like")
