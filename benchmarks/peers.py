@@ -44,8 +44,8 @@ warped image is compared with ours (``rewarp_error`` in peers.pairs.csv).
   preprocessing affines (the scans share scanner space); mean Dice over labels between the two.
 
 **Methods** (``--methods``): ``affine``; ``unireg`` (packaged default model); ``unireg_io``
-(plus ``--instance-opt`` steps of :class:`unireg.register.InstanceOptOptions`, its default MIND
-similarity); ``ants`` (antspyx ``SyNOnly`` from the identity: SyN[0.2, 3, 0], shrink 4x2x1,
+(plus ``--instance-opt`` steps of :meth:`unireg.register.InstanceOptOptions.schedule`: the shipped
+default, squared LNCC for every contrast); ``ants`` (antspyx ``SyNOnly`` from the identity: SyN[0.2, 3, 0], shrink 4x2x1,
 smoothing 2x1x0 voxels, ``--ants-iterations``; metric CC radius 2 voxels (4 mm) for same-contrast
 pairs as in antsRegistrationSyN.sh, Mattes MI 32 bins for cross-modal pairs); ``elastix``
 (itk-elastix's default ``bspline`` parameter map: 4 resolutions, 256 iterations, final control-point
@@ -78,6 +78,8 @@ import numpy as np  # the only module-level dependency: method workers must not 
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402  (no heavy imports)
+
 SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
 IXI = SHARED / "ixi_t1_dlmuse"
 IXI002 = SHARED / "ixi002_t1_t2"
@@ -260,7 +262,7 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        result = register_images(fixed, moving, model, device=device, instance_opt=InstanceOptOptions(steps=steps))
+        result = register_images(fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(steps))
         if device == "cuda":
             torch.cuda.synchronize()
         seconds[case.name] = time.perf_counter() - t0
@@ -492,6 +494,13 @@ def fmt(value, digits=3) -> str:
     return str(value)
 
 
+def describe_io(total: int) -> str:
+    from unireg.register import InstanceOptOptions
+    opt = InstanceOptOptions.schedule(total)
+    return (f"{opt.coarse_steps} steps at the flow grid + {opt.steps} at the image grid, {opt.similarity.upper()}, "
+            f"diffusion weight {opt.weight}, Adam lr {opt.learning_rate}, integrate {opt.integrate!r}")
+
+
 def method_label(method: str, device: str, steps: int) -> str:
     label = METHODS[method].replace("IO", f"{steps} IO steps")
     return label + (" (GPU)" if device == "cuda" else "")
@@ -580,7 +589,8 @@ def parse_args(argv=None):
                         "trained at 2 mm (default 2)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
-    parser.add_argument("--instance-opt", type=int, default=20, help="UniReg + IO: test-time steps (default 20)")
+    parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS,
+                        help=f"UniReg + IO: test-time steps (default {INSTANCE_OPT_STEPS}, the shipped default)")
     parser.add_argument("--ants-iterations", default="100,70,20", help="SyN iterations at shrink 4,2,1")
     parser.add_argument("--elastix-iterations", type=int, default=None,
                         help="override elastix's 256 iterations per resolution")
@@ -690,8 +700,9 @@ def main(argv=None) -> None:
     notes = [
         "Every method registers the same preprocessed arrays (unireg preprocess: deepbet, percentile "
         "normalisation, MI affine to MNI 2009a, atlas grid); affine only = those arrays unchanged.",
-        f"UniReg: packaged unireg_mobilenet_v1_025.pt; + IO: {args.instance_opt} steps of "
-        "InstanceOptOptions() (MIND-SSC similarity, diffusion weight 0.1, Adam lr 0.2), for every contrast.",
+        f"UniReg: packaged unireg_mobilenet_v1_025.pt; + IO: {args.instance_opt} steps of the shipped "
+        f"InstanceOptOptions.schedule ({describe_io(args.instance_opt)}), the same for every contrast; chosen on "
+        "training pairs with benchmarks/io_tuning.py (benchmarks/results/io_tuning.md), never on these pairs.",
         f"ANTs SyN (antspyx SyNOnly from the identity): SyN[0.2,3,0], iterations {args.ants_iterations} at shrink "
         f"4x2x1, smoothing 2x1x0 vox; CC radius {ANTS_CC_RADIUS} vox for T1 -> T1 and atlas -> IXI002 T1, Mattes MI "
         f"{ANTS_MI_BINS} bins for every cross-modal pair.",

@@ -1,6 +1,6 @@
 """Seconds per pair and peak memory of UniReg registration on this machine (prints a table).
 
-Run: .venv/bin/python benchmarks/register_speed.py [--device cpu|cuda] [--instance-opt 50]
+Run: .venv/bin/python benchmarks/register_speed.py [--device cpu|cuda] [--instance-opt 30]
 Each configuration runs in its own subprocess so that its peak memory is its own. Inputs are
 the default atlas template at 2 mm and 1 mm (fixed) and a shifted copy (moving); speed does not
 depend on the image content.
@@ -38,7 +38,7 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     result = register_images(fixed, moving, model, device=device,
-                             instance_opt=InstanceOptOptions(steps=instance_opt))
+                             instance_opt=InstanceOptOptions.schedule(instance_opt))
     seconds = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
@@ -50,7 +50,7 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--instance-opt", type=int, default=50)
+    parser.add_argument("--instance-opt", type=int, default=30)
     parser.add_argument("--spacings", default="2,1")
     parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

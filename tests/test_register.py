@@ -19,7 +19,7 @@ from unireg.preprocess import OUTPUT_FILES, preprocess_file
 from unireg.register import InstanceOptOptions, register_images, OUTPUT_FILES as REG_FILES
 from unireg.transforms import resample
 
-INSTANCE_OPT_STEPS = 20
+INSTANCE_OPT_STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_default_model_beats_affine_and_instance_opt_improves_it(default_model, 
         affine = mean_dice(f["labels"].data, m["labels"].data)
         net = register_images(f["image"], m["image"], model, moving_labels=m["labels"])
         opt = register_images(f["image"], m["image"], model, moving_labels=m["labels"],
-                              instance_opt=InstanceOptOptions(steps=INSTANCE_OPT_STEPS))
+                              instance_opt=InstanceOptOptions.schedule(INSTANCE_OPT_STEPS))
         rows.append((affine, mean_dice(f["labels"].data, net.warped_labels.data),
                      mean_dice(f["labels"].data, opt.warped_labels.data)))
         assert net.info["jacobian"]["folding_percent"] < 0.5
@@ -127,7 +127,7 @@ def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atla
     monkeypatch.setattr(reg, "available_memory_bytes", lambda: 0.5e9)
     with pytest.raises(reg.UniregError) as err:
         reg.register_images(default_atlas.image, default_atlas.image, None,
-                            instance_opt=InstanceOptOptions(steps=5))
+                            instance_opt=InstanceOptOptions.schedule(5))
     message = str(err.value)
     assert "80x96x96 atlas grid with instance optimisation needs about" in message
     assert "register.instance_opt: 0" in message and "atlas_spacing" in message

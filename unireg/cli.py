@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .defaults import INSTANCE_OPT_SIMILARITY, INSTANCE_OPT_STEPS
 from .errors import UniregError
 
 
@@ -46,7 +47,7 @@ def _cmd_train(args) -> None:
 
 def _cmd_register(args) -> None:
     from .register import InstanceOptOptions, register_files
-    opt = InstanceOptOptions(steps=args.instance_opt, similarity=args.instance_opt_similarity)
+    opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
     result = register_files(args.fixed, args.moving, args.out, model_path=args.model,
                             moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
                             subject=args.subject, fixed_mask_path=args.fixed_mask)
@@ -181,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
     p.add_argument("--moving-labels", help="label map on the moving grid to warp as well")
     p.add_argument("--fixed-mask", help="mask on the fixed grid for the Jacobian statistics")
-    p.add_argument("--instance-opt", type=int, default=0, metavar="N",
-                   help="refine the prediction with N test-time optimisation steps (default 0)")
-    p.add_argument("--instance-opt-similarity", choices=["mind", "lncc"], default="mind",
-                   help="similarity for --instance-opt: MIND (any modality, default) or LNCC (same modality)")
+    p.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, metavar="N",
+                   help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
+                        f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)")
+    p.add_argument("--instance-opt-similarity", choices=["lncc", "mind"], default=INSTANCE_OPT_SIMILARITY,
+                   help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
+                        "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu or cuda")
     p.add_argument("--subject", help="subject id used in messages")
     p.set_defaults(func=_cmd_register)

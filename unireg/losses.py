@@ -1,6 +1,8 @@
 """Training and instance-optimisation losses. All take ``(B, C, D, H, W)`` tensors, mean-reduced.
 
-* ``lncc``: local normalised cross-correlation of images (same modality), MONAI.
+* ``lncc``: local normalised cross-correlation (squared, so also for locally inverted contrast),
+  the formula of MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular kernel) with box
+  sums by cumulative sums: same values, about 2x faster on CPU.
 * ``mind``: mean squared difference of MIND-SSC descriptors (any modality).
 * smoothness: MONAI's diffusion (squared gradient) or bending-energy regulariser on a field.
 * Dice: MONAI's soft Dice on warped one-hot label maps (when the training set has labels).
@@ -11,13 +13,37 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-from monai.losses import BendingEnergyLoss, DiceLoss, DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+import torch.nn.functional as F
+from monai.losses import BendingEnergyLoss, DiceLoss, DiffusionLoss
 
 from .errors import UniregError
 from .features import build_extractor
 
 SIMILARITIES = ("lncc", "mind")
 REGULARISERS = ("diffusion", "bending")
+
+
+def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over a ``size``^3 box centred on each voxel of ``(B, C, D, H, W)``, zero outside (odd size)."""
+    r = size // 2
+    for axis in (2, 3, 4):
+        pad = [0] * 6
+        pad[2 * (4 - axis)], pad[2 * (4 - axis) + 1] = r + 1, r
+        total = F.pad(x, pad).cumsum(axis)
+        n = x.shape[axis]
+        x = total.narrow(axis, size, n) - total.narrow(axis, 0, n)
+    return x
+
+
+def lncc_loss(warped: torch.Tensor, fixed: torch.Tensor, size: int = 7, smooth_dr: float = 1e-5) -> torch.Tensor:
+    """``-mean(cross^2 / (var_w * var_f))`` over ``size``^3 windows (MONAI's LNCC, ``smooth_nr`` 0)."""
+    n = float(size ** 3)
+    sums = box_sum(torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1), size)
+    w, f, ww, ff, wf = sums.unbind(1)
+    cross = wf - w * f / n
+    var_w = (ww - w * w / n).clamp_min(smooth_dr)
+    var_f = (ff - f * f / n).clamp_min(smooth_dr)
+    return -torch.mean(cross * cross / (var_w * var_f + smooth_dr))
 
 
 @lru_cache(maxsize=1)
@@ -33,19 +59,22 @@ class ImageSimilarity(torch.nn.Module):
         if name not in SIMILARITIES:
             raise UniregError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
         self.name = name
-        self.lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=kernel_size,
-                                                        kernel_type="rectangular")
+        self.kernel_size = kernel_size
 
     def descriptor(self, image: torch.Tensor) -> torch.Tensor:
         """What is compared: the image itself (``lncc``) or its MIND-SSC descriptor (``mind``)."""
         return _mind().to(image.device)(image) if self.name == "mind" else image
 
+    def compare(self, warped_descriptor: torch.Tensor, target_descriptor: torch.Tensor) -> torch.Tensor:
+        """Dissimilarity of two descriptors (of :meth:`descriptor`), e.g. a warped moving one."""
+        if self.name == "lncc":
+            return lncc_loss(warped_descriptor, target_descriptor, self.kernel_size)
+        return torch.mean((warped_descriptor - target_descriptor) ** 2)
+
     def forward(self, warped: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``target``: ``descriptor(fixed)`` computed once by the caller (optional)."""
-        if self.name == "lncc":
-            return self.lncc(warped, fixed)
         target = self.descriptor(fixed) if target is None else target
-        return torch.mean((self.descriptor(warped) - target) ** 2)
+        return self.compare(self.descriptor(warped), target)
 
 
 def regulariser(name: str = "diffusion") -> torch.nn.Module:

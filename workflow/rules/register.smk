@@ -27,9 +27,11 @@ rule register:
         model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
         device=REGISTER_DEVICE,
         steps=config["register"]["instance_opt"],
+        similarity=config["register"].get("instance_opt_similarity", "lncc"),
     conda:
         "../../envs/register.yaml"
     shell:
         "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
         "--fixed-mask {input.mask} --out {params.out} --subject {wildcards.subject} {params.model} "
-        "--device {params.device} --instance-opt {params.steps} > {log} 2>&1"
+        "--device {params.device} --instance-opt {params.steps} "
+        "--instance-opt-similarity {params.similarity} > {log} 2>&1"
