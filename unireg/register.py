@@ -211,7 +211,6 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
     similarity = ImageSimilarity(options.similarity)
     smooth = regulariser(options.regulariser)
     image_shape = tuple(fixed.shape[2:])
-    full = tuple(slice(0, n) for n in image_shape)
     with torch.no_grad():
         fine = (similarity.descriptor(moving), similarity.descriptor(fixed))
         coarse = tuple(torch.nn.functional.avg_pool3d(d, model.flow_stride) for d in fine) \
@@ -220,8 +219,8 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
         fine = (fine[0], fine[1][(..., *box)])
         param = velocity if options.integrate == "step" else model.integrate(velocity)
 
-    def field(p: torch.Tensor, shape: tuple[int, ...], fine: bool) -> torch.Tensor:
-        integrated = options.integrate == "step" or (fine and options.integrate == "fine")
+    def field(p: torch.Tensor, shape: tuple[int, ...], image_grid: bool) -> torch.Tensor:
+        integrated = options.integrate == "step" or (image_grid and options.integrate == "fine")
         return model.displacement(p, shape) if integrated else resize_field(p, shape)
 
     param = param.detach().clone().requires_grad_(True)
