@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402  (no heavy imports)
 
 
 def one(spacing: float, instance_opt: int, device: str) -> dict:
@@ -50,7 +51,7 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--instance-opt", type=int, default=30)
+    parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS)
     parser.add_argument("--spacings", default="2,1")
     parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

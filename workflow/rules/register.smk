@@ -27,7 +27,7 @@ rule register:
         model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
         device=REGISTER_DEVICE,
         steps=config["register"]["instance_opt"],
-        similarity=config["register"].get("instance_opt_similarity", "lncc"),
+        similarity=config["register"]["instance_opt_similarity"],
     conda:
         "../../envs/register.yaml"
     shell:
