@@ -5,7 +5,7 @@ Evidence used (all kept in the run's working directory):
   squeue.txt        `squeue --states=all -O JobID,Partition,State,tres-per-job,tres-alloc` after the
                     run (the CI cluster keeps finished jobs for an hour: MinJobAge=3600)
   .snakemake/slurm_logs/**/<slurm id>.log   each SLURM job's log: the rules and subjects it ran
-  benchmarks/<rule>/<subject>.tsv           written by every rule that ran, wherever it ran
+  work/benchmarks/<rule>/<subject>.tsv      written by every rule that ran, wherever it ran
   results/sub-<id>/reg/registration.json    the register job's environment (partition, GPU)
 """
 
@@ -69,7 +69,7 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
     for slurm_id, log in submitted.items():
         for job in jobs_in_slurm_log(log):
             in_slurm.setdefault(job, []).append(slurm_id)
-    ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in (work / "benchmarks").glob("*/*.tsv")}
+    ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in (work / "work" / "benchmarks").glob("*/*.tsv")}
     expect(bool(ran) and ran <= set(in_slurm), f"all {len(ran)} jobs that ran did so in SLURM jobs"
            + (f" (not: {sorted(ran - set(in_slurm))})" if ran - set(in_slurm) else ""))
     expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
@@ -109,7 +109,7 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             delay = reported[0] - ended if reported else float("inf")
             expect(delay <= MAX_REPORT_DELAY_S,
                    f"{subject}: Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended")
-        log = work / f"logs/convert/{subject}.log"
+        log = work / f"work/logs/convert/{subject}.log"
         expect(log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
                f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}")
         expect(not (work / f"results/sub-{subject}/sub-{subject}_labels.nii.gz").exists(),

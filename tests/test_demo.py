@@ -196,8 +196,8 @@ def test_refuses_to_replace_folders_it_did_not_write(tmp_path):
 
 
 def test_real_subject_converts_back_to_the_nibabel_file(tmp_path):
-    """The nibabel T1 alone (n_subjects=1): stored with a rescale intercept, exact after dcm2niix."""
-    info = make_demo_cohort(tmp_path / "cohort", n_subjects=1)
+    """The nibabel T1 alone: stored with a rescale intercept, exact after dcm2niix."""
+    info = make_demo_cohort(tmp_path / "cohort", n_subjects=0, real_subject=True)
     (subject,) = info["subjects"]
     assert subject["reference"] is None and "no reference" in subject["reference_note"]
     assert (tmp_path / "cohort" / "cohort.tsv").read_text().splitlines()[1] == "demo01\tdicom/demo01\t"

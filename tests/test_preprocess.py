@@ -77,3 +77,16 @@ def test_empty_image_gives_clear_error(default_atlas, tmp_path, capsys):
                  "--no-brain-extraction", "--subject", "s1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"unireg: s1: {path}: image is empty") and err.count("\n") == 1
+
+
+def test_partial_field_of_view_is_refused_before_any_work(default_atlas, tmp_path, capsys):
+    """nibabel's real low-resolution T1 covers only the centre of a brain (33 x 41 x 25 voxels of
+    2 mm): a one-line error naming the field of view, and no output folder."""
+    from pathlib import Path
+    anatomical = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+    rc = main(["preprocess", "--image", str(anatomical), "--atlas", default_atlas.path, "--out",
+               str(tmp_path / "pp"), "--subject", "real01"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"unireg: real01: {anatomical}: partial field of view: the image covers 66 x 82 x 50 mm")
+    assert not (tmp_path / "pp").exists()

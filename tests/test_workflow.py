@@ -50,15 +50,15 @@ def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run)
     for subject in ("demo01", "demo02"):
         labels = load_image(results / f"sub-{subject}" / f"sub-{subject}_labels.nii.gz", label=True)
         native = load_image(results / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz")
-        reference = load_image(finished_run / "resources" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
+        reference = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
                                label=True)
         assert labels.shape == native.shape and np.allclose(labels.affine, native.affine, atol=1e-4)
         dice = dice_per_label(reference.data, labels.data, [1, 2, 3])
         print(subject, {k: round(v, 3) for k, v in dice.items()})
         assert dice[2] > 0.55 and dice[3] > 0.6, dice  # grey and white matter
         assert (results / f"sub-{subject}" / f"sub-{subject}_metrics.tsv").is_file()
-        assert (finished_run / "logs" / "register" / f"{subject}.log").is_file()
-        assert (finished_run / "benchmarks" / "preprocess" / f"{subject}.tsv").is_file()
+        assert (finished_run / "work" / "logs" / "register" / f"{subject}.log").is_file()
+        assert (finished_run / "work" / "benchmarks" / "preprocess" / f"{subject}.tsv").is_file()
     report = (results / "report.html").read_text()
     assert "demo01" in report and "grey_matter" in report
 
@@ -84,7 +84,7 @@ def test_no_patient_information_reaches_any_output(finished_run):
         phi |= {tags[k] for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                                   "InstitutionName", "StudyDate", "ReferringPhysicianName", "OperatorsName")}
     phi |= {value.replace("^", " ") for value in phi}
-    written = [p for folder in ("results", "logs", "benchmarks", ".snakemake/log")
+    written = [p for folder in ("results", "work/logs", "work/benchmarks", ".snakemake/log")
                for p in (finished_run / folder).rglob("*") if p.is_file()]
     assert len(written) > 30
     for path in written:
@@ -130,7 +130,7 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
     new_refs = finished_run / "new_refs"
     new_refs.mkdir(exist_ok=True)
     for subject in ("demo01", "demo02"):
-        ref = load_image(finished_run / "resources" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
+        ref = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
                          label=True)
         data = ref.data.copy()
         data[data == 1] = 0  # a "new segmentation" without CSF
@@ -151,7 +151,7 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     """--keep-going: a corrupt NIfTI and a DICOM series with a truncated file fail only their own
     jobs; the good subjects' labels are exactly those of a clean run; the report lists both errors."""
     demo = tmp_path / "demo"
-    shutil.copytree(finished_run / "resources" / "demo", demo)
+    shutil.copytree(finished_run / "work" / "demo", demo)
     rows = [line.split("\t") for line in (demo / "cohort.tsv").read_text().splitlines()]
     header, rows = rows[0], rows[1:]
     dicom_of = {row[header.index("subject")]: row[header.index("dicom")] for row in rows}
@@ -175,7 +175,7 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
         assert (results / f"sub-{subject}" / f"sub-{subject}_metrics.tsv").is_file()
     errors = {"bad01": "cannot read as NIfTI", "bad02": "truncated"}
     for subject, message in errors.items():
-        log = (tmp_path / "logs" / "convert" / f"{subject}.log").read_text()
+        log = (tmp_path / "work" / "logs" / "convert" / f"{subject}.log").read_text()
         assert log.startswith(f"unireg: {subject}: ") and message in log and len(log.strip().splitlines()) == 1
         assert not list((results / f"sub-{subject}").rglob("*.nii.gz")), "a failed subject left an image behind"
     report = (results / "report.html").read_text()

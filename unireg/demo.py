@@ -572,20 +572,24 @@ def _series_entry(tags: dict, n_files: int, orientation: str) -> dict:
 
 
 def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing: float | None = None,
-                     slice_thickness: float | None = None, seed: int = 0, low_res: bool = False) -> dict:
+                     slice_thickness: float | None = None, seed: int = 0, low_res: bool = False,
+                     real_subject: bool = False) -> dict:
     """Write the demo cohort (DICOM series, reference labels, ``cohort.tsv``) into ``out_dir``.
 
     Args:
         out_dir: created if needed; its ``dicom/``, ``reference/``, ``cohort.tsv`` and
             ``demo.json`` are replaced when they come from an earlier demo (``demo.json``
             present), else existing ``dicom/`` or ``reference/`` folders are an error.
-        n_subjects: subjects in ``cohort.tsv``. Default 4: ``n_subjects - 1`` synthetic subjects
-            and nibabel's real T1 last. ``low_res``: default 2, all synthetic.
+        n_subjects: synthetic subjects in ``cohort.tsv`` (default 4; 2 with ``low_res``).
         spacing: in-plane pixel spacing in mm (default 1.5; 3.0 with ``low_res``).
         slice_thickness: slice thickness = spacing between slices, mm (default 3.0; 4.0 with ``low_res``).
         seed: the same seed gives byte-identical files.
-        low_res: the small, fast version for CI (no nibabel subject, coarse voxels; the
-            deformations are the same as at full resolution).
+        low_res: the small, fast version for CI (coarse voxels; the deformations are the same
+            as at full resolution).
+        real_subject: also write nibabel's real low-resolution T1 as the last subject. It is a
+            partial field of view (66 x 82 x 50 mm, the centre of a brain), which preprocessing
+            refuses by design (:data:`unireg.preprocess.MIN_FOV_MM`), so the shipped demo leaves
+            it out; tests use it.
 
     Returns:
         What ``demo.json`` holds: ``seed``, settings, ``cohort`` (the TSV path) and ``subjects``:
@@ -597,9 +601,10 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
     n_subjects = (2 if low_res else 4) if n_subjects is None else int(n_subjects)
     spacing = float(spacing if spacing is not None else 3.0 if low_res else 1.5)
     slice_thickness = float(slice_thickness if slice_thickness is not None else 4.0 if low_res else 3.0)
-    n_synthetic = n_subjects if low_res else n_subjects - 1
-    if n_subjects < 1 or spacing <= 0 or slice_thickness <= 0:
-        raise UniregError("demo cohort: n_subjects must be >= 1 and spacing, slice_thickness > 0")
+    n_synthetic = n_subjects
+    n_subjects += int(real_subject)
+    if n_subjects < 1 or n_synthetic < 0 or spacing <= 0 or slice_thickness <= 0:
+        raise UniregError("demo cohort: at least one subject, and spacing, slice_thickness > 0")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier_demo = (out_dir / DEMO_FILE).is_file()

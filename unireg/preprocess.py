@@ -43,6 +43,11 @@ OUTPUT_FILES = {"image": "preproc.nii.gz", "mask": "brainmask.nii.gz", "affine":
 MAX_VOXELS = 512 ** 3
 MIN_AXIS_VOXELS = 10  # fewer voxels along an axis: a single slice, a slab or a localiser, not a head volume
 MAX_VOXEL_MM = 20.0
+# A whole brain spans about 140 x 170 x 120 mm (LR x AP x SI). An image whose field of view is
+# shorter than this along an axis holds part of a brain (a slab, a cropped head): a 12-parameter
+# affine to a whole-brain atlas is then unconstrained along that axis (it shrinks the atlas into
+# the box), so such images are refused before any work is done.
+MIN_FOV_MM = 80.0
 # The affine maps the atlas head onto the subject's: scaling it by more than MAX_SCALE (or less than
 # 1 / MAX_SCALE) along any axis, or by MAX_ANISOTROPY times more along one axis than another, is no
 # head-to-head difference but a failed alignment (e.g. a header voxel size 4x too large).
@@ -102,6 +107,12 @@ def check_image(image: Image, subject: str | None = None) -> None:
     if np.any(spacing <= 0) or np.any(spacing > MAX_VOXEL_MM) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
         raise UniregError(f"implausible voxel size {tuple(round(float(v), 3) for v in spacing)} mm in the affine",
                           subject=subject, path=image.path)
+    fov = np.asarray(image.shape[:3]) * spacing
+    if fov.min() < MIN_FOV_MM:
+        shown = " x ".join(f"{v:.0f}" for v in fov)
+        raise UniregError(f"partial field of view: the image covers {shown} mm, less than the {MIN_FOV_MM:g} mm "
+                          "along every axis that atlas registration of a whole brain needs (a slab or a cropped "
+                          "head?); register a series that covers the whole brain", subject=subject, path=image.path)
 
 
 def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | None = None) -> np.ndarray:

@@ -5,9 +5,9 @@ rule demo:
     output:
         cohort=f"{DEMO_DIR}/cohort.tsv",
     log:
-        "logs/demo/demo.log",
+        log("demo", "demo"),
     benchmark:
-        "benchmarks/demo/demo.tsv"
+        bench("demo", "demo")
     params:
         unireg=UNIREG,
         low_res="--low-res" if config["demo"]["low_res"] else "",
@@ -26,9 +26,9 @@ checkpoint index:
     output:
         manifest=f"{RESULTS}/manifest.tsv",
     log:
-        "logs/index/index.log",
+        log("index", "index"),
     benchmark:
-        "benchmarks/index/index.tsv"
+        bench("index", "index")
     params:
         unireg=UNIREG,
     conda:

@@ -13,10 +13,12 @@ validate(config, schema="../schemas/config.schema.yaml")
 REPO = Path(workflow.basedir)  # the directory of the root Snakefile: the repository
 UNIREG = f"PYTHONPATH={REPO} python -m unireg"
 RESULTS = config["results"]
-DEMO_DIR = config["demo"]["out"]
-ATLAS_DIR = (
-    f"resources/atlas/{config['atlas']}" if config["atlas"] == "mni2009a" else config["atlas"]
-)
+# everything that is not a result: logs, per-rule benchmarks, the built atlas, the demo cohort
+WORK = config["work"]
+LOGS = f"{WORK}/logs"
+DEMO_DIR = f"{WORK}/demo"
+DEFAULT_ATLAS_DIR = f"{WORK}/atlas/mni2009a"  # built by the atlas rule
+ATLAS_DIR = DEFAULT_ATLAS_DIR if config["atlas"] == "mni2009a" else config["atlas"]
 USE_GPU = bool(config["register"]["gpu"])
 REGISTER_DEVICE = config["register"].get("device", "auto")
 if REGISTER_DEVICE == "auto":
@@ -47,12 +49,14 @@ def subjects():
         return sorted({row["subject"] for row in csv.DictReader(fh, delimiter="\t")})
 
 
-def log(rule_name):
-    return f"logs/{rule_name}/{{subject}}.log"
+def log(rule_name, name="{subject}"):
+    """``WORK/logs/<rule>/<subject>.log`` (a cohort-level rule passes its own name)."""
+    return f"{LOGS}/{rule_name}/{name}.log"
 
 
-def bench(rule_name):
-    return f"benchmarks/{rule_name}/{{subject}}.tsv"
+def bench(rule_name, name="{subject}"):
+    """``WORK/benchmarks/<rule>/<subject>.tsv``: Snakemake's per-job time and memory."""
+    return f"{WORK}/benchmarks/{rule_name}/{name}.tsv"
 
 
 def write_report_after_failure():
@@ -62,16 +66,17 @@ def write_report_after_failure():
     import subprocess
 
     html, summary = Path(RESULTS) / "report.html", Path(RESULTS) / "cohort_metrics.tsv"
-    command = f"{UNIREG} report {RESULTS} --out {html} --summary {summary} --logs logs"
+    command = f"{UNIREG} report {RESULTS} --out {html} --summary {summary} --logs {LOGS}"
     if not Path(RESULTS).is_dir():
         return
-    Path("logs/report").mkdir(parents=True, exist_ok=True)
-    with open("logs/report/report.log", "w") as log:
-        done = subprocess.run(command, shell=True, stdout=log, stderr=subprocess.STDOUT).returncode == 0
+    report_log = Path(log("report", "report"))
+    report_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(report_log, "w") as log_file:
+        done = subprocess.run(command, shell=True, stdout=log_file, stderr=subprocess.STDOUT).returncode == 0
     if done:
         for path in (html, summary):
             os.utime(path, (0, 0))
         print(f"unireg: some jobs failed; the report lists them: {html}")
     else:
-        print(f"unireg: some jobs failed; the report could not be written (logs/report/report.log). "
+        print(f"unireg: some jobs failed; the report could not be written ({report_log}). "
               f"Once the results are there: {command}")

@@ -3,13 +3,13 @@
 
 rule atlas:
     output:
-        image=f"resources/atlas/{config['atlas']}/atlas.nii.gz",
-        labels=f"resources/atlas/{config['atlas']}/atlas_labels.nii.gz",
-        table=f"resources/atlas/{config['atlas']}/atlas_labels.tsv",
+        image=f"{DEFAULT_ATLAS_DIR}/atlas.nii.gz",
+        labels=f"{DEFAULT_ATLAS_DIR}/atlas_labels.nii.gz",
+        table=f"{DEFAULT_ATLAS_DIR}/atlas_labels.tsv",
     log:
-        "logs/atlas/atlas.log",
+        log("atlas", "atlas"),
     benchmark:
-        "benchmarks/atlas/atlas.tsv"
+        bench("atlas", "atlas")
     params:
         unireg=UNIREG,
         out=lambda w, output: Path(output.image).parent,

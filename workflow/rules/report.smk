@@ -8,15 +8,16 @@ rule report:
         html=report(f"{RESULTS}/report.html", caption="../report/cohort.rst", category="Cohort"),
         summary=f"{RESULTS}/cohort_metrics.tsv",
     log:
-        "logs/report/report.log",
+        log("report", "report"),
     benchmark:
-        "benchmarks/report/report.tsv"
+        bench("report", "report")
     params:
         unireg=UNIREG,
         results=lambda w, output: Path(output.html).parent,
+        logs=LOGS,
     conda:
         "../../envs/report.yaml"
     shell:
-        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs logs "
+        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs {params.logs} "
         "> {log} 2>&1"
 
