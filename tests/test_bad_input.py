@@ -25,6 +25,12 @@ incomplete / repeated acquisitions             test_broken_series_is_one_line_er
 two orientations in one series                 test_dicom::test_convert_mixed_orientation_series_is_one_line_error,
                                                here [half the slices tilted]
 localiser                                      test_dicom::test_select_errors, here test_localiser_*
+a whole session (localisers, field maps, phase test_selection (each series' selection_reason, the later
+images, EPI, DWI, reformats, repeats)          repeat chosen, a patient with nothing to register); series
+                                               the rule never selects (4-D, tilted, no geometry) fail at
+                                               selection here too, and are refused when converted anyway
+same scan under two PatientIDs                 test_selection::test_same_scan_under_two_patient_ids_*
+identifiers, original UIDs, dates in UIDs      test_dicom::test_planted_phi_never_reaches_outputs
 enhanced multi-frame file                      test_dicom::test_index_enhanced_multiframe (index), here
                                                [enhanced multi-frame] (converts) and [enhanced 2 time points]
 compressed transfer syntax                     test_dicom::test_transfer_syntax_converts_like_reference (9),
@@ -61,10 +67,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from conftest import dice, shared_file
-from test_dicom import copy_series, mprage_files
+from test_dicom import copy_series, isolated_home_for_module_fixtures, mprage_files  # noqa: F401 (autouse fixture)
 from unireg.affine import read_affine_txt
 from unireg.cli import main
-from unireg.dicom import convert_command, convert_series, index_dicom, select_series, write_manifest
+from unireg.dicom import (convert_command, convert_series, hashed_uid, index_dicom, read_uid_salt, select_series,
+                          series_key, write_manifest)
 from unireg.errors import UniregError
 from unireg.io import load_image
 from unireg.model import DEFAULT_MODEL, load_checkpoint
@@ -317,34 +324,51 @@ def _enhanced_two_time_points(folder):
     return enhanced_file(folder / "enhanced.dcm", sources() + sources())
 
 
-@pytest.mark.parametrize("build, parts", [
+FOUR_D = "2 images per slice position (echoes, repetitions or time points: 4-D)"
+
+
+@pytest.mark.parametrize("build, parts, not_chosen", [
     pytest.param(_missing_slice, ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm along the "
-                                  "slice normal, 1.5 mm elsewhere"], id="missing slice"),
+                                  "slice normal, 1.5 mm elsewhere"], None, id="missing slice"),
     pytest.param(_moved_slice, ["has uneven slice spacing: 2.2 mm between the slices at -84.50 and -82.30 mm",
-                                "1.5 mm elsewhere (2 uneven gaps in all)"], id="moved slice"),
-    pytest.param(_corrupt_header, ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm"],
+                                "1.5 mm elsewhere (2 uneven gaps in all)"], None, id="moved slice"),
+    pytest.param(_corrupt_header, ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm"], None,
                  id="corrupt header"),
-    pytest.param(_truncated_rle, ["IM0005: series", "file is truncated"], id="truncated RLE slice"),
+    pytest.param(_truncated_rle, ["IM0005: series", "file is truncated"], None, id="truncated RLE slice"),
     pytest.param(_repetitions(5), ["has an unequal number of images per slice position (12 positions: 7 with 1, "
-                                   "5 with 2)"], id="incomplete repetition"),
-    pytest.param(_repetitions(N_SLICES), ["converts to 2 volumes; it has 2 images at every slice position"],
+                                   "5 with 2)"], FOUR_D, id="incomplete repetition"),
+    pytest.param(_repetitions(N_SLICES), ["converts to 2 volumes; it has 2 images at every slice position"], FOUR_D,
                  id="full repetition"),
     pytest.param(_enhanced_two_time_points, ["converts to 2 volumes; it has 2 images at every slice position"],
-                 id="enhanced 2 time points"),
-    pytest.param(_half_tilted, ["converts to 2 volumes; it has 2 slice orientations"], id="half the slices tilted"),
-    pytest.param(_secondary_capture, ["has no slice geometry"], id="secondary capture"),
+                 FOUR_D, id="enhanced 2 time points"),
+    pytest.param(_half_tilted, ["converts to 2 volumes; it has 2 slice orientations"],
+                 "several slice orientations in one series (a multi-plane localiser?)", id="half the slices tilted"),
+    pytest.param(_secondary_capture, ["has no slice geometry"],
+                 "no slice geometry (a screenshot or secondary capture)", id="secondary capture"),
     pytest.param(jittered(first_slices_exact=False), [
         "converts to a volume that puts a slice 0.80 mm from where its header says (slices 1.58 mm apart in the "
-        "NIfTI, 1.507 mm on average in the headers): its slice positions are uneven"], id="all positions jittered"),
+        "NIfTI, 1.507 mm on average in the headers): its slice positions are uneven"], None,
+        id="all positions jittered"),
 ])
-def test_broken_series_is_one_line_error(tmp_path, build, parts):
+def test_broken_series_is_one_line_error(tmp_path, build, parts, not_chosen):
+    """Selectable series fail at conversion; a series the rule never selects (``not_chosen``) fails at
+    selection with the index's reason, and converted anyway its headers are refused all the same."""
     files = build(tmp_path / "dicom")
     manifest = index_dicom(tmp_path / "dicom", subject=SUBJECT)
     assert len(manifest) == 1
-    uid = manifest["series_uid"].iloc[0]
+    row = manifest.iloc[0]
+    uid = row.series_uid
     write_manifest(manifest, tmp_path / "manifest.tsv")
+    out = tmp_path / "out" / "T1w.nii.gz"
     with pytest.raises(UniregError) as err:
-        convert_command(tmp_path / "manifest.tsv", SUBJECT, tmp_path / "out" / "T1w.nii.gz")
+        convert_command(tmp_path / "manifest.tsv", SUBJECT, out)
+    assert row.selected == (0 if not_chosen else 1)
+    if not_chosen:
+        assert row.selection_reason == f"not chosen: {not_chosen}"
+        assert_one_line_error(err, f"no anatomical series to register among 1: {uid} 't1_mpr_tra_gk_v4' MR (series "
+                                   f"2, {N_SLICES} slices): {not_chosen}; ")
+        with pytest.raises(UniregError) as err:
+            convert_series(manifest.attrs["files"][series_key(SUBJECT, uid)], out, SUBJECT, uid)
     assert_one_line_error(err, f"series {uid}", *parts)
     assert not (tmp_path / "out").exists()  # neither the NIfTI nor its sidecar
     if build is _corrupt_header:  # the index names the file it could not read
@@ -378,7 +402,8 @@ def test_localiser_is_never_selected(clean, with_localiser, tmp_path):
 
 def test_localiser_converted_anyway_is_one_line_error(with_localiser, tmp_path):
     _, localiser = with_localiser
-    uid = str(pydicom.dcmread(localiser[0], stop_before_pixels=True).SeriesInstanceUID)
+    uid = hashed_uid(pydicom.dcmread(localiser[0], stop_before_pixels=True).SeriesInstanceUID,
+                     read_uid_salt(create=True))
     with pytest.raises(UniregError) as err:
         convert_series(localiser, tmp_path / "loc.nii.gz", SUBJECT, uid)
     assert_one_line_error(err, f"series {uid} converts to 3 volumes; it has 3 slice orientations")
@@ -444,6 +469,9 @@ IMAGE_CASES = {
                      "image has only 3 voxels along one axis (shape (120, 120, 3)); a 3-D head image needs at "
                      "least 10"),
     "60 mm voxels": (lambda d, a: _scaled(d, a, 30.0), [], "implausible voxel size (60.0, 60.0, 60.0) mm"),
+    "partial field of view": (lambda d, a: (d[30:90, 30:90, 30:55], a), [],
+                              "partial field of view: the image covers 120 x 120 x 50 mm, less than the 80 mm along "
+                              "every axis"),
     "NaN in the affine": (_with_nan_srow, [], "the affine (voxel-to-world matrix) has NaN/Inf values"),
     "2048^3 header": (_huge_header, [], "image has 8,589,934,592 voxels (shape (2048, 2048, 2048)), more than the "
                                         "134,217,728 supported; downsample it first"),

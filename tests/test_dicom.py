@@ -18,9 +18,10 @@ import pytest
 from pydicom.uid import generate_uid
 
 from conftest import shared_file
+from unireg.cli import main
 from unireg.dicom import (MANIFEST_COLUMNS, SIDECAR_KEYS, anonymous_subject_id, convert_command, convert_series,
-                          files_path, index_command, index_dicom, orientation_label, read_manifest, select_series,
-                          series_key, sidecar_path, validate_subject_id, write_manifest)
+                          files_path, hashed_uid, index_command, index_dicom, orientation_label, read_manifest,
+                          read_uid_salt, select_series, series_key, sidecar_path, validate_subject_id, write_manifest)
 from unireg.errors import UniregError
 from unireg.io import apply_affine
 
@@ -36,6 +37,17 @@ QA_SIDECAR_KEYS = ("Modality", "MagneticFieldStrength", "Manufacturer", "Manufac
                    "ReconMatrixPE", "PixelBandwidth", "InPlanePhaseEncodingDirectionDICOM", "ConversionSoftware")
 PLANTED = {"PatientName": "PHI^PLANTED", "PatientID": "PHIID123", "PatientBirthDate": "19010101",
            "AccessionNumber": "PHIACC", "InstitutionName": "PHIHOSPITAL", "StudyDate": "19020202"}
+PLANTED_DATE_TIME = "2010072308581490"  # YYYYMMDDhhmmssff, as Siemens writes it into its UIDs
+PLANTED_DATES = {"SeriesDate": "20100723", "AcquisitionDate": "20100723", "ContentDate": "20100723"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_home_for_module_fixtures(tmp_path_factory):
+    """UNIREG_HOME (where index and convert keep the default UID salt) for module-scoped fixtures too:
+    they run before conftest's per-test isolation; the same folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIREG_HOME", str(tmp_path_factory.getbasetemp() / "unireg_home"))
+        yield
 
 
 def mprage_files(first: int, count: int) -> list[Path]:
@@ -43,15 +55,31 @@ def mprage_files(first: int, count: int) -> list[Path]:
     return [root / f"1-{n:03d}.dcm" for n in range(first, first + count)]
 
 
-def copy_series(sources: list[Path], folder: Path, names: str, **tags) -> list[Path]:
-    """Re-write real slices into ``folder`` as a new series (fresh SOP instance UIDs), with ``tags`` changed."""
+def copy_series(sources: list[Path], folder: Path, names: str, *, shrink: int = 1, drop: tuple[str, ...] = (),
+                **tags) -> list[Path]:
+    """Re-write real slices into ``folder`` as a new series, with ``tags`` changed (a callable gets the
+    file's number) and the tags ``drop`` removed; fresh SOP instance UIDs unless ``tags`` sets them.
+
+    ``shrink``: keep every ``shrink``-th pixel of each row and column (PixelSpacing scaled to match):
+    small files with the real header, for series that are indexed but never converted (EPI, DWI, ...).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, source in enumerate(sources):
         ds = pydicom.dcmread(source)
+        if shrink > 1:
+            pixels = np.ascontiguousarray(ds.pixel_array[::shrink, ::shrink])
+            ds.Rows, ds.Columns = pixels.shape
+            ds.PixelSpacing = [f"{float(v) * shrink:g}" for v in ds.PixelSpacing]
+            ds.PixelData = pixels.tobytes()
+        for keyword in drop:
+            if keyword in ds:
+                delattr(ds, keyword)
         for keyword, value in tags.items():
             setattr(ds, keyword, value(number) if callable(value) else value)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if "SOPInstanceUID" not in tags:
+            ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         paths.append(folder / names.format(number))
         ds.save_as(paths[-1])
     return paths
@@ -189,15 +217,27 @@ def test_mprage_index(mprage):
     assert len(manifest) == 1
     row = manifest.iloc[0]
     assert row.subject == anonymous_subject_id("VS-SEG-001")
-    assert (row.series_uid, row.n_files, row.n_slices, row.rows, row.columns) == (MPRAGE_UID, 120, 120, 512, 512)
+    series_uid = hashed_uid(MPRAGE_UID, read_uid_salt())  # the session's salt, in its own UNIREG_HOME
+    assert (row.series_uid, row.n_files, row.n_slices, row.rows, row.columns) == (series_uid, 120, 120, 512, 512)
     assert (row.orientation, row.pixel_spacing, row.slice_thickness) == ("axial", "0.410156x0.410156", "1.5")
     assert (row.transfer_syntax, row.sop_class, row.image_type) == ("1.2.840.10008.1.2", "MR Image Storage",
                                                                     "ORIGINAL\\PRIMARY\\M\\ND")
+    # the acquisition fields the selection reads, as the headers give them
+    assert (row.series_number, row.protocol_name, row.mr_acquisition_type, row.n_temporal) == (
+        2, "t1_mpr_tra_gk_v4", "3D", 1)
+    assert (row.scanning_sequence, row.sequence_variant, row.sequence_name) == ("GR\\IR", "SP\\MP\\OSP", "*tfl3d1")
+    assert (row.echo_time, row.repetition_time, row.inversion_time, row.b_value, row.contrast_agent) == (
+        "2.97", "1900", "1100", "", 0)
+    assert (row.selected, row.problem) == (1, "")
+    assert row.selection_reason == ("chosen: 3-D T1-weighted MR series (T1 by its name), 120 slices of "
+                                    "0.410156x0.410156x1.5 mm; the only candidate")
+    for written in (out / "manifest.tsv", files_path(out / "manifest.tsv")):
+        assert MPRAGE_UID.encode() not in written.read_bytes()
     assert manifest.attrs["skipped"] == {"not_dicom": 1, "not_image": 0, "truncated": [], "corrupt": []}  # README.md
     back = read_manifest(out / "manifest.tsv")
     assert back.astype(str).equals(manifest.astype(str))
     assert back.attrs["files"] == manifest.attrs["files"]
-    assert len(back.attrs["files"][series_key(row.subject, MPRAGE_UID)]) == 120
+    assert len(back.attrs["files"][series_key(row.subject, series_uid)]) == 120
 
 
 def test_mprage_geometry_matches_dicom_tags(mprage):
@@ -253,24 +293,55 @@ def test_mprage_outputs_carry_no_free_text(mprage):
 # Privacy: planted identifiers never reach an output
 # ---------------------------------------------------------------------------------------------
 
+def siemens_uid(kind: int, n: int = 0) -> str:
+    """A Siemens-style UID with the acquisition date and time inside (as real Siemens UIDs have)."""
+    return f"1.3.12.2.1107.5.2.32.35162.{kind}.{PLANTED_DATE_TIME}{n:05d}"
+
+
 def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
+    """Planted identifiers, the original UIDs, the dates and the dates inside the UIDs reach no manifest,
+    file list, sidecar, NIfTI (header or extension) or message of ``unireg index`` / ``unireg convert``,
+    including the one-line error of a patient without an anatomical series."""
     dicom = tmp_path / "dicom"
-    copy_series(mprage_files(1, 12), dicom / "deep" / "er", "IM{:04d}", **PLANTED)
+    uids = {"StudyInstanceUID": siemens_uid(1), "FrameOfReferenceUID": siemens_uid(2)}
+    copy_series(mprage_files(1, 12), dicom / "deep" / "er", "IM{:04d}", **PLANTED, **uids, **PLANTED_DATES,
+                SeriesInstanceUID=siemens_uid(3), SOPInstanceUID=lambda n: siemens_uid(4, n))
+    copy_series(mprage_files(60, 3), dicom / "deep" / "loc", "IM{:04d}", **PLANTED, **uids, **PLANTED_DATES,
+                SeriesInstanceUID=siemens_uid(5), SOPInstanceUID=lambda n: siemens_uid(6, n),
+                SeriesDescription="localizer", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    copy_series(mprage_files(60, 3), dicom / "other", "IM{:04d}", **{**PLANTED, "PatientID": "PHIID999"},
+                **PLANTED_DATES, StudyInstanceUID=siemens_uid(7), SeriesInstanceUID=siemens_uid(8),
+                SOPInstanceUID=lambda n: siemens_uid(9, n), SeriesDescription="localizer")
     out = tmp_path / "out"
-    manifest = index_command(dicom, out / "manifest.tsv")
-    subject = manifest["subject"].iloc[0]
-    assert subject == anonymous_subject_id("PHIID123")
-    nifti = convert_command(out / "manifest.tsv", subject, out / f"sub-{subject}" / "anat" / "T1w.nii.gz")
+    salt_file = tmp_path / "work" / "uid_salt"
+    assert main(["index", "--input", str(dicom), "--out", str(out / "manifest.tsv"), "--salt-file",
+                 str(salt_file)]) == 0
+    manifest = read_manifest(out / "manifest.tsv")
+    subject, lonely = anonymous_subject_id("PHIID123"), anonymous_subject_id("PHIID999")
+    assert sorted(manifest["subject"]) == sorted([subject, subject, lonely])
+    nifti = out / f"sub-{subject}" / "anat" / "T1w.nii.gz"
+    assert main(["convert", "--manifest", str(out / "manifest.tsv"), "--subject", subject, "--out", str(nifti),
+                 "--salt-file", str(salt_file)]) == 0
+    assert main(["convert", "--manifest", str(out / "manifest.tsv"), "--subject", lonely, "--out",
+                 str(out / "lonely.nii.gz"), "--salt-file", str(salt_file)]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"unireg: {lonely}: no anatomical series to register among 1: 2.25.")
     produced = [p for p in out.rglob("*") if p.is_file()]
     assert {p.name for p in produced} == {"manifest.tsv", "manifest.files.json", "T1w.nii.gz", "T1w.json"}
     blobs = {str(p): p.read_bytes() for p in produced}
     blobs["T1w.nii (gunzipped)"] = gzip.decompress(nifti.read_bytes())
-    blobs["printed (the rule's log)"] = "".join(capsys.readouterr()).encode()
-    # planted values, the original dates and the acquisition time (dcm2niix puts it into descrip/JSON)
-    forbidden = [*PLANTED.values(), "PHI PLANTED", "PLANTED", "19940904", "84338", "08:43:38"]
+    blobs["printed (the rules' logs)"] = (printed.out + printed.err).encode()
+    # planted values, the original dates, the acquisition time (dcm2niix puts it into descrip/JSON), the
+    # original UIDs and the date-time strings inside them
+    forbidden = [*PLANTED.values(), "PHI PLANTED", "PLANTED", "19940904", "84338", "08:43:38", *PLANTED_DATES.values(),
+                 *uids.values(), MPRAGE_UID, PLANTED_DATE_TIME, PLANTED_DATE_TIME[:8],
+                 *(siemens_uid(k) for k in range(1, 10)), "1.3.12.2.1107"]
     for name, blob in blobs.items():
         for value in forbidden:
             assert value.encode() not in blob, f"{value} found in {name}"
+    salt = read_uid_salt(salt_file)
+    assert set(manifest["series_uid"]) == {hashed_uid(siemens_uid(k), salt) for k in (3, 5, 8)}
+    assert set(manifest["study_uid"]) == {hashed_uid(siemens_uid(k), salt) for k in (1, 7)}
 
 
 def test_subject_map(tmp_path):
@@ -323,35 +394,50 @@ def test_index_reports_skipped_and_truncated_files(cohort):
     assert by_description(manifest, "localizer").n_slices == 3
 
 
-def test_select_without_filter_lists_every_candidate(cohort):
+def test_select_without_filter_chooses_the_t1_and_says_why(cohort):
+    """No series filter: the T1 is chosen (its truncated slice is convert's business, not selection's)."""
     _, manifest, _ = cohort
     subject = manifest["subject"].iloc[0]
-    with pytest.raises(UniregError) as err:
-        select_series(manifest, subject)
-    message = str(err.value)
-    assert "\n" not in message and message.startswith(subject + ": 3 series match")
-    for description in ("t1_mpr_tra_gk_v4", "t2_tse_tra", "mixed_orientation"):
-        assert by_description(manifest, description).series_uid in message and description in message
-    assert by_description(manifest, "localizer").series_uid not in message
-    assert "refine series_filter" in message
+    assert select_series(manifest, subject)["series_description"] == "t1_mpr_tra_gk_v4"
+    assert manifest.loc[manifest["selected"] == 1, "series_description"].tolist() == ["t1_mpr_tra_gk_v4"]
+    reasons = dict(zip(manifest["series_description"], manifest["selection_reason"]))
+    assert reasons == {
+        "t1_mpr_tra_gk_v4": "chosen: 3-D T1-weighted MR series (T1 by its name), 12 slices of 0.410156x0.410156x1.5 "
+                            "mm; ranked above 1 other candidate",
+        "t2_tse_tra": "not chosen: 3-D non-T1 MR series, 12 slices of 0.410156x0.410156x1.5 mm; ranked below: not "
+                      "T1-weighted, the chosen series is",
+        "mixed_orientation": "not chosen: several slice orientations in one series (a multi-plane localiser?)",
+        "localizer": "not chosen: localiser"}
 
 
 @pytest.mark.parametrize("modality, regex, expected", [
-    (None, "T2", "t2_tse_tra"), ("mr", "mpr", "t1_mpr_tra_gk_v4"), (None, "^mixed", "mixed_orientation")])
+    (None, "T2", "t2_tse_tra"), ("mr", "mpr", "t1_mpr_tra_gk_v4"), ("MR", "", "t1_mpr_tra_gk_v4")])
 def test_select_with_filter(cohort, modality, regex, expected):
     _, manifest, _ = cohort
     assert select_series(manifest, manifest["subject"].iloc[0], modality, regex)["series_description"] == expected
 
 
 @pytest.mark.parametrize("modality, regex, message", [
-    (None, "flair", "no series matches"), ("CT", None, "no series matches"), (None, "(", "not a valid regular"),
-    (None, "localizer", "no series matches")])  # localisers are never selected
+    (None, "flair", "no series matches the series filter (modality=any, description=flair) among 4: "),
+    ("CT", None, "no series matches the series filter (modality=CT, description=any) among 4: "),
+    (None, "(", "not a valid regular"),
+    (None, "localizer", "no anatomical series to register (series filter modality=any, description=localizer) "
+                        "among 4: "),  # localisers are never selected
+    (None, "^mixed", "no anatomical series to register (series filter modality=any, description=^mixed) among 4: ")])
 def test_select_errors(cohort, modality, regex, message):
     _, manifest, _ = cohort
     subject = manifest["subject"].iloc[0]
-    with pytest.raises(UniregError, match=message) as err:
+    with pytest.raises(UniregError) as err:
         select_series(manifest, subject, modality, regex)
-    assert "\n" not in str(err.value) and str(err.value).startswith(subject + ": ")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{subject}: ") and message in text, text
+    if "among" in message:  # every series listed, by its hashed uid, with the reason it was not chosen
+        for row in manifest.itertuples():
+            assert f"{row.series_uid} '{row.series_description}' MR (series 2, {row.n_slices} slices): " in text
+        expected = {"flair": "description does not match series_filter 'flair'",
+                    "localizer": "12 slices): description does not match series_filter 'localizer'",
+                    "^mixed": "several slice orientations in one series"}.get(regex, "modality MR, not CT")
+        assert expected in text and ("3 slices): localiser" in text) == (regex == "localizer")
     with pytest.raises(UniregError, match="not in the manifest"):
         select_series(manifest, "sother", modality, regex)
 
@@ -369,12 +455,17 @@ def test_convert_truncated_series_is_one_line_error(cohort):
 
 
 def test_convert_mixed_orientation_series_is_one_line_error(cohort):
+    """Never selected (index says why); converted anyway, dcm2niix's two volumes are refused."""
     root, manifest, _ = cohort
     subject = manifest["subject"].iloc[0]
     out = root / "mixed" / "x.nii.gz"
-    with pytest.raises(UniregError, match="converts to 2 volumes; it has 2 slice orientations") as err:
+    with pytest.raises(UniregError, match="no anatomical series to register .* several slice orientations"):
         convert_command(root / "manifest.tsv", subject, out, None, "mixed")
-    assert by_description(manifest, "mixed_orientation").series_uid in str(err.value) and "\n" not in str(err.value)
+    row = by_description(manifest, "mixed_orientation")
+    files = read_manifest(root / "manifest.tsv").attrs["files"][series_key(subject, row.series_uid)]
+    with pytest.raises(UniregError, match="converts to 2 volumes; it has 2 slice orientations") as err:
+        convert_series(files, out, subject, row.series_uid)
+    assert row.series_uid in str(err.value) and "\n" not in str(err.value)
     assert not out.parent.exists()  # nothing written, not even the sidecar
 
 

@@ -97,11 +97,17 @@ def test_register_cli_writes_outputs(ixi_validation_subjects, tmp_path, capsys):
     out = tmp_path / "reg"
     assert main(["register", "--fixed", str(f["dir"] / OUTPUT_FILES["image"]), "--moving",
                  str(m["dir"] / OUTPUT_FILES["image"]), "--moving-labels", str(tmp_path / "moving_labels.nii.gz"),
-                 "--fixed-mask", str(f["dir"] / OUTPUT_FILES["mask"]), "--out", str(out), "--device", "cpu"]) == 0
-    assert "on cpu" in capsys.readouterr().out
+                 "--fixed-mask", str(f["dir"] / OUTPUT_FILES["mask"]),
+                 "--moving-mask", str(m["dir"] / OUTPUT_FILES["mask"]), "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "on cpu" in printed and "QC similarity" in printed
     assert all((out / name).is_file() for name in REG_FILES.values())
     info = json.loads((out / REG_FILES["info"]).read_text())
     assert info["device"] == "cpu" and info["jacobian"]["folding_percent"] < 0.5
+    qc = info["qc"]  # subject -> subject of the same modality: both measures agree it worked
+    assert qc["fixed_mask"] == "fixed mask" and qc["moving_mask"] == "moving mask"
+    assert 0.2 < qc["similarity_before"] < qc["similarity_after"] <= 1.0
+    assert 0.9 < qc["brain_mask_dice_before"] < qc["brain_mask_dice_after"] <= 1.0
     field, affine = load_displacement(out / REG_FILES["displacement"])
     np.testing.assert_allclose(affine, f["image"].affine, atol=1e-5)
     assert field.shape == (3, *f["image"].shape) and 0.5 < np.abs(field).max() < 40  # mm
@@ -133,3 +139,57 @@ def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atla
     assert "register.instance_opt: 0" in message and "atlas_spacing" in message
     monkeypatch.undo()
     reg.check_memory(default_atlas.grid.shape, 20, torch.device("cpu"))  # 2 mm fits on this 24 GB machine
+
+
+# --------------------------------------------------------------------------- reference-free QC
+
+
+def _smooth_noise(shape=(32, 32, 32), seed=0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    return gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0).astype(np.float32)
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+
+
+def test_masked_local_ncc2_scores_alignment_also_for_inverted_contrast():
+    from unireg.register import masked_local_ncc2
+    image = _smooth_noise()
+    mask = np.zeros(image.shape, np.float32)
+    mask[8:24, 8:24, 8:24] = 1
+    score = lambda a: masked_local_ncc2(_t(a), _t(image), _t(mask))  # noqa: E731
+    assert score(image) == pytest.approx(1.0, abs=1e-6)
+    assert score(5.0 - 2.0 * image) == pytest.approx(1.0, abs=1e-6)  # inverted contrast scores the same
+    shifted = [score(np.roll(image, k, axis=0)) for k in (1, 2, 4)]
+    assert 1.0 > shifted[0] > shifted[1] > shifted[2]  # misalignment lowers it, monotonically here
+    assert score(_smooth_noise(seed=1)) < 0.1  # unrelated images
+    assert score(np.full(image.shape, 3.0)) == 0.0  # constant windows score 0, not NaN
+    assert np.isnan(masked_local_ncc2(_t(image), _t(image), _t(np.zeros_like(mask))))
+
+
+def test_registration_qc_before_and_after_a_known_shift_and_mask_fallbacks():
+    from unireg.io import Image
+    from unireg.register import RegistrationResult, mask_dice, registration_qc
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = Image(_smooth_noise(), affine)
+    fixed_mask = np.zeros(fixed.shape, np.int32)
+    fixed_mask[8:24, 8:24, 8:24] = 1
+    # moving = fixed shifted by 4 voxels along i; the field ddf = +4 voxels (i) undoes it
+    moving = Image(np.roll(fixed.data, 4, axis=0), affine)
+    moving_mask = np.roll(fixed_mask, 4, axis=0)  # 12 of 16 planes overlap: Dice 0.75
+    ddf = torch.zeros(1, 3, *fixed.shape)
+    ddf[:, 0] = 4.0
+    result = RegistrationResult(warped=Image(fixed.data, affine), displacement_mm=np.zeros((3, *fixed.shape)),
+                                ddf=ddf)
+    qc = registration_qc(fixed, moving, result, fixed_mask=Image(fixed_mask, affine, is_label=True),
+                         moving_mask=Image(moving_mask, affine, is_label=True))
+    assert qc["similarity_before"] < 0.5 and qc["similarity_after"] == 1.0
+    assert qc["brain_mask_dice_before"] == 0.75 and qc["brain_mask_dice_after"] == 1.0
+    assert qc["fixed_mask"] == "fixed mask" and qc["moving_mask"] == "moving mask"
+    # no masks: the fixed image's non-zero voxels (here all), the moving labels > 0
+    qc = registration_qc(fixed, moving, result, moving_labels=Image(moving_mask * 3, affine, is_label=True))
+    assert qc["fixed_mask"] == "fixed image != 0" and qc["moving_mask"] == "moving labels > 0"
+    assert qc["brain_mask_dice_after"] == round(mask_dice(_t(np.ones(fixed.shape)), _t(fixed_mask)), 4)
+    assert registration_qc(fixed, moving, result)["brain_mask_dice_after"] is None
+    assert np.isnan(mask_dice(torch.zeros(3), torch.zeros(3)))

@@ -1,6 +1,7 @@
 """The Snakemake workflow end to end on the 2-subject, low-resolution demo cohort."""
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -74,8 +75,8 @@ def _readable_bytes(path: Path) -> bytes:
 
 
 def test_no_patient_information_reaches_any_output(finished_run):
-    """The demo DICOM carries patient name, id, birth date, accession number, institution and
-    study date: none may appear in any path or file the workflow wrote (results, logs, benchmarks,
+    """The demo DICOM carries patient name, id, birth date, accession number, institution, study
+    date and study/series UIDs: none may appear in any path or file the workflow wrote (results, logs, benchmarks,
     Snakemake's own logs)."""
     from unireg.demo import _common_tags
     phi = set()
@@ -84,6 +85,11 @@ def test_no_patient_information_reaches_any_output(finished_run):
         phi |= {tags[k] for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                                   "InstitutionName", "StudyDate", "ReferringPhysicianName", "OperatorsName")}
     phi |= {value.replace("^", " ") for value in phi}
+    # study, series and frame-of-reference UIDs identify the study in its PACS: hashed or absent
+    demo = json.loads((finished_run / "work" / "demo" / "demo.json").read_text())
+    phi |= {series["series_uid"] for subject in demo["subjects"] for series in subject["series"]}
+    for number, subject in ((1, "demo01"), (2, "demo02")):
+        phi |= {_common_tags(0, number, subject)[k] for k in ("StudyInstanceUID", "FrameOfReferenceUID")}
     written = [p for folder in ("results", "work/logs", "work/benchmarks", ".snakemake/log")
                for p in (finished_run / folder).rglob("*") if p.is_file()]
     assert len(written) > 30

@@ -50,11 +50,16 @@ def _cmd_register(args) -> None:
     opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
     result = register_files(args.fixed, args.moving, args.out, model_path=args.model,
                             moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
-                            subject=args.subject, fixed_mask_path=args.fixed_mask)
-    jac = result.info["jacobian"]
+                            subject=args.subject, fixed_mask_path=args.fixed_mask,
+                            moving_mask_path=args.moving_mask)
+    jac, qc = result.info["jacobian"], result.info["qc"]
     print("unireg register: environment " + " ".join(f"{k}={v}" for k, v in result.info["environment"].items()))
     print(f"unireg register: wrote {args.out} on {result.info['device']} "
           f"({jac['folding_percent']:.3f} % folding, std log|J| {jac['log_jacobian_std']:.3f})")
+    mask_dice = qc["brain_mask_dice_after"]
+    print(f"unireg register: QC similarity {qc['similarity_before']:.3f} -> {qc['similarity_after']:.3f} "
+          f"({qc['similarity']}), brain-mask Dice "
+          + (f"{mask_dice:.3f} ({qc['moving_mask']})" if mask_dice is not None else "n/a (no moving mask or labels)"))
 
 
 def _cmd_weights_fetch(args) -> None:
@@ -94,19 +99,20 @@ def _cmd_report(args) -> None:
         errors = regenerate_metrics(args.results, args.table, args.reference_dir, args.manifest)
         if errors:
             print(f"unireg report: {len(errors)} subjects could not be re-measured (listed above)")
-    result = write_report(args.results, args.out, args.summary, logs_dir=args.logs)
+    result = write_report(args.results, args.out, args.summary, logs_dir=args.logs, manifest_path=args.manifest)
     print(f"unireg report: {Path(args.out).resolve()} ({len(result['per_subject'])} subjects, "
           f"{len(result['qc'])} flagged, {len(result['failed'])} failed)")
 
 
 def _cmd_index(args) -> None:
     from .dicom import index_command
-    index_command(args.input, args.out)
+    index_command(args.input, args.out, modality=args.modality, description_regex=args.description,
+                  salt_file=args.salt_file)
 
 
 def _cmd_convert(args) -> None:
     from .dicom import convert_command
-    out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description)
+    out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description, args.salt_file)
     print(f"unireg convert: wrote {out}")
 
 
@@ -149,17 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, help="resample to this voxel size in mm")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_atlas_import)
-    p = verbs.add_parser("index", help="index a cohort (DICOM folder or cohort TSV) into a series manifest")
+    salt_help = ("file holding the secret salt of the hashed study/series UIDs (created once if missing; default "
+                 "$UNIREG_HOME/uid_salt or ~/.cache/unireg/uid_salt); index and convert must use the same one")
+    p = verbs.add_parser("index", help="index a cohort (DICOM folder or cohort TSV) into a series manifest and "
+                                       "select each subject's anatomical series")
     p.add_argument("--input", required=True, help="a folder of DICOM files (any nesting) or a cohort TSV")
     p.add_argument("--out", required=True, help="manifest TSV (a .files.json beside it lists each series' files)")
+    p.add_argument("--modality", help="series filter: only series of this modality (e.g. MR) are candidates")
+    p.add_argument("--description", help="series filter: only series whose SeriesDescription matches this regular "
+                                         "expression (case-insensitive) are candidates")
+    p.add_argument("--salt-file", help=salt_help)
     p.set_defaults(func=_cmd_index)
 
     p = verbs.add_parser("convert", help="convert a subject's selected series to NIfTI with dcm2niix")
     p.add_argument("--manifest", required=True)
     p.add_argument("--subject", required=True)
     p.add_argument("--out", required=True, help="output .nii.gz (a de-identified .json sidecar is written beside it)")
-    p.add_argument("--modality", help="keep series of this modality (e.g. MR)")
-    p.add_argument("--description", help="regular expression on SeriesDescription")
+    p.add_argument("--modality", help="select again, among series of this modality (default: the manifest's "
+                                      "selected series)")
+    p.add_argument("--description", help="select again, among series whose SeriesDescription matches this "
+                                         "regular expression")
+    p.add_argument("--salt-file", help=salt_help.replace(" (created once if missing;", " (must exist;"))
     p.set_defaults(func=_cmd_convert)
 
     p = verbs.add_parser("demo", help="generate the embedded demo cohort (DICOM series + reference labels), offline")
@@ -181,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
     p.add_argument("--moving-labels", help="label map on the moving grid to warp as well")
-    p.add_argument("--fixed-mask", help="mask on the fixed grid for the Jacobian statistics")
+    p.add_argument("--fixed-mask", help="the fixed image's brain mask (same grid): region of the Jacobian statistics "
+                                        "and of the QC similarity (default: the whole grid / non-zero fixed voxels)")
+    p.add_argument("--moving-mask", help="the moving image's brain mask (the atlas's atlas_brainmask.nii.gz), for the "
+                                         "QC brain-mask Dice (default: --moving-labels > 0)")
     p.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, metavar="N",
                    help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
                         f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)")
@@ -220,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", help="the workflow's logs folder, for failed subjects' errors (default RESULTS/../logs)")
     p.add_argument("--table", help="label table TSV: first re-measure every subject's propagated labels with it")
     p.add_argument("--reference-dir", help="with --table: folder of sub-<id>_labels.nii.gz reference label maps")
-    p.add_argument("--manifest", help="with --table: cohort manifest whose 'reference' column names references")
+    p.add_argument("--manifest", help="cohort manifest (default RESULTS/manifest.tsv): the report lists each subject's "
+                                      "selected series from it; with --table its 'reference' column names references")
     p.set_defaults(func=_cmd_report)
 
     weights = verbs.add_parser("weights", help="ImageNet weights of the feature extractors").add_subparsers(

@@ -13,7 +13,8 @@ Outputs of :func:`register_files` in ``out_dir``::
     displacement_itk.nii.gz  the same in ITK/ANTs convention (LPS: x and y components negated),
                              usable as a displacement-field transform by antsApplyTransforms
     warped_labels.nii.gz     (with --moving-labels) label map warped without interpolating values
-    registration.json        device, timings, Jacobian statistics (% det <= 0, std log det)
+    registration.json        device, timings, Jacobian statistics (% det <= 0, std log det) and the
+                             reference-free QC of :func:`registration_qc` (key ``qc``)
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import torch
 from .defaults import INSTANCE_OPT_SIMILARITY
 from .errors import UniregError
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
-from .losses import ImageSimilarity, regulariser
-from .model import UniRegNet, jacobian_stats, load_checkpoint, resize_field
+from .losses import ImageSimilarity, box_sum, regulariser
+from .model import SpatialTransformer, UniRegNet, jacobian_stats, load_checkpoint, resize_field
 from .transforms import resample
 
 OUTPUT_FILES = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz",
@@ -287,10 +288,89 @@ def register_images(fixed: Image, moving: Image, model: UniRegNet, *, moving_lab
         info=info)
 
 
+# --------------------------------------------------------------------------- reference-free QC
+
+#: Window (voxels per side) of the QC's local NCC: the default kernel of instance optimisation.
+QC_WINDOW = 7
+QC_SIMILARITY = f"mean squared local NCC ({QC_WINDOW}^3-voxel windows) inside the fixed mask"
+
+
+def masked_local_ncc2(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, size: int = QC_WINDOW) -> float:
+    """Mean over the voxels where ``mask > 0`` of the squared local NCC of ``a`` and ``b``.
+
+    ``a``, ``b``, ``mask``: ``(1, 1, D, H, W)`` on one grid. Local NCC at a voxel is the Pearson
+    correlation of the two images over the ``size``^3 window centred there (zero outside the
+    grid), squared so that a locally inverted contrast (T2 vs T1) scores like a matching one: in
+    [0, 1], 1 = locally affine-related intensities everywhere. A window where either image is
+    constant (variance < 1e-6 of the image's variance in the mask) scores 0. NaN for an empty mask.
+    """
+    inside = mask > 0
+    if not bool(inside.any()):
+        return float("nan")
+    box = foreground_box(inside.to(torch.uint8), margin=size // 2)  # every window around the mask
+    a, b, inside = (t[(..., *box)].double() for t in (a, b, inside))
+    inside = inside > 0
+    n = float(size ** 3)
+    sa, sb, saa, sbb, sab = box_sum(torch.cat([a, b, a * a, b * b, a * b], dim=1), size).unbind(1)
+    var_a, var_b = saa - sa * sa / n, sbb - sb * sb / n
+    floor_a, floor_b = (1e-6 * n * float(t[inside].var()) + 1e-12 for t in (a, b))
+    cross = sab - sa * sb / n
+    ncc2 = torch.where((var_a > floor_a) & (var_b > floor_b),
+                       cross * cross / (var_a * var_b).clamp_min(1e-300), torch.zeros_like(cross))
+    return float(ncc2.clamp(max=1.0)[inside[:, 0]].mean())
+
+
+def mask_dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice of two masks (``> 0``) of one shape; NaN when both are empty."""
+    a, b = a > 0, b > 0
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else float("nan")
+
+
+def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
+                    fixed_mask: Image | None = None, moving_mask: Image | None = None,
+                    moving_labels: Image | None = None) -> dict:
+    """Registration quality that needs no reference labels (``registration.json`` key ``qc``).
+
+    * ``similarity_before`` / ``similarity_after``: :func:`masked_local_ncc2` of the moving image
+      as given (affinely aligned) / of the warped moving image with the fixed image, inside the
+      fixed mask (``fixed_mask``; without one, the fixed image's non-zero voxels). Should rise.
+    * ``brain_mask_dice_before`` / ``brain_mask_dice_after``: Dice of that fixed mask and the
+      moving brain mask (``moving_mask``, else ``moving_labels > 0``) as given / warped with the
+      field (nearest neighbour); null when there is neither.
+    * ``fixed_mask`` / ``moving_mask``: which masks were used, in words.
+
+    Folding and log-Jacobian spread are the ``jacobian`` entry (:func:`unireg.model.jacobian_stats`).
+    Computed on the CPU from ``result`` (its warped image and field).
+    """
+    fixed_t, moving_t, warped_t = (_tensor(image, "cpu") for image in (fixed, moving, result.warped))
+    region = _tensor(fixed_mask, "cpu") if fixed_mask is not None else (fixed_t != 0).float()
+    qc = {"similarity": QC_SIMILARITY,
+          "similarity_before": round(masked_local_ncc2(moving_t, fixed_t, region), 4),
+          "similarity_after": round(masked_local_ncc2(warped_t, fixed_t, region), 4),
+          "brain_mask_dice_before": None, "brain_mask_dice_after": None,
+          "fixed_mask": "fixed mask" if fixed_mask is not None else "fixed image != 0",
+          "moving_mask": "moving mask" if moving_mask is not None else None}
+    if moving_mask is None and moving_labels is not None:
+        moving_mask, qc["moving_mask"] = moving_labels, "moving labels > 0"
+    if moving_mask is not None:
+        if moving_mask.shape != moving.shape:
+            moving_mask = resample(moving_mask, moving.grid)
+        mask_t = (_tensor(moving_mask, "cpu") > 0).float()
+        with torch.no_grad():
+            warped_mask = SpatialTransformer()(mask_t, result.ddf.float(), label=True)
+        qc["brain_mask_dice_before"] = round(mask_dice(region, mask_t), 4)
+        qc["brain_mask_dice_after"] = round(mask_dice(region, warped_mask), 4)
+    return qc
+
+
 def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_labels_path=None,
                    instance_opt: InstanceOptOptions | None = None, device: str = "auto",
-                   subject: str | None = None, fixed_mask_path=None) -> RegistrationResult:
-    """Load, register, and write the outputs listed in the module docstring (JSON last)."""
+                   subject: str | None = None, fixed_mask_path=None, moving_mask_path=None) -> RegistrationResult:
+    """Load, register, and write the outputs listed in the module docstring (JSON last).
+
+    ``moving_mask_path``: the moving image's brain mask (the atlas's ``atlas_brainmask.nii.gz``)
+    for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0)."""
     try:
         dev = select_device(device)
         model, checkpoint = load_checkpoint(model_path, dev)
@@ -300,9 +380,12 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
     moving = load_image(moving_path, subject=subject)
     labels = load_image(moving_labels_path, label=True, subject=subject) if moving_labels_path else None
     mask = load_image(fixed_mask_path, label=True, subject=subject) if fixed_mask_path else None
+    moving_mask = load_image(moving_mask_path, label=True, subject=subject) if moving_mask_path else None
     try:
         result = register_images(fixed, moving, model, moving_labels=labels, instance_opt=instance_opt,
                                  device=dev, fixed_mask=mask)
+        result.info["qc"] = registration_qc(fixed, moving, result, fixed_mask=mask, moving_mask=moving_mask,
+                                            moving_labels=labels)
     except UniregError as err:
         raise err.with_context(subject=subject)
     out_dir = Path(out_dir)

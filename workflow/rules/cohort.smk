@@ -31,7 +31,10 @@ checkpoint index:
         bench("index", "index")
     params:
         unireg=UNIREG,
+        select=SERIES_FILTER,
+        salt=UID_SALT,
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "{params.unireg} index --input {input.cohort} --out {output.manifest} > {log} 2>&1"
+        "{params.unireg} index --input {input.cohort} --out {output.manifest} {params.select} "
+        "--salt-file {params.salt} > {log} 2>&1"

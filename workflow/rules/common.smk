@@ -17,6 +17,10 @@ RESULTS = config["results"]
 WORK = config["work"]
 LOGS = f"{WORK}/logs"
 DEMO_DIR = f"{WORK}/demo"
+# the secret salt of the hashed study/series UIDs (made once by `unireg index`; keep it to keep the hashes)
+UID_SALT = f"{WORK}/uid_salt"
+# series_filter as `unireg index` options (an empty value: no filter)
+SERIES_FILTER = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in config["series_filter"].items() if v)
 DEFAULT_ATLAS_DIR = f"{WORK}/atlas/mni2009a"  # built by the atlas rule
 ATLAS_DIR = DEFAULT_ATLAS_DIR if config["atlas"] == "mni2009a" else config["atlas"]
 USE_GPU = bool(config["register"]["gpu"])

@@ -1,4 +1,4 @@
-# DICOM -> NIfTI per subject: the selected series (series_filter) through dcm2niix.
+# DICOM -> NIfTI per subject: the series the index chose (manifest column `selected`) through dcm2niix.
 
 
 rule convert:
@@ -12,13 +12,9 @@ rule convert:
         bench("convert")
     params:
         unireg=UNIREG,
-        select=" ".join(
-            f"--{k.replace('_', '-')} '{v}'"
-            for k, v in config["series_filter"].items()
-            if v
-        ),
+        salt=UID_SALT,
     conda:
         "../../envs/dicom.yaml"
     shell:
-        "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} {params.select} "
+        "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} --salt-file {params.salt} "
         "--out {output.image} > {log} 2>&1"

@@ -9,6 +9,7 @@ rule register:
         mask=rules.preprocess.output.mask,
         atlas=f"{ATLAS_DIR}/atlas.nii.gz",
         atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
+        atlas_mask=f"{ATLAS_DIR}/atlas_brainmask.nii.gz",
     output:
         displacement=f"{RESULTS}/sub-{{subject}}/reg/displacement.nii.gz",
         warped=f"{RESULTS}/sub-{{subject}}/reg/warped.nii.gz",
@@ -32,6 +33,6 @@ rule register:
         "../../envs/register.yaml"
     shell:
         "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
-        "--fixed-mask {input.mask} --out {params.out} --subject {wildcards.subject} {params.model} "
+        "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} {params.model} "
         "--device {params.device} --instance-opt {params.steps} "
         "--instance-opt-similarity {params.similarity} > {log} 2>&1"

@@ -4,6 +4,7 @@
 rule report:
     input:
         metrics=lambda w: expand(f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_metrics.tsv", subject=subjects()),
+        manifest=f"{RESULTS}/manifest.tsv",
     output:
         html=report(f"{RESULTS}/report.html", caption="../report/cohort.rst", category="Cohort"),
         summary=f"{RESULTS}/cohort_metrics.tsv",
@@ -18,6 +19,6 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs {params.logs} "
+        "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs {params.logs} --manifest {input.manifest} "
         "> {log} 2>&1"
 
