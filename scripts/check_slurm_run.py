@@ -6,7 +6,7 @@ Evidence used (all kept in the run's working directory):
                     run (the CI cluster keeps finished jobs for an hour: MinJobAge=3600)
   .snakemake/slurm_logs/**/<slurm id>.log   each SLURM job's log: the rules and subjects it ran
   work/benchmarks/<rule>/<subject>.tsv      written by every rule that ran, wherever it ran
-  results/sub-<id>/reg/registration.json    the register job's environment (partition, GPU)
+  results/sub-<id>/anat/*_desc-nonlinear_xfm.json  the register job's record: environment (partition, GPU)
 """
 
 from __future__ import annotations
@@ -19,9 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from unireg.layout import subject_files  # noqa: E402  (pure Python)
+
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.")
 PER_SUBJECT_RULES = ("convert", "preprocess", "register", "propagate", "metrics")
 MAX_REPORT_DELAY_S = 60.0
+
+
+def _at(work: Path, subject: str, key: str) -> Path:
+    """File ``key`` of a subject in the run's results layout (default atlas)."""
+    return work / "results" / subject_files(subject, "MNI152NLin2009aSym", "tissue")[key]
 
 
 def read_timestamped(path: Path) -> list[tuple[float, str]]:
@@ -84,13 +92,13 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             expect(queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
                    f"{subject}: register SLURM job {i} in partition {queue.loc[i, 'partition']} "
                    f"asking for {queue.loc[i, 'tres_per_job']}")
-        env = json.loads((work / f"results/sub-{subject}/reg/registration.json").read_text())["environment"]
+        env = json.loads(_at(work, subject, "displacement_json").read_text())["environment"]
         expect(env.get("slurm_job_partition") == "gpu" and env.get("cuda_visible_devices") not in (None, "")
                and env.get("slurm_gpus_on_node", "0") != "0",
                f"{subject}: register ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
                f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
                f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}")
-        metrics = pd.read_csv(work / f"results/sub-{subject}/sub-{subject}_metrics.tsv", sep="\t").set_index("name")
+        metrics = pd.read_csv(_at(work, subject, "metrics"), sep="\t").set_index("name")
         gm, wm = metrics.loc["grey_matter", "dice"], metrics.loc["white_matter", "dice"]
         # the bounds of tests/test_workflow.py's local run of the same cohort
         expect(gm > 0.55 and wm > 0.6, f"{subject}: propagated labels against the reference: Dice grey matter "
@@ -112,7 +120,7 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
         log = work / f"work/logs/convert/{subject}.log"
         expect(log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
                f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}")
-        expect(not (work / f"results/sub-{subject}/sub-{subject}_labels.nii.gz").exists(),
+        expect(not _at(work, subject, "labels").exists(),
                f"{subject}: no labels written")
         report = work / "results/report.html"
         text = report.read_text() if report.exists() else ""

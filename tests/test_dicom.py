@@ -19,9 +19,10 @@ from pydicom.uid import generate_uid
 
 from conftest import shared_file
 from unireg.cli import main
-from unireg.dicom import (MANIFEST_COLUMNS, SIDECAR_KEYS, anonymous_subject_id, convert_command, convert_series,
-                          files_path, hashed_uid, index_command, index_dicom, orientation_label, read_manifest,
-                          read_uid_salt, select_series, series_key, sidecar_path, validate_subject_id, write_manifest)
+from unireg.dicom import (MANIFEST_COLUMNS, SIDECAR_ADDED, SIDECAR_KEYS, anonymous_subject_id, convert_command,
+                          convert_series, files_path, hashed_uid, index_command, index_dicom, orientation_label,
+                          read_manifest, read_uid_salt, select_series, series_key, sidecar_path, validate_subject_id,
+                          write_manifest)
 from unireg.errors import UniregError
 from unireg.io import apply_affine
 
@@ -189,7 +190,7 @@ def test_transfer_syntax_converts_like_reference(number, tmp_path):
     assert ours.header["descrip"].tobytes().strip(b"\0") == b""  # dcm2niix wrote the acquisition time there
     sidecar = json.loads(sidecar_path(out).read_text())
     reference = json.loads(ref.with_suffix(".json").read_text())
-    assert set(sidecar) <= set(SIDECAR_KEYS)
+    assert set(sidecar) <= set(SIDECAR_KEYS) | set(SIDECAR_ADDED)
     for key in QA_SIDECAR_KEYS:
         assert sidecar[key] == pytest.approx(reference[key], abs=1e-6), key
     np.testing.assert_allclose(sidecar["ImageOrientationPatientDICOM"], reference["ImageOrientationPatientDICOM"],
@@ -285,7 +286,7 @@ def test_mprage_outputs_carry_no_free_text(mprage):
     for field in ("descrip", "aux_file", "db_name", "intent_name"):
         assert header[field].tobytes().strip(b"\0") == b"", field
     sidecar = json.loads(sidecar_path(nifti).read_text())
-    assert set(sidecar) <= set(SIDECAR_KEYS) and sidecar["SeriesDescription"] == "t1_mpr_tra_gk_v4"
+    assert set(sidecar) <= set(SIDECAR_KEYS) | set(SIDECAR_ADDED) and sidecar["SeriesDescription"] == "t1_mpr_tra_gk_v4"
     assert sorted(p.name for p in nifti.parent.iterdir()) == ["T1w.json", "T1w.nii.gz"]  # no temp files
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from unireg.io import Image, save_image, write_label_table
+from unireg.layout import subject_files
 from unireg.metrics import METRIC_COLUMNS
 from unireg.report import aggregate, failed_subjects, qc_flags, regenerate_metrics, write_aggregates, write_report
 
@@ -20,10 +21,15 @@ N_SUBJECTS, N_LABELS = 200, 10
 OUTLIER, FOLDER, FAILED = "s007", "s011", "s9"
 
 
+def _at(results: Path, subject: str, key: str) -> Path:
+    """File ``key`` of the results layout (unireg.layout) for the default atlas; its folder made."""
+    path = results / subject_files(subject, "MNI152NLin2009aSym", "tissue")[key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _write_metrics(results: Path, subject: str, rows: list[dict], columns=METRIC_COLUMNS) -> None:
-    folder = results / f"sub-{subject}"
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).reindex(columns=columns).to_csv(folder / f"sub-{subject}_metrics.tsv", sep="\t",
+    pd.DataFrame(rows).reindex(columns=columns).to_csv(_at(results, subject, "metrics"), sep="\t",
                                                        index=False, float_format="%.6g")
 
 
@@ -63,7 +69,7 @@ def cohort(tmp_path_factory):
 
 
 def _concatenated(results: Path) -> pd.DataFrame:
-    files = sorted(results.glob("sub-*/sub-*_metrics.tsv"))
+    files = sorted(results.glob("sub-*/anat/sub-*_metrics.tsv"))
     return pd.concat([pd.read_csv(f, sep="\t", dtype={"subject": str}) for f in files], ignore_index=True)
 
 
@@ -152,16 +158,14 @@ def tiny_results(tmp_path):
     manifest = ["subject\treference"]
     rng = np.random.default_rng(0)
     for subject, flip in (("a1", False), ("b2", True)):
-        folder = results / f"sub-{subject}"
         affine = _affine(flip)
         labels = _blobs()
         image = (labels * 40.0 + rng.normal(100, 5, labels.shape)).astype(np.float32)
-        save_image(Image(image, affine), folder / "anat" / f"sub-{subject}_T1w.nii.gz")
-        save_image(Image(labels, affine, is_label=True), folder / f"sub-{subject}_labels.nii.gz")
+        save_image(Image(image, affine), _at(results, subject, "image"))
+        save_image(Image(labels, affine, is_label=True), _at(results, subject, "labels"))
         save_image(Image(_blobs(shift=1), affine, is_label=True), refs / f"sub-{subject}_labels.nii.gz")
         manifest.append(f"{subject}\t{refs / f'sub-{subject}_labels.nii.gz'}")
-        (folder / "reg").mkdir()
-        (folder / "reg" / "registration.json").write_text(
+        _at(results, subject, "displacement_json").write_text(
             json.dumps({"jacobian": {"folding_percent": 0.8 if flip else 0.0, "log_jacobian_std": 0.1}}))
     (tmp_path / "manifest.tsv").write_text("\n".join(manifest) + "\n")
     assert regenerate_metrics(results, tmp_path / "table.tsv", manifest_path=tmp_path / "manifest.tsv") == []
@@ -230,25 +234,24 @@ def test_report_cli_keeps_working(tiny_results):
 
 def test_regenerate_metrics_with_new_references_leaves_registration_alone(tiny_results):
     results = tiny_results / "results"
-    sentinel = results / "sub-a1" / "reg" / "registration.json"
+    sentinel = _at(results, "a1", "displacement_json")
     os.utime(sentinel, (1_000_000_000, 1_000_000_000))
-    before = pd.read_csv(results / "sub-a1" / "sub-a1_metrics.tsv", sep="\t")
+    before = pd.read_csv(_at(results, "a1", "metrics"), sep="\t")
     new_refs = tiny_results / "new_refs"
     new_refs.mkdir()
     for subject, flip in (("a1", False), ("b2", True)):
         save_image(Image(_blobs(shift=3), _affine(flip), is_label=True), new_refs / f"sub-{subject}_labels.nii.gz")
     # a third subject with a broken labels file must not stop the others
-    (results / "sub-c3").mkdir()
-    (results / "sub-c3" / "sub-c3_labels.nii.gz").write_bytes(b"not a nifti")
+    _at(results, "c3", "labels").write_bytes(b"not a nifti")
     errors = regenerate_metrics(results, tiny_results / "table.tsv", new_refs, tiny_results / "manifest.tsv")
     assert len(errors) == 1 and errors[0].startswith("c3: ") and "\n" not in errors[0]
-    after = pd.read_csv(results / "sub-a1" / "sub-a1_metrics.tsv", sep="\t")
+    after = pd.read_csv(_at(results, "a1", "metrics"), sep="\t")
     assert before.loc[0, "dice"] == pytest.approx(10 / 12, abs=1e-5)
     # reference planes 7-10 (label 2 covers 11-12) vs propagated 4-9: 2 * 3 / (4 + 6)
     assert after.loc[0, "dice"] == pytest.approx(0.6, abs=1e-5)
     assert after.loc[0, "folding_percent"] == 0.0
     assert sentinel.stat().st_mtime == 1_000_000_000
-    assert not (results / "sub-c3" / "sub-c3_metrics.tsv").exists()
+    assert not (_at(results, "c3", "metrics")).exists()
 
 
 # --------------------------------------------------------------------------- cohorts without / with references
@@ -305,15 +308,13 @@ def make_cohort(root: Path, n_subjects: int = 8, n_labels: int = 120, references
     rows = ["subject\tseries_description\tselected\tselection_reason\tsource\tn_slices"]
     for s in range(n_subjects):
         subject = f"s{s:02d}"
-        folder = results / f"sub-{subject}"
         labels = _block_labels(n_labels, s, merge=subject == ODD_SUBJECT)
         image = ((labels % 7) * 20.0 + rng.normal(100, 5, labels.shape)).astype(np.float32)
-        save_image(Image(image, affine), folder / "anat" / f"sub-{subject}_T1w.nii.gz")
-        save_image(Image(labels, affine, is_label=True), folder / f"sub-{subject}_labels.nii.gz")
+        save_image(Image(image, affine), _at(results, subject, "image"))
+        save_image(Image(labels, affine, is_label=True), _at(results, subject, "labels"))
         if references:
             save_image(Image(np.roll(labels, 1, axis=0), affine, is_label=True), refs / f"sub-{subject}_labels.nii.gz")
-        (folder / "reg").mkdir()
-        (folder / "reg" / "registration.json").write_text(
+        _at(results, subject, "displacement_json").write_text(
             json.dumps(ODD_REGISTRATIONS.get(subject, _registration_info())))
         rows += [f"{subject}\tt1_mprage_sag_p2_iso\t1\t3-D T1-weighted (MPRAGE), 176 slices\t"
                  f"{root}/dicom/{subject}/a\t176",
@@ -453,10 +454,10 @@ def test_robust_z_is_the_modified_z_score():
 def test_registration_qc_without_qc_entry_and_unreadable_json(tiny_results):
     from unireg.report import read_registration_qc, registration_flags
     results = tiny_results / "results"
-    (results / "sub-b2" / "reg" / "registration.json").write_text("{not json")
+    _at(results, "b2", "displacement_json").write_text("{not json")
     frame = registration_flags(read_registration_qc(results))
     assert list(frame["subject"]) == ["b2", "a1"]
-    assert frame["reasons"].tolist() == ["registration.json unreadable (JSONDecodeError)", ""]
+    assert frame["reasons"].tolist() == ["registration record unreadable (JSONDecodeError)", ""]
     assert np.isnan(frame.loc[1, "similarity_after"]) and frame.loc[1, "folding_percent"] == 0.0
 
 

@@ -13,10 +13,16 @@ import pytest
 import yaml
 
 from unireg.io import load_image
+from unireg.layout import subject_files
 from unireg.metrics import dice_per_label
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def _at(results: Path, subject: str, key: str) -> Path:
+    """File ``key`` of the results layout (unireg.layout) with the default atlas."""
+    return results / subject_files(subject, "MNI152NLin2009aSym", "tissue")[key]
 
 
 def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,15 +55,15 @@ def finished_run(tmp_path_factory):
 def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run):
     results = finished_run / "results"
     for subject in ("demo01", "demo02"):
-        labels = load_image(results / f"sub-{subject}" / f"sub-{subject}_labels.nii.gz", label=True)
-        native = load_image(results / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz")
+        labels = load_image(_at(results, subject, "labels"), label=True)
+        native = load_image(_at(results, subject, "image"))
         reference = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
                                label=True)
         assert labels.shape == native.shape and np.allclose(labels.affine, native.affine, atol=1e-4)
         dice = dice_per_label(reference.data, labels.data, [1, 2, 3])
         print(subject, {k: round(v, 3) for k, v in dice.items()})
         assert dice[2] > 0.55 and dice[3] > 0.6, dice  # grey and white matter
-        assert (results / f"sub-{subject}" / f"sub-{subject}_metrics.tsv").is_file()
+        assert (_at(results, subject, "metrics")).is_file()
         assert (finished_run / "work" / "logs" / "register" / f"{subject}.log").is_file()
         assert (finished_run / "work" / "benchmarks" / "preprocess" / f"{subject}.tsv").is_file()
     report = (results / "report.html").read_text()
@@ -111,7 +117,7 @@ def test_rerun_is_a_no_op_and_deleting_one_subject_reruns_only_it(finished_run):
         assert f"rule {rule}:" in text or f"checkpoint {rule}:" in text, rule
     assert "rule demo:" not in text and "checkpoint index:" not in text
     _snakemake(finished_run, "--cores", "2")
-    assert (finished_run / "results" / "sub-demo02" / "sub-demo02_labels.nii.gz").is_file()
+    assert (_at(finished_run / "results", "demo02", "labels")).is_file()
 
 
 def test_lint_is_clean(tmp_path):
@@ -142,11 +148,11 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
         data[data == 1] = 0  # a "new segmentation" without CSF
         from unireg.io import save_image
         save_image(ref.with_data(data), new_refs / f"sub-{subject}_labels.nii.gz")
-    registration = finished_run / "results" / "sub-demo01" / "reg" / "displacement.nii.gz"
+    registration = _at(finished_run / "results", "demo01", "displacement")
     before = registration.stat().st_mtime_ns
     _snakemake(finished_run, "--cores", "2", "report", "--config", f"reference_labels={new_refs}")
     assert registration.stat().st_mtime_ns == before
-    metrics = (finished_run / "results" / "sub-demo01" / "sub-demo01_metrics.tsv").read_text()
+    metrics = _at(finished_run / "results", "demo01", "metrics").read_text()
     assert "empty in reference" in metrics  # CSF is gone from the new references
     _snakemake(finished_run, "--report", str(finished_run / "snakemake_report.html"),
                "--config", f"reference_labels={new_refs}")
@@ -175,10 +181,10 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     assert proc.returncode != 0
     results = tmp_path / "results"
     for subject in ("demo01", "demo02"):
-        name = f"sub-{subject}/sub-{subject}_labels.nii.gz"
+        name = subject_files(subject, "MNI152NLin2009aSym", "tissue")["labels"]
         assert np.array_equal(load_image(results / name, label=True).data,
                               load_image(finished_run / "results" / name, label=True).data), subject
-        assert (results / f"sub-{subject}" / f"sub-{subject}_metrics.tsv").is_file()
+        assert (_at(results, subject, "metrics")).is_file()
     errors = {"bad01": "cannot read as NIfTI", "bad02": "truncated"}
     for subject, message in errors.items():
         log = (tmp_path / "work" / "logs" / "convert" / f"{subject}.log").read_text()
@@ -192,3 +198,20 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     # the next run redoes the failed subjects and the report, nothing of the good subjects
     dry = _snakemake(tmp_path, "--cores", "2", "-n", check=False).stdout
     assert "rule report:" in dry and "subject=bad01" in dry and "subject=demo01" not in dry
+
+
+def test_results_are_a_valid_bids_derivatives_dataset(finished_run):
+    """The official BIDS validator (bids-validator-deno) finds no error in results/: entity-named
+    files (unireg.layout), a derivatives description naming unireg, sidecars with SkullStripped."""
+    from unireg.bids import validate_derivatives, validator_command
+    from unireg.errors import UniregError
+    try:
+        validator_command()
+    except UniregError as err:
+        pytest.skip(str(err))
+    results = finished_run / "results"
+    assert json.loads((results / "dataset_description.json").read_text())["GeneratedBy"][0]["Name"] == "unireg"
+    assert validate_derivatives(results) == []
+    files = {p.name for p in (results / "sub-demo01" / "anat").iterdir()}
+    assert {"sub-demo01_T1w.nii.gz", "sub-demo01_atlas-tissue_dseg.nii.gz", "sub-demo01_atlas-tissue_dseg.tsv",
+            "sub-demo01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"} <= files, files

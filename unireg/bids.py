@@ -23,28 +23,15 @@ We parse the file names ourselves rather than with pybids (``bids.BIDSLayout``):
 x 2 sessions (4,800 files) pybids 0.22 took 6-11 s to index and ~160 MB, and brings SQLAlchemy,
 formulaic and friends into the index environment; this glob-based parser needs ~0.1 s and nothing.
 
-Output (:func:`derivative_name`, :func:`write_dataset_description`, :func:`validate_derivatives`).
-Every output path is built by :func:`derivative_name` (one helper, entities in the order of the
-BIDS schema). The names below pass the official BIDS validator (``bids-validator-deno`` 3.0.2,
-schema of BIDS 1.11.1) in a ``DatasetType: derivative`` dataset; a T1w image needs a JSON sidecar
-with ``SkullStripped``, a mask's sidecar should say ``"Type": "Brain"``, an image in a non-standard
-``space-`` (not a TemplateFlow name such as ``MNI152NLin2009aSym``) needs ``SpatialReference``, a
-``res-`` entity needs ``Resolution`` (so we do not use ``res-``)::
-
-    sub-01/anat/sub-01_T1w.nii.gz (+ .json)                          converted input, native space
-    sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz (+ .json)
-    sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz (+ .json)
-    sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-warpedatlas_T1w.nii.gz (+ .json)
-    sub-01/anat/sub-01_space-MNI152NLin2009aSym_atlas-tissue_dseg.nii.gz
-    sub-01/anat/sub-01_atlas-tissue_dseg.nii.gz (+ _dseg.tsv: index, name; + .json)  native space
-    atlas-tissue_description.json                                  (silences ATLAS_DESCRIPTION_RECOMMENDED)
-
-Transforms and metrics have no BIDS 1.11 name (``xfm`` is BEP014, a proposal): they use the
-fMRIPrep/BEP014 names and are listed in ``.bidsignore`` (:data:`NON_BIDS_PATTERNS`)::
-
-    sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_desc-affine_xfm.txt
-    sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_desc-nonlinear_xfm.nii.gz
-    sub-01/anat/sub-01_desc-tissue_metrics.tsv
+Output (:func:`write_dataset_description`, :func:`validate_derivatives`). Every output path is
+built by :func:`unireg.layout.derivative_name` (one helper, entities in the order of the BIDS
+schema); :mod:`unireg.layout` lists the files. They pass the official BIDS validator
+(``bids-validator-deno`` 3.0.2, schema of BIDS 1.11.1) in a ``DatasetType: derivative`` dataset:
+a T1w image needs a JSON sidecar with ``SkullStripped``, an image in a non-standard ``space-``
+(not a TemplateFlow name such as ``MNI152NLin2009aSym``) needs ``SpatialReference``, a ``res-``
+entity needs ``Resolution`` (so we do not use ``res-``). Transforms and metrics have no BIDS 1.11
+name (``xfm`` is BEP014, a proposal): they use the fMRIPrep/BEP014 names and are listed in
+``.bidsignore`` (:data:`NON_BIDS_PATTERNS`).
 """
 
 from __future__ import annotations
@@ -64,22 +51,13 @@ from . import __version__
 from .dicom import INT_COLUMNS, MANIFEST_COLUMNS, validate_subject_id
 from .errors import UniregError
 from .io import write_text_atomic
+from .layout import ENTITY_ORDER, LABEL, derivative_name  # noqa: F401 (derivative_name: part of this API)
 
 BIDS_VERSION = "1.11.1"  # the schema bundled with the validator we run (bids-validator-deno 3.0.2)
 VALIDATOR = "bids-validator-deno"
 SELECTION_COLUMNS = ("selected", "selection_reason", "problem")
 BIDS_COLUMNS = ("bids_subject", "bids_session", "bids_run", "bids_acq")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-LABEL = re.compile(r"^[A-Za-z0-9]+$")
-# A Snakemake wildcard stands for a label in output patterns: derivative_name("{subject}", ...).
-WILDCARD = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
-# Entities in file-name order: the BIDS 1.11 schema (rules.entities, short names), with BEP014's
-# from/to/mode (transforms, not yet in BIDS: such files go in .bidsignore) before desc, as fMRIPrep.
-ENTITY_ORDER = ("sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
-                "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
-                "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label", "from", "to", "mode",
-                "desc")
-INDEX_ENTITIES = ("run", "echo", "flip", "inv", "split", "chunk")  # non-negative integers
 # Files the pipeline keeps that BIDS 1.11 has no name for (.bidsignore, gitignore syntax).
 NON_BIDS_PATTERNS = ("*_xfm.*", "*_metrics.tsv", "/manifest.tsv", "/manifest.files.json", "/report.html",
                      "/cohort_metrics*")
@@ -117,49 +95,6 @@ def parse_bids_name(name: str | Path) -> BidsName:
                               "(each key once)", path=name)
         entities[key] = label
     return BidsName(entities, parts[-1], dot + rest)
-
-
-def _check_label(key: str, label: str) -> str:
-    label = str(label)
-    if WILDCARD.match(label):
-        return label
-    if not LABEL.match(label):
-        raise UniregError(f"BIDS {key}- label {label!r} must be letters and digits only")
-    if key in INDEX_ENTITIES and not label.isdigit():
-        raise UniregError(f"BIDS {key}- must be a non-negative integer, got {label!r}")
-    return label
-
-
-def derivative_name(subject: str | None, suffix: str, extension: str = ".nii.gz", *, session: str | None = None,
-                    datatype: str | None = "anat", **entities: str) -> str:
-    """The relative path of a BIDS-derivatives file, entities in BIDS order (:data:`ENTITY_ORDER`).
-
-    ``derivative_name("01", "T1w", space="MNI152NLin2009aSym", desc="preproc")`` is
-    ``sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz``; with ``session="1"``
-    it is ``sub-01/ses-1/anat/sub-01_ses-1_...``. Entities use their file-name keys (``desc``,
-    ``space``, ``atlas``, ``run``, ...; ``from_`` for ``from``, a Python keyword); ``None`` or ""
-    leaves one out. ``datatype=None`` puts the file in the subject (session) folder, ``subject=None``
-    at the dataset root (e.g. ``atlas-tissue_dseg.tsv``). Labels are letters and digits, or a
-    Snakemake wildcard such as ``"{subject}"``. The name is returned whether or not BIDS knows the
-    suffix: the module docstring lists the names the validator accepts.
-    """
-    given = {key.rstrip("_"): value for key, value in entities.items() if value not in (None, "")}
-    unknown = sorted(key for key in given if key not in ENTITY_ORDER or key in ("sub", "ses"))
-    if unknown:
-        raise UniregError(f"unknown BIDS entities {unknown} (pass subject= and session= as arguments; known: "
-                          f"{', '.join(k for k in ENTITY_ORDER if k not in ('sub', 'ses'))})")
-    if not LABEL.match(suffix) or not re.fullmatch(r"(\.[A-Za-z0-9]+)+", extension):
-        raise UniregError(f"bad BIDS suffix {suffix!r} or extension {extension!r} (e.g. 'T1w', '.nii.gz')")
-    if subject is not None:
-        given["sub"] = subject
-    if session:
-        given["ses"] = session
-    pairs = [f"{key}-{_check_label(key, given[key])}" for key in ENTITY_ORDER if key in given]
-    name = "_".join(pairs + [suffix]) + extension
-    folders = []
-    if subject is not None:
-        folders = [f"sub-{subject}"] + ([f"ses-{session}"] if session else []) + ([datatype] if datatype else [])
-    return "/".join(folders + [name])
 
 
 def unit_id(subject: str, session: str | None = None) -> str:

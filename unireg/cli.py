@@ -13,11 +13,13 @@ from .errors import UniregError
 
 def _cmd_preprocess(args) -> None:
     from .atlas import load_atlas
+    from .layout import stage_names
     from .preprocess import PreprocessOptions, preprocess_file
     atlas = load_atlas(args.atlas)
     options = PreprocessOptions(brain_extraction=not args.no_brain_extraction, similarity=args.similarity,
                                 nonfinite=args.nonfinite, seed=args.seed)
-    result = preprocess_file(args.image, atlas, args.out, options, subject=args.subject)
+    names = stage_names("preprocess", args.subject, args.space)
+    result = preprocess_file(args.image, atlas, args.out, options, subject=args.subject, names=names)
     qc = result.info["qc"]["brain_mask_dice_with_atlas"]
     print(f"unireg preprocess: wrote {args.out} (brain-mask Dice with atlas {qc:.3f}, "
           f"{sum(result.info['timings_s'].values()):.1f} s)")
@@ -46,12 +48,14 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_register(args) -> None:
+    from .layout import stage_names
     from .register import InstanceOptOptions, register_files
     opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
     result = register_files(args.fixed, args.moving, args.out, model_path=args.model,
                             moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
                             subject=args.subject, fixed_mask_path=args.fixed_mask,
-                            moving_mask_path=args.moving_mask)
+                            moving_mask_path=args.moving_mask,
+                            names=stage_names("register", args.subject, args.space, args.atlas_label))
     jac, qc = result.info["jacobian"], result.info["qc"]
     print("unireg register: environment " + " ".join(f"{k}={v}" for k, v in result.info["environment"].items()))
     print(f"unireg register: wrote {args.out} on {result.info['device']} "
@@ -80,7 +84,8 @@ def _cmd_propagate(args) -> None:
     from .atlas import ATLAS_FILES, load_atlas
     from .propagate import propagate_files
     labels_path = args.atlas_labels or Path(load_atlas(args.atlas).path) / ATLAS_FILES["labels"]
-    labels = propagate_files(labels_path, args.native, args.affine, args.out, args.displacement, subject=args.subject)
+    labels = propagate_files(labels_path, args.native, args.affine, args.out, args.displacement, subject=args.subject,
+                             table_path=args.table)
     print(f"unireg propagate: wrote {args.out} ({len(set(labels.data.ravel().tolist()) - {0})} labels)")
 
 
@@ -139,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nonfinite", choices=["error", "zero"], default="error",
                    help="NaN/Inf voxels: stop with an error (default) or set them to 0 and mask them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--space", help="with --subject: name the outputs as the results layout does (BIDS derivatives, "
+                                   "unireg.layout), this being the atlas's space label, e.g. MNI152NLin2009aSym")
     p.set_defaults(func=_cmd_preprocess)
 
     atlas = verbs.add_parser("atlas", help="build the default atlas or import your own").add_subparsers(
@@ -209,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu or cuda")
     p.add_argument("--subject", help="subject id used in messages")
+    p.add_argument("--space", help="with --subject: name the outputs as the results layout does (BIDS derivatives, "
+                                   "unireg.layout), this being the atlas's space label")
+    p.add_argument("--atlas-label", help="with --space: the atlas's label-set name in the warped labels' name "
+                                         "(default: the space label)")
     p.set_defaults(func=_cmd_register)
 
     p = verbs.add_parser("propagate", help="atlas labels -> a subject's native grid (affine + displacement, one resampling)")
@@ -219,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atlas", default="mni2009a")
     p.add_argument("--out", required=True, help="output label map (.nii.gz)")
     p.add_argument("--subject")
+    p.add_argument("--table", help="the atlas's label table TSV: also written beside --out as its look-up table "
+                                   "(x_dseg.nii.gz -> x_dseg.tsv)")
     p.set_defaults(func=_cmd_propagate)
 
     p = verbs.add_parser("metrics", help="per-label Dice and volumes of propagated labels against a reference")
@@ -233,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_metrics)
 
     p = verbs.add_parser("report", help="aggregate per-subject metrics into a cohort table and HTML report")
-    p.add_argument("results", help="results folder (with sub-*/sub-*_metrics.tsv)")
+    p.add_argument("results", help="results folder (the workflow's results layout: unireg.layout)")
     p.add_argument("--out", help="HTML report (default RESULTS/report.html)")
     p.add_argument("--summary", help="cohort summary TSV (default RESULTS/cohort_metrics.tsv)")
-    p.add_argument("--logs", help="the workflow's logs folder, for failed subjects' errors (default RESULTS/../logs)")
+    p.add_argument("--logs", help="the workflow's logs folder, for failed subjects' errors "
+                                  "(default RESULTS/../work/logs)")
     p.add_argument("--table", help="label table TSV: first re-measure every subject's propagated labels with it")
     p.add_argument("--reference-dir", help="with --table: folder of sub-<id>_labels.nii.gz reference label maps")
     p.add_argument("--manifest", help="cohort manifest (default RESULTS/manifest.tsv): the report lists each subject's "

@@ -164,6 +164,7 @@ SIDECAR_KEYS = ("Modality", "MagneticFieldStrength", "ImagingFrequency", "Manufa
                 "PartialFourier", "PhaseEncodingSteps", "AcquisitionMatrixPE", "ReconMatrixPE",
                 "PixelBandwidth", "ImageOrientationPatientDICOM", "InPlanePhaseEncodingDirectionDICOM",
                 "ConversionSoftware", "ConversionSoftwareVersion")
+SIDECAR_ADDED = {"SkullStripped": False}  # a scanner's image; a BIDS derivatives T1w sidecar requires the key
 DCM2NIIX_FLAGS = ("-g", "i", "-b", "y", "-ba", "y", "-f", "%j", "-z", "n", "-i", "n", "-x", "n", "-l", "o",
                   "-p", "y", "-d", "0", "-w", "1")
 DCM2NIIX_TIMEOUT_S = 1800
@@ -1079,8 +1080,8 @@ def sidecar_path(nifti_path: str | Path) -> Path:
 
 def scrub_sidecar(sidecar: dict) -> dict:
     """Only the acquisition keys of :data:`SIDECAR_KEYS` (no dates, times, names, IDs, institution),
-    plus ``SkullStripped: false`` (a scanner's image; BIDS derivatives require the key)."""
-    return {**{key: sidecar[key] for key in SIDECAR_KEYS if key in sidecar}, "SkullStripped": False}
+    plus :data:`SIDECAR_ADDED`."""
+    return {**{key: sidecar[key] for key in SIDECAR_KEYS if key in sidecar}, **SIDECAR_ADDED}
 
 
 def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: str | None = None) -> Path:

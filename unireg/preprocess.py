@@ -11,13 +11,15 @@ Steps, in order (each recorded in ``preprocess.json``):
    implausible for a head (:func:`check_alignment`);
 6. resampling onto the atlas grid (shape divisible by 16).
 
-Outputs in ``out_dir`` (fixed names, so a workflow can rely on them)::
+Outputs in ``out_dir``, named by :func:`unireg.layout.stage_names` (the results layout's BIDS
+names given a subject and a space, else these plain names)::
 
     preproc.nii.gz          normalised image on the atlas grid
     brainmask.nii.gz        brain mask on the atlas grid
     affine.txt              4x4 atlas world -> subject world (RAS mm), see unireg.affine
     affine_itk.txt          the same as an ITK AffineTransform file (LPS), for ANTs/ITK tools
     preprocess.json         what was done, with parameters, intensity percentiles and timings
+                            (the preprocessed image's BIDS sidecar: SkullStripped)
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from .atlas import Atlas
 from .errors import UniregError
 from .intensity import handle_nonfinite, normalise_intensity, require_signal
 from .io import Image, load_image, save_image, write_text_atomic
+from .layout import PLAIN_NAMES
 from .transforms import reorient_to_ras, resample
 
-OUTPUT_FILES = {"image": "preproc.nii.gz", "mask": "brainmask.nii.gz", "affine": "affine.txt",
-                "affine_itk": "affine_itk.txt", "info": "preprocess.json"}
+OUTPUT_FILES = PLAIN_NAMES["preprocess"]  # names outside the workflow (unireg.layout)
 MAX_VOXELS = 512 ** 3
 MIN_AXIS_VOXELS = 10  # fewer voxels along an axis: a single slice, a slab or a localiser, not a head volume
 MAX_VOXEL_MM = 20.0
@@ -192,24 +194,29 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
                          "interpolation": "linear (image), nearest (mask)"},
         },
         "qc": {"brain_mask_dice_with_atlas": round(float(overlap), 4)},
+        "SkullStripped": bool(options.brain_extraction),  # BIDS: the preprocessed image's sidecar
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     return PreprocessResult(image=out_image, mask=out_mask, matrix=fit.matrix, info=info)
 
 
 def preprocess_file(image_path: str | Path, atlas: Atlas, out_dir: str | Path,
-                    options: PreprocessOptions | None = None, subject: str | None = None) -> PreprocessResult:
+                    options: PreprocessOptions | None = None, subject: str | None = None,
+                    names: dict[str, str] | None = None) -> PreprocessResult:
     """Load ``image_path``, preprocess it onto ``atlas`` and write the outputs into ``out_dir``.
 
-    The JSON is written last, so its presence means the folder is complete.
+    ``names``: file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow
+    passes :func:`unireg.layout.stage_names`). The JSON is written last, so its presence means the
+    folder is complete.
     """
+    names = {**OUTPUT_FILES, **(names or {})}
     image = load_image(image_path, subject=subject, max_voxels=MAX_VOXELS)
     result = preprocess_image(image, atlas, options, subject=subject)
     out_dir = Path(out_dir)
-    save_image(result.image, out_dir / OUTPUT_FILES["image"])
-    save_image(result.mask, out_dir / OUTPUT_FILES["mask"])
-    write_affine_txt(out_dir / OUTPUT_FILES["affine"], result.matrix)
-    write_itk_affine(out_dir / OUTPUT_FILES["affine_itk"], result.matrix)
+    save_image(result.image, out_dir / names["image"])
+    save_image(result.mask, out_dir / names["mask"])
+    write_affine_txt(out_dir / names["affine"], result.matrix)
+    write_itk_affine(out_dir / names["affine_itk"], result.matrix)
     result.info["atlas"] = atlas.path
-    write_text_atomic(out_dir / OUTPUT_FILES["info"], json.dumps(result.info, indent=2) + "\n")
+    write_text_atomic(out_dir / names["info"], json.dumps(result.info, indent=2) + "\n")
     return result

@@ -15,6 +15,8 @@ Composing the transforms first and resampling once means labels are never resamp
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from scipy import ndimage
 
 from .affine import read_affine_txt
 from .errors import UniregError
-from .io import Image, apply_affine, load_displacement, load_image, save_image
+from .io import Image, apply_affine, load_displacement, load_image, read_label_table, save_image, write_text_atomic
 
 
 def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
@@ -54,8 +56,11 @@ def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
 
 
 def propagate_files(atlas_labels_path, native_path, affine_path, out_path, displacement_path=None,
-                    subject: str | None = None) -> Image:
-    """Load inputs, propagate, and write the label map on the native grid (atomically)."""
+                    subject: str | None = None, table_path=None) -> Image:
+    """Load inputs, propagate, and write the label map on the native grid (atomically).
+
+    ``table_path``: the atlas's label table (``index``, ``name``), also written beside the map as
+    its BIDS look-up table (``x_dseg.nii.gz`` -> ``x_dseg.tsv``)."""
     atlas_labels = load_image(atlas_labels_path, label=True, subject=subject)
     native = load_image(native_path, subject=subject)
     matrix = read_affine_txt(affine_path)
@@ -65,5 +70,9 @@ def propagate_files(atlas_labels_path, native_path, affine_path, out_path, displ
         raise UniregError(f"displacement grid {field.shape[1:]} is not the atlas grid {atlas_labels.shape}; "
                           "register against the same atlas", subject=subject, path=displacement_path)
     labels = propagate_labels(atlas_labels, native, matrix, field, field_affine)
+    if table_path is not None:
+        table = read_label_table(table_path)
+        lines = ["index\tname"] + [f"{index}\t{name}" for index, name in sorted(table.items())]
+        write_text_atomic(Path(re.sub(r"\.nii(\.gz)?$", ".tsv", str(out_path))), "\n".join(lines) + "\n")
     save_image(labels, Path(out_path))
     return labels

@@ -5,9 +5,10 @@ template on the atlas grid). In the cohort workflow the **fixed** image is the s
 **moving** image is the atlas template, so warping the atlas labels with the field gives the
 labels in the subject's (preprocessed) space.
 
-Outputs of :func:`register_files` in ``out_dir``::
+Outputs of :func:`register_files` in ``out_dir``, named by :func:`unireg.layout.stage_names` (the
+results layout's BIDS names given a subject and a space, else these plain names)::
 
-    warped.nii.gz            moving image warped onto the fixed image
+    warped.nii.gz            moving image warped onto the fixed image (+ warped.json: its sidecar)
     displacement.nii.gz      field d (RAS mm, shape X,Y,Z,1,3, intent "vector"): fixed world point p
                              corresponds to moving world point p + d(p)
     displacement_itk.nii.gz  the same in ITK/ANTs convention (LPS: x and y components negated),
@@ -33,12 +34,11 @@ from .defaults import INSTANCE_OPT_SIMILARITY
 from .errors import UniregError
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
 from .losses import ImageSimilarity, box_sum, regulariser
+from .layout import PLAIN_NAMES
 from .model import SpatialTransformer, UniRegNet, jacobian_stats, load_checkpoint, resize_field
 from .transforms import resample
 
-OUTPUT_FILES = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz",
-                "displacement_itk": "displacement_itk.nii.gz", "labels": "warped_labels.nii.gz",
-                "info": "registration.json"}
+OUTPUT_FILES = PLAIN_NAMES["register"]  # names outside the workflow (unireg.layout)
 
 
 @dataclass
@@ -366,11 +366,15 @@ def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
 
 def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_labels_path=None,
                    instance_opt: InstanceOptOptions | None = None, device: str = "auto",
-                   subject: str | None = None, fixed_mask_path=None, moving_mask_path=None) -> RegistrationResult:
+                   subject: str | None = None, fixed_mask_path=None, moving_mask_path=None,
+                   names: dict[str, str] | None = None) -> RegistrationResult:
     """Load, register, and write the outputs listed in the module docstring (JSON last).
 
     ``moving_mask_path``: the moving image's brain mask (the atlas's ``atlas_brainmask.nii.gz``)
-    for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0)."""
+    for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0). ``names``:
+    file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow passes
+    :func:`unireg.layout.stage_names`)."""
+    names = {**OUTPUT_FILES, **(names or {})}
     try:
         dev = select_device(device)
         model, checkpoint = load_checkpoint(model_path, dev)
@@ -389,13 +393,16 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
     except UniregError as err:
         raise err.with_context(subject=subject)
     out_dir = Path(out_dir)
-    save_image(result.warped, out_dir / OUTPUT_FILES["warped"])
-    save_displacement(result.displacement_mm, fixed.affine, out_dir / OUTPUT_FILES["displacement"])
-    save_displacement(result.displacement_mm, fixed.affine, out_dir / OUTPUT_FILES["displacement_itk"], lps=True)
+    save_image(result.warped, out_dir / names["warped"])
+    # the warped template's BIDS sidecar (the atlas templates are brains without skull)
+    write_text_atomic(out_dir / names["warped_info"], json.dumps(
+        {"SkullStripped": True, "Description": "the atlas template warped onto the subject"}, indent=2) + "\n")
+    save_displacement(result.displacement_mm, fixed.affine, out_dir / names["displacement"])
+    save_displacement(result.displacement_mm, fixed.affine, out_dir / names["displacement_itk"], lps=True)
     if result.warped_labels is not None:
-        save_image(result.warped_labels, out_dir / OUTPUT_FILES["labels"])
+        save_image(result.warped_labels, out_dir / names["labels"])
     result.info.update({"subject": subject, "model": str(model_path or "default"),
                         "extractor": checkpoint.get("extractor"), "environment": execution_environment(dev),
                         "displacement": "RAS mm, fixed world p -> moving world p + d(p)"})
-    write_text_atomic(out_dir / OUTPUT_FILES["info"], json.dumps(result.info, indent=2) + "\n")
+    write_text_atomic(out_dir / names["info"], json.dumps(result.info, indent=2) + "\n")
     return result

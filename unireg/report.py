@@ -1,14 +1,14 @@
 """Cohort aggregation of the per-subject metric tables, QC flags, and a self-contained HTML report.
 
-Inputs (the results layout written by the workflow):
+Inputs (the results layout written by the workflow, files found with :mod:`unireg.layout`):
 
-* ``RESULTS/sub-<id>/sub-<id>_metrics.tsv``: one row per label (columns of
+* each subject's ``metrics`` table: one row per label (columns of
   :data:`unireg.metrics.METRIC_COLUMNS`; older files without ``hd95_mm``/``msd_mm`` are read
   with those columns NaN).
-* ``RESULTS/sub-<id>/anat/sub-<id>_T1w.nii.gz`` and ``RESULTS/sub-<id>/sub-<id>_labels.nii.gz``:
-  the subject's image and its propagated labels on the same (native) grid, for QC pictures.
-* ``RESULTS/sub-<id>/reg/registration.json`` (:func:`registration_json`): the registration's
-  reference-free QC (``qc``, see :func:`unireg.register.registration_qc`) and Jacobian statistics.
+* its ``image`` (the converted T1w) and ``labels`` (the propagated dseg): on the same (native)
+  grid, for QC pictures.
+* its registration record (the ``displacement_json`` sidecar, :func:`registration_json`): the
+  registration's reference-free QC (``qc``, see :func:`unireg.register.registration_qc`) and Jacobian statistics.
 * ``RESULTS/manifest.tsv`` (optional): with columns ``selected``, ``selection_reason`` and
   ``series_description``, the report says which series each subject's image came from.
 * ``LOGS/<rule>/<id>.log``: a failed subject has no metrics table; its error is the last line
@@ -57,9 +57,9 @@ import pandas as pd
 
 from .errors import UniregError
 from .io import write_atomic, write_text_atomic
+from .layout import find_all, find_subject_file, sibling
 
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
-METRICS_GLOB = "sub-*/sub-*_metrics.tsv"
 
 #: Columns read from every per-subject table, with their dtypes (missing columns become NaN).
 READ_DTYPES = {"subject": "str", "label": "int64", "name": "str", "dice": "float64", "hd95_mm": "float64",
@@ -107,14 +107,9 @@ _FILES_PER_PARTITION = 250
 
 
 def metric_tables(results_dir: str | Path) -> list[Path]:
-    """The per-subject metric tables under ``results_dir``, sorted (subject ids that are not
-    ``^[A-Za-z0-9]+$`` are ignored)."""
-    files = []
-    for path in sorted(Path(results_dir).glob(METRICS_GLOB)):
-        subject = path.parent.name[len("sub-"):]
-        if SUBJECT_ID.match(subject) and path.name == f"sub-{subject}_metrics.tsv":
-            files.append(path)
-    return files
+    """The per-subject metric tables under ``results_dir`` (:mod:`unireg.layout`), sorted by subject
+    (subject ids that are not ``^[A-Za-z0-9]+$`` are ignored)."""
+    return list(find_all(results_dir, "metrics").values())
 
 
 def _empty_metrics() -> pd.DataFrame:
@@ -382,9 +377,9 @@ def qc_flags(per_subject: pd.DataFrame, min_dice: float = MIN_DICE,
     return pd.DataFrame(rows, columns=["subject", "mean_dice", "folding_percent", "reasons"])
 
 
-def registration_json(results_dir: str | Path, subject: str) -> Path:
-    """Where ``unireg register`` wrote a subject's registration.json in the results layout."""
-    return Path(results_dir) / f"sub-{subject}" / "reg" / "registration.json"
+def registration_json(results_dir: str | Path, subject: str) -> Path | None:
+    """The subject's registration record (the displacement's sidecar, :mod:`unireg.layout`), or None."""
+    return find_subject_file(results_dir, subject, "displacement_json")
 
 
 def read_registration_qc(results_dir: str | Path) -> pd.DataFrame:
@@ -395,17 +390,14 @@ def read_registration_qc(results_dir: str | Path) -> pd.DataFrame:
     and a ``problem`` (one line); the column ``problem`` is empty otherwise.
     """
     rows = []
-    for path in sorted(Path(results_dir).glob("sub-*/reg/registration.json")):
-        subject = path.parent.parent.name[len("sub-"):]
-        if not SUBJECT_ID.match(subject) or path != registration_json(results_dir, subject):
-            continue
+    for subject, path in find_all(results_dir, "displacement_json").items():
         row = {"subject": subject, "problem": ""}
         try:
             info = json.loads(path.read_text())
             qc, jacobian = info.get("qc") or {}, info.get("jacobian") or {}
         except (OSError, ValueError, AttributeError) as err:
             qc, jacobian = {}, {}
-            row["problem"] = f"registration.json unreadable ({type(err).__name__})"
+            row["problem"] = f"registration record unreadable ({type(err).__name__})"
         for column in REGISTRATION_QC_COLUMNS[1:]:
             value = (jacobian if column in ("folding_percent", "log_jacobian_std") else qc).get(column)
             row[column] = float(value) if isinstance(value, (int, float)) else float("nan")
@@ -498,8 +490,8 @@ def failed_subjects(results_dir: str | Path, logs_dir: str | Path | None = None)
     ``logs_dir/<rule>/<rule>.log`` belongs to a cohort-level rule (atlas, index, report), not a subject.
     """
     results_dir = Path(results_dir)
-    logs_dir = Path(logs_dir) if logs_dir is not None else results_dir.parent / "logs"
-    done = {p.parent.name[len("sub-"):] for p in metric_tables(results_dir)}
+    logs_dir = Path(logs_dir) if logs_dir is not None else results_dir.parent / "work" / "logs"
+    done = set(find_all(results_dir, "metrics"))
     logs: dict[str, list[Path]] = {}
     if logs_dir.is_dir():
         for log in logs_dir.glob("*/*.log"):
@@ -700,10 +692,9 @@ def subject_qc_images(results_dir: str | Path, subjects: list[str],
     for subject in subjects:
         if len(images) >= max_images:
             break
-        folder = results_dir / f"sub-{subject}"
-        image_path = folder / "anat" / f"sub-{subject}_T1w.nii.gz"
-        labels_path = folder / f"sub-{subject}_labels.nii.gz"
-        if not (image_path.is_file() and labels_path.is_file()):
+        image_path = find_subject_file(results_dir, subject, "image")
+        labels_path = find_subject_file(results_dir, subject, "labels")
+        if image_path is None or labels_path is None:
             continue
         try:
             image = load_image(image_path, subject=subject)
@@ -811,7 +802,8 @@ def _registration_html(registration: pd.DataFrame, thresholds: dict) -> list[str
             f"{thresholds['min_brain_mask_dice']:g}, folding &gt; {thresholds['max_folding_percent']:g} % or "
             f"std log det(J) &gt; {thresholds['max_log_jacobian_std']:g}; flagged subjects first.</p>"]
     if not len(registration):
-        return body + ["<p>No registration.json found (results/sub-&lt;id&gt;/reg/registration.json).</p>"]
+        return body + ["<p>No registration record found (the nonlinear transform's JSON sidecar of each "
+                        "subject).</p>"]
     return body + [_table(registration, "", "registration-qc", text_columns=("reasons",), flag_column="reasons")]
 
 
@@ -952,23 +944,20 @@ def regenerate_metrics(results_dir: str | Path, table_path: str | Path, referenc
                        manifest_path: str | Path | None = None) -> list[str]:
     """Rewrite every subject's metrics table from its existing propagated labels.
 
-    For each ``results_dir/sub-<id>/sub-<id>_labels.nii.gz`` the reference is
+    For each subject's propagated ``labels`` (:mod:`unireg.layout`) the reference is
     :func:`unireg.metrics.find_reference` (``reference_dir`` overrides the manifest), and the
-    registration's folding statistics come from ``sub-<id>/reg/registration.json`` when present;
+    registration's folding statistics come from its registration record when present;
     registration outputs are only read, never written. A failing subject does not stop the others:
     the errors are printed (``unireg: <one line>`` on stderr) and returned, one line each.
     """
     from .metrics import find_reference, metrics_files
     errors = []
-    for labels_path in sorted(Path(results_dir).glob("sub-*/sub-*_labels.nii.gz")):
-        subject = labels_path.parent.name[len("sub-"):]
-        if not SUBJECT_ID.match(subject) or labels_path.name != f"sub-{subject}_labels.nii.gz":
-            continue
+    for subject, labels_path in find_all(results_dir, "labels").items():
         registration = registration_json(results_dir, subject)
         try:
             reference = find_reference(subject, manifest_path, reference_dir)
-            metrics_files(labels_path, table_path, labels_path.parent / f"sub-{subject}_metrics.tsv",
-                          reference, registration if registration.is_file() else None, subject=subject)
+            metrics_files(labels_path, table_path, sibling(labels_path, "metrics"), reference, registration,
+                          subject=subject)
         except UniregError as err:
             errors.append(str(err.with_context(subject=subject)))
         except (OSError, ValueError) as err:  # unreadable registration.json / manifest

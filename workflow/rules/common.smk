@@ -1,9 +1,13 @@
 # Config validation, paths, subject list and wildcard constraints shared by all rules.
 import csv
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
+from unireg.layout import atlas_entities, subject_files
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -21,6 +25,9 @@ DEMO_DIR = f"{WORK}/demo"
 UID_SALT = f"{WORK}/uid_salt"
 # series_filter as `unireg index` options (an empty value: no filter)
 SERIES_FILTER = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in config["series_filter"].items() if v)
+# the results layout (unireg/layout.py): every per-subject file's path, with the {subject} wildcard
+SPACE, ATLAS_LABEL = atlas_entities(config["atlas"])
+FILES = {key: f"{RESULTS}/{name}" for key, name in subject_files("{subject}", SPACE, ATLAS_LABEL).items()}
 DEFAULT_ATLAS_DIR = f"{WORK}/atlas/mni2009a"  # built by the atlas rule
 ATLAS_DIR = DEFAULT_ATLAS_DIR if config["atlas"] == "mni2009a" else config["atlas"]
 USE_GPU = bool(config["register"]["gpu"])

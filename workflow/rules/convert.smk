@@ -5,7 +5,7 @@ rule convert:
     input:
         manifest=f"{RESULTS}/manifest.tsv",
     output:
-        image=f"{RESULTS}/sub-{{subject}}/anat/sub-{{subject}}_T1w.nii.gz",
+        image=FILES["image"],
     log:
         log("convert"),
     benchmark:

@@ -8,7 +8,7 @@ rule metrics:
         table=f"{ATLAS_DIR}/atlas_labels.tsv",
         registration=rules.register.output.info,
     output:
-        tsv=f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_metrics.tsv",
+        tsv=FILES["metrics"],
     log:
         log("metrics"),
     benchmark:

@@ -6,6 +6,7 @@ rule atlas:
         image=f"{DEFAULT_ATLAS_DIR}/atlas.nii.gz",
         labels=f"{DEFAULT_ATLAS_DIR}/atlas_labels.nii.gz",
         table=f"{DEFAULT_ATLAS_DIR}/atlas_labels.tsv",
+        mask=f"{DEFAULT_ATLAS_DIR}/atlas_brainmask.nii.gz",
     log:
         log("atlas", "atlas"),
     benchmark:
@@ -25,10 +26,10 @@ rule preprocess:
         image=rules.convert.output.image,
         atlas=f"{ATLAS_DIR}/atlas.nii.gz",
     output:
-        image=f"{RESULTS}/sub-{{subject}}/preproc/preproc.nii.gz",
-        mask=f"{RESULTS}/sub-{{subject}}/preproc/brainmask.nii.gz",
-        affine=f"{RESULTS}/sub-{{subject}}/preproc/affine.txt",
-        info=f"{RESULTS}/sub-{{subject}}/preproc/preprocess.json",
+        image=FILES["preproc"],
+        mask=FILES["mask"],
+        affine=FILES["affine"],
+        info=FILES["preproc_json"],
     log:
         log("preprocess"),
     benchmark:
@@ -42,8 +43,9 @@ rule preprocess:
         out=lambda w, output: Path(output.image).parent,
         bet="" if config["preprocess"]["brain_extraction"] else "--no-brain-extraction",
         similarity=config["preprocess"]["similarity"],
+        space=SPACE,
     conda:
         "../../envs/preprocess.yaml"
     shell:
         "{params.unireg} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
-        "--subject {wildcards.subject} --similarity {params.similarity} {params.bet} > {log} 2>&1"
+        "--subject {wildcards.subject} --space {params.space} --similarity {params.similarity} {params.bet} > {log} 2>&1"

@@ -7,8 +7,10 @@ rule propagate:
         affine=rules.preprocess.output.affine,
         displacement=rules.register.output.displacement,
         atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
+        table=f"{ATLAS_DIR}/atlas_labels.tsv",
     output:
-        labels=f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_labels.nii.gz",
+        labels=FILES["labels"],
+        table=FILES["labels_tsv"],
     log:
         log("propagate"),
     benchmark:
@@ -19,4 +21,5 @@ rule propagate:
         "../../envs/preprocess.yaml"
     shell:
         "{params.unireg} propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
-        "--displacement {input.displacement} --subject {wildcards.subject} --out {output.labels} > {log} 2>&1"
+        "--displacement {input.displacement} --subject {wildcards.subject} --table {input.table} "
+        "--out {output.labels} > {log} 2>&1"

@@ -11,9 +11,9 @@ rule register:
         atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
         atlas_mask=f"{ATLAS_DIR}/atlas_brainmask.nii.gz",
     output:
-        displacement=f"{RESULTS}/sub-{{subject}}/reg/displacement.nii.gz",
-        warped=f"{RESULTS}/sub-{{subject}}/reg/warped.nii.gz",
-        info=f"{RESULTS}/sub-{{subject}}/reg/registration.json",
+        displacement=FILES["displacement"],
+        warped=FILES["warped"],
+        info=FILES["displacement_json"],
     log:
         log("register"),
     benchmark:
@@ -29,10 +29,13 @@ rule register:
         device=REGISTER_DEVICE,
         steps=config["register"]["instance_opt"],
         similarity=config["register"]["instance_opt_similarity"],
+        space=SPACE,
+        atlas_label=ATLAS_LABEL,
     conda:
         "../../envs/register.yaml"
     shell:
         "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
-        "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} {params.model} "
+        "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} "
+        "--space {params.space} --atlas-label {params.atlas_label} {params.model} "
         "--device {params.device} --instance-opt {params.steps} "
         "--instance-opt-similarity {params.similarity} > {log} 2>&1"

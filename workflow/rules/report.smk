@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        metrics=lambda w: expand(f"{RESULTS}/sub-{{subject}}/sub-{{subject}}_metrics.tsv", subject=subjects()),
+        metrics=lambda w: expand(FILES["metrics"], subject=subjects()),
         manifest=f"{RESULTS}/manifest.tsv",
     output:
         html=report(f"{RESULTS}/report.html", caption="../report/cohort.rst", category="Cohort"),
