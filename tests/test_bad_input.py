@@ -470,8 +470,8 @@ IMAGE_CASES = {
                      "least 10"),
     "60 mm voxels": (lambda d, a: _scaled(d, a, 30.0), [], "implausible voxel size (60.0, 60.0, 60.0) mm"),
     "partial field of view": (lambda d, a: (d[30:90, 30:90, 30:55], a), [],
-                              "partial field of view: the image covers 120 x 120 x 50 mm, less than the 80 mm along "
-                              "every axis"),
+                              "partial field of view: the image covers 50 x 120 x 120 mm (R x A x S), less than 60% "
+                              "of the atlas brain's 148 x 182 x 156 mm along an axis"),
     "NaN in the affine": (_with_nan_srow, [], "the affine (voxel-to-world matrix) has NaN/Inf values"),
     "2048^3 header": (_huge_header, [], "image has 8,589,934,592 voxels (shape (2048, 2048, 2048)), more than the "
                                         "134,217,728 supported; downsample it first"),

@@ -328,7 +328,8 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.err.startswith(f"unireg: {lonely}: no anatomical series to register among 1: 2.25.")
     produced = [p for p in out.rglob("*") if p.is_file()]
-    assert {p.name for p in produced} == {"manifest.tsv", "manifest.files.json", "T1w.nii.gz", "T1w.json"}
+    assert {p.name for p in produced} == {"manifest.tsv", "manifest.files.json", "T1w.nii.gz", "T1w.json",
+                                          "dataset_description.json", ".bidsignore"}
     blobs = {str(p): p.read_bytes() for p in produced}
     blobs["T1w.nii (gunzipped)"] = gzip.decompress(nifti.read_bytes())
     blobs["printed (the rules' logs)"] = (printed.out + printed.err).encode()

@@ -88,5 +88,6 @@ def test_partial_field_of_view_is_refused_before_any_work(default_atlas, tmp_pat
                str(tmp_path / "pp"), "--subject", "real01"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
-    assert err.startswith(f"unireg: real01: {anatomical}: partial field of view: the image covers 66 x 82 x 50 mm")
+    assert err.startswith(f"unireg: real01: {anatomical}: partial field of view: the image covers 66 x 82 x 50 mm "
+                          "(R x A x S), less than 60% of the atlas brain's 148 x 182 x 156 mm")
     assert not (tmp_path / "pp").exists()

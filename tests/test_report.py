@@ -45,7 +45,7 @@ def cohort(tmp_path_factory):
     outlier, one folding subject, one subject in an old table format (no hd95/msd columns), and
     one failed subject (a log line, no metrics)."""
     root = tmp_path_factory.mktemp("cohort")
-    results, logs = root / "results", root / "logs"
+    results, logs = root / "results", root / "work" / "logs"
     rng = np.random.default_rng(42)
     for s in range(N_SUBJECTS):
         subject = f"s{s:03d}"
@@ -124,7 +124,7 @@ def test_qc_flags_outlier_folding_and_failed_subjects(cohort):
     failed = failed_subjects(results, logs)
     assert list(failed["subject"]) == [FAILED]
     assert failed["error"][0].startswith("unireg: s9: ") and failed["error"][0].endswith("cannot read as NIfTI")
-    assert failed_subjects(results).equals(failed)  # default logs folder: results/../logs
+    assert failed_subjects(results).equals(failed)  # default logs folder: results/../work/logs
     assert list(failed_subjects(results, logs.parent / "no-logs")["subject"]) == []
 
 
@@ -169,8 +169,8 @@ def tiny_results(tmp_path):
             json.dumps({"jacobian": {"folding_percent": 0.8 if flip else 0.0, "log_jacobian_std": 0.1}}))
     (tmp_path / "manifest.tsv").write_text("\n".join(manifest) + "\n")
     assert regenerate_metrics(results, tmp_path / "table.tsv", manifest_path=tmp_path / "manifest.tsv") == []
-    (tmp_path / "logs" / "metrics").mkdir(parents=True)
-    (tmp_path / "logs" / "metrics" / "c3.log").write_text(
+    (tmp_path / "work" / "logs" / "metrics").mkdir(parents=True)
+    (tmp_path / "work" / "logs" / "metrics" / "c3.log").write_text(
         f"unireg: c3: {tmp_path}/in/c3.nii.gz: expected a 3-D image, got shape (4, 4); extract one volume first\n")
     return tmp_path
 
@@ -322,8 +322,8 @@ def make_cohort(root: Path, n_subjects: int = 8, n_labels: int = 120, references
     if manifest:
         (results / "manifest.tsv").write_text("\n".join(rows) + "\n")
     assert regenerate_metrics(results, root / "table.tsv", refs if references else None) == []
-    (root / "logs" / "convert").mkdir(parents=True)
-    (root / "logs" / "convert" / "s99.log").write_text(f"unireg: s99: {root}/dicom/s99: no DICOM series found\n")
+    (root / "work" / "logs" / "convert").mkdir(parents=True)
+    (root / "work" / "logs" / "convert" / "s99.log").write_text(f"unireg: s99: {root}/dicom/s99: no DICOM series found\n")
     return results
 
 

@@ -24,9 +24,10 @@ from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrel
 from scipy import ndimage
 
 from .errors import UniregError
-from .io import Grid, Image, apply_affine, write_text_atomic
+from .io import Grid, Image, apply_affine
+# the matrix file formats live in io (no torch needed to read them); part of this module's API too
+from .io import LPS_FLIP, read_affine_txt, read_itk_affine, write_affine_txt, write_itk_affine  # noqa: F401
 
-LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 SIMILARITIES = ("mi", "lncc")
 
 
@@ -190,52 +191,3 @@ def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None 
     return AffineResult(matrix=matrix, initial_matrix=init, similarity=similarity,
                         loss_before=history[0]["loss_start"] if history else float("nan"),
                         loss_after=history[-1]["loss_end"] if history else float("nan"), history=history)
-
-
-def write_affine_txt(path, matrix: np.ndarray) -> str:
-    """The 4x4 RAS matrix as plain text (numpy ``loadtxt`` reads it back)."""
-    header = ("unireg affine: fixed(atlas) world -> moving(subject) world, RAS+ mm, "
-              "applied to column vectors [x y z 1]\n")
-    rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in matrix)
-    text = "# " + header + rows + "\n"
-    write_text_atomic(path, text)
-    return text
-
-
-def read_affine_txt(path) -> np.ndarray:
-    matrix = np.loadtxt(path, comments="#")
-    if matrix.shape != (4, 4):
-        raise UniregError(f"expected a 4x4 matrix, found shape {matrix.shape}", path=path)
-    return matrix
-
-
-def write_itk_affine(path, matrix: np.ndarray) -> str:
-    """Write ``matrix`` (RAS, fixed -> moving) as an ITK ``AffineTransform_double_3_3`` text file (LPS)."""
-    lps = LPS_FLIP @ matrix @ LPS_FLIP
-    params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
-    text = ("#Insight Transform File V1.0\n#Transform 0\n"
-            "Transform: AffineTransform_double_3_3\n"
-            f"Parameters: {' '.join(f'{v:.10g}' for v in params)}\n"
-            "FixedParameters: 0 0 0\n")
-    write_text_atomic(path, text)
-    return text
-
-
-def read_itk_affine(path) -> np.ndarray:
-    """Read an ITK affine text file (as written by ITK/ANTs or :func:`write_itk_affine`) into RAS."""
-    fields = {}
-    with open(path) as fh:
-        for line in fh:
-            if ":" in line and not line.startswith("#"):
-                key, value = line.split(":", 1)
-                fields[key.strip()] = value.split()
-    try:
-        params = np.array(fields["Parameters"], dtype=float)
-        center = np.array(fields.get("FixedParameters", ["0", "0", "0"]), dtype=float)
-    except (KeyError, ValueError) as exc:
-        raise UniregError("not an ITK affine transform file", path=path) from exc
-    lin, trans = params[:9].reshape(3, 3), params[9:12]
-    lps = np.eye(4)
-    lps[:3, :3] = lin
-    lps[:3, 3] = trans + center - lin @ center
-    return LPS_FLIP @ lps @ LPS_FLIP

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", help="generate the embedded demo cohort (DICOM series + reference labels), offline")
     p.add_argument("--out", required=True, help="output folder (dicom/, reference/, cohort.tsv)")
-    p.add_argument("--subjects", type=int, help="number of subjects (default 4; 2 with --low-res)")
+    p.add_argument("--subjects", type=int, help="number of subjects (default 3; 2 with --low-res)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--low-res", action="store_true", help="small, fast version (3 x 3 x 4 mm) for tests")
     p.set_defaults(func=_cmd_demo)

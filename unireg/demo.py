@@ -580,7 +580,7 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
         out_dir: created if needed; its ``dicom/``, ``reference/``, ``cohort.tsv`` and
             ``demo.json`` are replaced when they come from an earlier demo (``demo.json``
             present), else existing ``dicom/`` or ``reference/`` folders are an error.
-        n_subjects: synthetic subjects in ``cohort.tsv`` (default 4; 2 with ``low_res``).
+        n_subjects: synthetic subjects in ``cohort.tsv`` (default 3; 2 with ``low_res``).
         spacing: in-plane pixel spacing in mm (default 1.5; 3.0 with ``low_res``).
         slice_thickness: slice thickness = spacing between slices, mm (default 3.0; 4.0 with ``low_res``).
         seed: the same seed gives byte-identical files.
@@ -588,7 +588,7 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
             as at full resolution).
         real_subject: also write nibabel's real low-resolution T1 as the last subject. It is a
             partial field of view (66 x 82 x 50 mm, the centre of a brain), which preprocessing
-            refuses by design (:data:`unireg.preprocess.MIN_FOV_MM`), so the shipped demo leaves
+            refuses by design (:data:`unireg.preprocess.MIN_FOV_FRACTION`), so the shipped demo leaves
             it out; tests use it.
 
     Returns:
@@ -598,7 +598,7 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
         dcm2niix makes of it, and for synthetic subjects the affine ``A`` and displacement size),
         plus ``out_dir``.
     """
-    n_subjects = (2 if low_res else 4) if n_subjects is None else int(n_subjects)
+    n_subjects = (2 if low_res else 3) if n_subjects is None else int(n_subjects)
     spacing = float(spacing if spacing is not None else 3.0 if low_res else 1.5)
     slice_thickness = float(slice_thickness if slice_thickness is not None else 4.0 if low_res else 3.0)
     n_synthetic = n_subjects

@@ -3,7 +3,8 @@
 Steps, in order (each recorded in ``preprocess.json``):
 
 1. load and check (3-D, plausible size and voxel size, finite voxels: see
-   :func:`unireg.intensity.handle_nonfinite`, some signal);
+   :func:`unireg.intensity.handle_nonfinite`, some signal, a field of view that covers the brain:
+   :func:`check_field_of_view`);
 2. reorient to RAS (exact: a permutation/flip of voxel axes);
 3. brain extraction with deepbet (optional; on by default for T1 heads);
 4. robust intensity normalisation to [0, 1] inside the brain (or non-zero) mask;
@@ -37,7 +38,7 @@ from .affine import align_affine, write_affine_txt, write_itk_affine
 from .atlas import Atlas
 from .errors import UniregError
 from .intensity import handle_nonfinite, normalise_intensity, require_signal
-from .io import Image, load_image, save_image, write_text_atomic
+from .io import Grid, Image, apply_affine, load_image, save_image, write_text_atomic
 from .layout import PLAIN_NAMES
 from .transforms import reorient_to_ras, resample
 
@@ -45,11 +46,12 @@ OUTPUT_FILES = PLAIN_NAMES["preprocess"]  # names outside the workflow (unireg.l
 MAX_VOXELS = 512 ** 3
 MIN_AXIS_VOXELS = 10  # fewer voxels along an axis: a single slice, a slab or a localiser, not a head volume
 MAX_VOXEL_MM = 20.0
-# A whole brain spans about 140 x 170 x 120 mm (LR x AP x SI). An image whose field of view is
-# shorter than this along an axis holds part of a brain (a slab, a cropped head): a 12-parameter
-# affine to a whole-brain atlas is then unconstrained along that axis (it shrinks the atlas into
-# the box), so such images are refused before any work is done.
-MIN_FOV_MM = 80.0
+# An image whose field of view covers less than this fraction of the atlas brain's extent along a
+# world (RAS) axis holds part of a brain (a slab, a cropped head): a 12-parameter affine to a
+# whole-brain atlas is then unconstrained along that axis (it shrinks the atlas into the box), so
+# such images are refused before any work is done. A whole head covers > 100 %; nibabel's partial
+# T1 (the centre of a brain, 66 x 82 x 50 mm) covers 36-47 % of the MNI brain.
+MIN_FOV_FRACTION = 0.6
 # The affine maps the atlas head onto the subject's: scaling it by more than MAX_SCALE (or less than
 # 1 / MAX_SCALE) along any axis, or by MAX_ANISOTROPY times more along one axis than another, is no
 # head-to-head difference but a failed alignment (e.g. a header voxel size 4x too large).
@@ -109,12 +111,28 @@ def check_image(image: Image, subject: str | None = None) -> None:
     if np.any(spacing <= 0) or np.any(spacing > MAX_VOXEL_MM) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
         raise UniregError(f"implausible voxel size {tuple(round(float(v), 3) for v in spacing)} mm in the affine",
                           subject=subject, path=image.path)
-    fov = np.asarray(image.shape[:3]) * spacing
-    if fov.min() < MIN_FOV_MM:
+
+
+def world_extent(grid: Grid, inside: np.ndarray | None = None) -> np.ndarray:
+    """Extent (mm) along the world R, A, S axes of the voxels of ``grid`` (those of ``inside`` if
+    given), voxel sizes included."""
+    corners = np.argwhere(inside) if inside is not None else np.array(list(np.ndindex(2, 2, 2))) * (
+        np.asarray(grid.shape) - 1)
+    world = apply_affine(grid.affine, corners.astype(float))
+    return np.ptp(world, axis=0) + np.abs(grid.affine[:3, :3]).sum(axis=1)
+
+
+def check_field_of_view(image: Image, atlas: Atlas, subject: str | None = None) -> None:
+    """Refuse a partial field of view (:data:`MIN_FOV_FRACTION` of the atlas brain along a world axis)."""
+    fov = world_extent(image.grid)
+    brain = world_extent(atlas.grid, atlas.mask.data > 0)
+    if np.any(fov < MIN_FOV_FRACTION * brain):
         shown = " x ".join(f"{v:.0f}" for v in fov)
-        raise UniregError(f"partial field of view: the image covers {shown} mm, less than the {MIN_FOV_MM:g} mm "
-                          "along every axis that atlas registration of a whole brain needs (a slab or a cropped "
-                          "head?); register a series that covers the whole brain", subject=subject, path=image.path)
+        brain_shown = " x ".join(f"{v:.0f}" for v in brain)
+        raise UniregError(f"partial field of view: the image covers {shown} mm (R x A x S), less than "
+                          f"{MIN_FOV_FRACTION:.0%} of the atlas brain's {brain_shown} mm along an axis (a slab or a "
+                          "cropped head?); register a series that covers the whole brain", subject=subject,
+                          path=image.path)
 
 
 def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | None = None) -> np.ndarray:
@@ -138,6 +156,7 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     check_image(image, subject)
     image, finite = handle_nonfinite(image, options.nonfinite, subject=subject)
     require_signal(image, finite, subject=subject)
+    check_field_of_view(image, atlas, subject)
     native = {"shape": list(image.shape), "spacing_mm": [round(s, 4) for s in image.spacing],
               "orientation": "".join(image.orientation), "nonfinite_voxels": int(finite.size - finite.sum())}
     ras = reorient_to_ras(image)

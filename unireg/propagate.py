@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .affine import read_affine_txt
 from .errors import UniregError
-from .io import Image, apply_affine, load_displacement, load_image, read_label_table, save_image, write_text_atomic
+from .io import (Image, apply_affine, load_displacement, load_image, read_affine_txt, read_label_table, save_image,
+                 write_text_atomic)
 
 
 def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
