@@ -77,7 +77,8 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
     for slurm_id, log in submitted.items():
         for job in jobs_in_slurm_log(log):
             in_slurm.setdefault(job, []).append(slurm_id)
-    ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in (work / "work" / "benchmarks").glob("*/*.tsv")}
+    benchmarks = (work / "work" / "benchmarks").glob("*/*.tsv")
+    ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in benchmarks}
     expect(bool(ran) and ran <= set(in_slurm), f"all {len(ran)} jobs that ran did so in SLURM jobs"
            + (f" (not: {sorted(ran - set(in_slurm))})" if ran - set(in_slurm) else ""))
     expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
