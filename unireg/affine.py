@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss
 from scipy import ndimage
 
+from .defaults import AFFINE_SIMILARITIES
 from .errors import UniregError
 from .io import Grid, Image, apply_affine
 # the matrix file formats live in io (no torch needed to read them); part of this module's API too
 from .io import LPS_FLIP, read_affine_txt, read_itk_affine, write_affine_txt, write_itk_affine  # noqa: F401
 
-SIMILARITIES = ("mi", "lncc")
+SIMILARITIES = AFFINE_SIMILARITIES
 
 
 @dataclass

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .defaults import INSTANCE_OPT_SIMILARITY, INSTANCE_OPT_STEPS
+from .defaults import (AFFINE_SIMILARITIES, AFFINE_SIMILARITY, DEVICE, INSTANCE_OPT_SIMILARITIES,
+                       INSTANCE_OPT_SIMILARITY, INSTANCE_OPT_STEPS, NONFINITE_POLICIES, NONFINITE_POLICY)
 from .errors import UniregError
 
 
@@ -139,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", help="subject id used in messages and preprocess.json")
     p.add_argument("--no-brain-extraction", action="store_true",
                    help="skip deepbet (image already skull-stripped, or not a brain)")
-    p.add_argument("--similarity", choices=["mi", "lncc"], default="mi",
+    p.add_argument("--similarity", choices=AFFINE_SIMILARITIES, default=AFFINE_SIMILARITY,
                    help="affine similarity: mutual information (any modality, default) or local NCC (same modality)")
-    p.add_argument("--nonfinite", choices=["error", "zero"], default="error",
+    p.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default=NONFINITE_POLICY,
                    help="NaN/Inf voxels: stop with an error (default) or set them to 0 and mask them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--space", help="with --subject: name the outputs as the results layout does (BIDS derivatives, "
@@ -211,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, metavar="N",
                    help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
                         f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)")
-    p.add_argument("--instance-opt-similarity", choices=["lncc", "mind"], default=INSTANCE_OPT_SIMILARITY,
+    p.add_argument("--instance-opt-similarity", choices=INSTANCE_OPT_SIMILARITIES, default=INSTANCE_OPT_SIMILARITY,
                    help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
                         "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu or cuda")
+    p.add_argument("--device", default=DEVICE, help="auto (CUDA if visible, else CPU; default), cpu, or cuda (cuda:N)")
     p.add_argument("--subject", help="subject id used in messages")
     p.add_argument("--space", help="with --subject: name the outputs as the results layout does (BIDS derivatives, "
                                    "unireg.layout), this being the atlas's space label")

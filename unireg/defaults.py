@@ -1,7 +1,23 @@
-"""Defaults shared by the CLI, the workflow config and the package, kept free of heavy imports."""
+"""Option vocabularies and defaults shared by the CLI, the workflow config schema and the package.
+
+One place for each: the modules check against these tuples, the CLI offers them as choices and
+defaults, and ``tests/test_cli.py`` ties ``workflow/schemas/config.schema.yaml``'s enums and
+defaults to them. Kept free of heavy imports (the CLI reads it before any verb runs).
+"""
+
+# unireg preprocess: affine similarity (unireg.affine), non-finite voxel policy (unireg.intensity)
+AFFINE_SIMILARITIES = ("mi", "lncc")
+AFFINE_SIMILARITY = "mi"
+NONFINITE_POLICIES = ("error", "zero")
+NONFINITE_POLICY = "error"
 
 # Test-time instance optimisation steps of `unireg register` and of the workflow (register.instance_opt),
 # chosen with benchmarks/io_tuning.py on training pairs (benchmarks/results/io_tuning.md) and scored
 # against ANTs SyN by benchmarks/peers.py (benchmarks/results/peers.md).
 INSTANCE_OPT_STEPS = 30
+INSTANCE_OPT_SIMILARITIES = ("lncc", "mind")  # unireg.losses.ImageSimilarity
 INSTANCE_OPT_SIMILARITY = "lncc"
+
+# where `unireg register` runs: auto = CUDA when visible, else CPU (unireg.register.select_device)
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE = "auto"

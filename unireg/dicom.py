@@ -121,9 +121,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import UniregError
 from .io import write_atomic, write_text_atomic
+from .layout import SUBJECT_ID
 
 SUBJECT_SALT = "unireg-subject-id-v1"  # fixed project constant: the same PatientID gives the same id everywhere
-SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
 UID_SALT_FILE = "uid_salt"  # in $UNIREG_HOME (default ~/.cache/unireg): see default_salt_file
 UID_SALT = re.compile(r"^[0-9a-f]{64}$")  # secrets.token_hex(32)
 MIN_SLICES = 10  # fewer slices: a localiser / scout, never a registration input

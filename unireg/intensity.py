@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .defaults import NONFINITE_POLICIES
 from .errors import UniregError
 from .io import Image
-
-NONFINITE_POLICIES = ("error", "zero")
 
 
 def handle_nonfinite(image: Image, policy: str = "error", subject: str | None = None) -> tuple[Image, np.ndarray]:

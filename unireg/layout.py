@@ -35,7 +35,9 @@ from pathlib import Path
 
 from .errors import UniregError
 
-LABEL = re.compile(r"^[A-Za-z0-9]+$")
+#: A BIDS label, and so every subject id of the workflow: letters and digits only (safe in any path).
+SUBJECT_PATTERN = "[A-Za-z0-9]+"
+SUBJECT_ID = LABEL = re.compile(f"^{SUBJECT_PATTERN}$")
 # A Snakemake wildcard stands for a label in output patterns: derivative_name("{subject}", ...).
 WILDCARD = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Entities in file-name order: the BIDS 1.11 schema (rules.entities, short names), with BEP014's

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from monai.losses import BendingEnergyLoss, DiceLoss, DiffusionLoss
 
+from .defaults import INSTANCE_OPT_SIMILARITIES
 from .errors import UniregError
 from .features import build_extractor
 
-SIMILARITIES = ("lncc", "mind")
+SIMILARITIES = INSTANCE_OPT_SIMILARITIES
 REGULARISERS = ("diffusion", "bending")
 
 

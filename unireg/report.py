@@ -57,9 +57,8 @@ import pandas as pd
 
 from .errors import UniregError
 from .io import write_atomic, write_text_atomic
-from .layout import find_all, find_subject_file, sibling
+from .layout import SUBJECT_ID, find_all, find_subject_file, sibling
 
-SUBJECT_ID = re.compile(r"^[A-Za-z0-9]+$")
 
 #: Columns read from every per-subject table, with their dtypes (missing columns become NaN).
 READ_DTYPES = {"subject": "str", "label": "int64", "name": "str", "dice": "float64", "hd95_mm": "float64",

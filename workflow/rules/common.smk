@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
-from unireg.layout import atlas_entities, subject_files
+from unireg.layout import SUBJECT_PATTERN, atlas_entities, subject_files
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -37,7 +37,7 @@ if REGISTER_DEVICE == "auto":
 
 
 wildcard_constraints:
-    subject="[A-Za-z0-9]+",
+    subject=SUBJECT_PATTERN,
 
 
 def cohort_input():

@@ -36,7 +36,7 @@ rule preprocess:
         bench("preprocess")
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the one place of this request (SLURM too)
     params:
         unireg=UNIREG,
         atlas=lambda w, input: Path(input.atlas).parent,

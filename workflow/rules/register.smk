@@ -20,7 +20,7 @@ rule register:
         bench("register")
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards, attempt: 12000 * attempt,  # the one place of this request (SLURM too)
         gpu=1 if USE_GPU else 0,
     params:
         unireg=UNIREG,
