@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from . import __version__
 from .dicom import INT_COLUMNS, MANIFEST_COLUMNS, validate_subject_id
 from .errors import UniregError
 from .io import write_text_atomic
-from .layout import ENTITY_ORDER, LABEL, derivative_name  # noqa: F401 (derivative_name: part of this API)
+from .layout import LABEL, derivative_name  # noqa: F401 (derivative_name: part of this API)
 
 BIDS_VERSION = "1.11.1"  # the schema bundled with the validator we run (bids-validator-deno 3.0.2)
 VALIDATOR = "bids-validator-deno"

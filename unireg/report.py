@@ -448,12 +448,11 @@ def selected_series(manifest_path: str | Path) -> pd.DataFrame | None:
     if not manifest_path.is_file():
         return None
     try:
-        header = manifest_path.read_text().partition("\n")[0].rstrip("\r").split("\t")
-        if not set(MANIFEST_SELECTION_COLUMNS) <= set(header):
-            return None
         manifest = pd.read_csv(manifest_path, sep="\t", dtype=str, keep_default_na=False,
-                               usecols=list(MANIFEST_SELECTION_COLUMNS))
+                               usecols=lambda column: column in MANIFEST_SELECTION_COLUMNS)
     except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not set(MANIFEST_SELECTION_COLUMNS) <= set(manifest.columns):
         return None
     rows = []
     for subject, group in manifest.groupby("subject", sort=True):
