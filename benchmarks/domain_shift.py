@@ -39,7 +39,7 @@ brain-extracted, preprocessed without brain extraction: brain-mask Dice of T2 (m
 propagated to the T1 (T1 -> T1) and to the T2 (T1 -> T2), the latter mapped onto the T1 grid
 through the two preprocessing affines (the scans share scanner space), as in peers.py.
 
-% det J <= 0 over the whole grid, from :func:`unireg.model.jacobian_stats`.
+% det J <= 0 over the whole grid, from :func:`unireg.fields.jacobian_stats`.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def evaluate(method: str, model, cases: list[dict], ixi002: dict, grid) -> list[
 
     from unireg.io import Image
     from unireg.metrics import mean_dice
-    from unireg.model import jacobian_stats
+    from unireg.fields import jacobian_stats
     from unireg.transforms import resample
 
     def warp_labels(labels: np.ndarray, ddf) -> np.ndarray:
@@ -266,14 +266,6 @@ def markdown(rows: list[dict], header: list[str], notes: list[str], models: dict
     return "\n".join(lines)
 
 
-def command_line(argv) -> str:
-    python = Path(sys.executable)
-    python = str(python.relative_to(REPO)) if python.is_relative_to(REPO) else python.name
-    niceness = os.nice(0)
-    words = ([f"nice -n {niceness}"] if niceness else []) + [python, "benchmarks/domain_shift.py"]
-    return " ".join(words + list(sys.argv[1:] if argv is None else argv))
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,7 +332,7 @@ def main(argv=None) -> None:
         f"date: {started.strftime('%Y-%m-%d %H:%M %Z')}",
         f"machine: {machine()}; torch {torch.__version__}, {args.threads} threads, CPU",
         f"git commit: {git_commit()}",
-        f"command: `{command_line(argv)}`",
+        f"command: `{peers.command_line(argv, 'benchmarks/domain_shift.py')}`",
         f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min ({t_prep:.0f} s loading and preprocessing, "
         f"cache {cache})",
         f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm" +

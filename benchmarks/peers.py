@@ -19,11 +19,11 @@ returns a dense displacement on the fixed grid. Affine only = the identity on th
 
 **Scoring, one code path for every method.** Each method's displacement (ANTs: the composed
 forward transform; elastix: transformix's deformation field; both converted from mm to voxels)
-warps the moving labels with unireg's own nearest-neighbour ``SpatialTransformer``; Dice
+warps the moving labels with unireg's own nearest-neighbour ``unireg.fields.warp``; Dice
 (:func:`unireg.metrics.dice_per_label`, every label of the fixed reference; a label lost
 entirely counts as Dice 0) and HD95 (:func:`unireg.metrics.surface_distances`, labels present in
 both) per label and pair; % folding = % voxels of the whole grid with det J <= 0 from
-:func:`unireg.model.jacobian_stats` on that displacement. As a convention check the tool's own
+:func:`unireg.fields.jacobian_stats` on that displacement. As a convention check the tool's own
 warped image is compared with ours (``rewarp_error`` in peers.pairs.csv).
 
 **Tasks.**
@@ -382,17 +382,16 @@ def run_worker(method: str, device: str, work: Path, threads: int) -> dict:
 
 def warp_labels(labels: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     import torch
-    from unireg.model import SpatialTransformer
+    from unireg.fields import warp
     lab = torch.from_numpy(np.asarray(labels, dtype=np.float32))[None, None]
-    warped = SpatialTransformer()(lab, torch.from_numpy(ddf)[None], label=True)
+    warped = warp(lab, torch.from_numpy(ddf)[None], label=True)
     return warped[0, 0].round().numpy().astype(np.int32)
 
 
 def warp_image(image: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     import torch
-    from unireg.model import SpatialTransformer
-    out = SpatialTransformer()(torch.from_numpy(image)[None, None], torch.from_numpy(ddf)[None])
-    return out[0, 0].numpy()
+    from unireg.fields import warp
+    return warp(torch.from_numpy(image)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
 
 
 def label_scores(reference: np.ndarray, propagated: np.ndarray, spacing) -> dict:
@@ -415,7 +414,7 @@ def score_run(cases, refs, work: Path, spacing, atlas_grid, method: str) -> dict
     import torch
     from unireg.io import Image
     from unireg.metrics import mean_dice
-    from unireg.model import jacobian_stats
+    from unireg.fields import jacobian_stats
     from unireg.transforms import resample
 
     shape = atlas_grid.shape
@@ -714,8 +713,8 @@ def main(argv=None) -> None:
         "normalisation: " + "; ".join(f"{k.upper()}-like {v['points']} = {v['what']}" for k, v in CONTRASTS.items()
                                       if k in args.tasks) + ".",
         "Scoring: each method's displacement warps the atlas labels with unireg's nearest-neighbour "
-        "SpatialTransformer; Dice over every label of the fixed reference (a lost label counts 0), HD95 (MONAI, "
-        "unireg.metrics) over labels present in both; det J from unireg.model.jacobian_stats on the same field.",
+        "unireg.fields.warp; Dice over every label of the fixed reference (a lost label counts 0), HD95 (MONAI, "
+        "unireg.metrics) over labels present in both; det J from unireg.fields.jacobian_stats on the same field.",
         "IXI002: HD-BET images preprocessed without brain extraction; its T1 -> T2 agreement assumes the two scans "
         "share scanner space (their HD-BET masks overlap at Dice 0.976 unregistered), so it includes that residual.",
         "Agreement is consistency, not accuracy: affine only scores high by construction (the same undeformed "
@@ -733,12 +732,12 @@ def main(argv=None) -> None:
     print(text)
 
 
-def command_line(argv) -> str:
-    """How this run was started, as one would type it from the repository root."""
+def command_line(argv, script: str = "benchmarks/peers.py") -> str:
+    """How this run of ``script`` was started, as one would type it from the repository root."""
     python = Path(sys.executable)
     python = str(python.relative_to(REPO)) if python.is_relative_to(REPO) else python.name
     niceness = os.nice(0)
-    words = ([f"nice -n {niceness}"] if niceness else []) + [python, "benchmarks/peers.py"]
+    words = ([f"nice -n {niceness}"] if niceness else []) + [python, script]
     return " ".join(words + list(sys.argv[1:] if argv is None else argv))
 
 

@@ -9,8 +9,9 @@ from monai.losses import LocalNormalizedCrossCorrelationLoss
 from unireg.errors import UniregError
 from unireg.features import build_extractor
 from unireg.losses import ImageSimilarity, box_sum, lncc_loss
-from unireg.model import SpatialTransformer, UniRegNet, jacobian_stats
-from unireg.register import InstanceOptOptions, foreground_box, instance_optimise, warp_in_box
+from unireg.fields import jacobian_stats, warp
+from unireg.model import UniRegNet
+from unireg.register import InstanceOptOptions, instance_optimise
 
 SHAPE = (32, 40, 36)
 
@@ -61,22 +62,6 @@ def test_mind_box_filter_is_the_separable_form_of_a_cubic_mean():
     assert torch.allclose(cubic, separable, atol=1e-6)
 
 
-def test_warp_in_box_equals_the_full_warp_cropped():
-    source = _blobs(4)
-    ddf = torch.randn(1, 3, *SHAPE) * 2.0
-    box = (slice(3, 29), slice(5, 40), slice(0, 30))
-    full = SpatialTransformer()(source, ddf)
-    assert torch.allclose(warp_in_box(source, ddf, box), full[(..., *box)], atol=1e-5)
-
-
-def test_foreground_box_keeps_every_nonzero_voxel_with_margin():
-    image = torch.zeros(1, 1, *SHAPE)
-    image[0, 0, 10:20, 12:25, 8:30] = 1.0
-    box = foreground_box(image, margin=3)
-    assert box == (slice(7, 23), slice(9, 28), slice(5, 33))
-    assert foreground_box(torch.ones(1, 1, *SHAPE), margin=3) == tuple(slice(0, n) for n in SHAPE)
-
-
 def test_schedule_splits_two_thirds_coarse():
     opt = InstanceOptOptions.schedule(30)
     assert (opt.coarse_steps, opt.steps, opt.total) == (20, 10, 30)
@@ -100,7 +85,7 @@ def test_instance_opt_recovers_a_shift_without_folding(integrate):
     ddf = instance_optimise(model, fixed, moving, zero, options)
     similarity = ImageSimilarity("lncc")
     before = similarity(moving, fixed).item()
-    after = similarity(model.transformer(moving, ddf), fixed).item()
+    after = similarity(warp(moving, ddf), fixed).item()
     assert after < before - 0.1
     inside = fixed[0, 0] > 0
     shift = ddf[0, 0][inside].mean().item()  # fixed(x) = moving(x - 2) along axis 0: ddf ~ -2 there

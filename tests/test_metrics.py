@@ -6,7 +6,7 @@ from scipy import ndimage
 from unireg.cli import main
 from unireg.io import Image, save_image
 from unireg.metrics import dice_per_label, find_reference, subject_metrics, surface_distances
-from unireg.model import SpatialTransformer, VecInt
+from unireg.fields import integrate, warp
 
 
 def _cubes(shape, side, shift, axis):
@@ -71,8 +71,8 @@ def test_hd95_and_msd_agree_with_scipy_on_real_masks(default_atlas):
     velocity = torch.nn.functional.interpolate(torch.randn(1, 3, *(s // 16 for s in shape), generator=g) * 3,
                                                size=shape, mode="trilinear", align_corners=True)
     with torch.no_grad():
-        moved = SpatialTransformer()(torch.from_numpy(default_atlas.labels.data)[None, None].float(),
-                                     VecInt(7)(velocity), label=True)[0, 0].long().numpy()
+        moved = warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(),
+                     integrate(velocity, 7), label=True)[0, 0].long().numpy()
     spacing = (2.0, 2.0, 3.0)  # pretend anisotropic voxels: both implementations get the same
     for label in (2, 3):
         ref, pred = default_atlas.labels.data == label, moved == label

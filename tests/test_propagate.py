@@ -6,7 +6,7 @@ from unireg.cli import main
 from unireg.io import Grid, Image, load_image, save_displacement, save_image
 from unireg.metrics import mean_dice
 from unireg.propagate import propagate_labels
-from unireg.transforms import resample
+from unireg.transforms import DisplacementField, resample
 
 
 def _odd_native_grid() -> Grid:
@@ -34,7 +34,7 @@ def test_propagation_composes_affine_and_displacement_in_one_resampling(default_
     matrix = _some_affine()
     shift = np.array([4.0, 0.0, -2.0])  # mm, constant displacement on the atlas grid
     field = np.broadcast_to(shift[:, None, None, None], (3, *default_atlas.grid.shape)).copy()
-    out = propagate_labels(default_atlas.labels, native, matrix, field, default_atlas.grid.affine)
+    out = propagate_labels(default_atlas.labels, native, matrix, DisplacementField(field, default_atlas.grid.affine))
     translate = np.eye(4)
     translate[:3, 3] = shift
     expected = resample(default_atlas.labels, grid, translate @ np.linalg.inv(matrix))

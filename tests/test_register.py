@@ -14,7 +14,8 @@ from unireg.affine import read_affine_txt
 from unireg.cli import main
 from unireg.io import load_displacement, load_image, save_image
 from unireg.metrics import mean_dice
-from unireg.model import VecInt, load_checkpoint
+from unireg.fields import integrate, warp
+from unireg.model import load_checkpoint
 from unireg.preprocess import OUTPUT_FILES, preprocess_file
 from unireg.register import InstanceOptOptions, register_images, OUTPUT_FILES as REG_FILES
 from unireg.transforms import resample
@@ -72,11 +73,11 @@ def test_recovers_known_smooth_deformation_of_mni_template(default_model, defaul
     shape = default_atlas.grid.shape
     coarse = torch.randn(1, 3, *(s // 16 for s in shape), generator=g) * 2.5
     velocity = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
-    truth = VecInt(7)(velocity)
+    truth = integrate(velocity, 7)
     with torch.no_grad():
-        fixed_t = model.transformer(torch.from_numpy(default_atlas.image.data)[None, None], truth)
-        fixed_lab = model.transformer(torch.from_numpy(default_atlas.labels.data)[None, None].float(), truth,
-                                      label=True)[0, 0].long().numpy()
+        fixed_t = warp(torch.from_numpy(default_atlas.image.data)[None, None], truth)
+        fixed_lab = warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(), truth,
+                         label=True)[0, 0].long().numpy()
     fixed = default_atlas.image.with_data(fixed_t[0, 0].numpy())
     result = register_images(fixed, default_atlas.image, model, moving_labels=default_atlas.labels)
     before = mean_dice(fixed_lab, default_atlas.labels.data)

@@ -3,7 +3,8 @@ import pytest
 
 from conftest import shared_file
 from unireg.io import Grid, Image, apply_affine, load_image
-from unireg.transforms import (crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras, resample)
+from unireg.transforms import (DisplacementField, crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras,
+                               resample)
 
 BLOB_CENTRE = np.array([3.7, -5.2, 9.1])  # world mm
 
@@ -117,3 +118,21 @@ def test_crop_to_multiple_of_16_is_exact_and_contains_foreground():
     np.testing.assert_allclose(cropped.affine[:3, 3], apply_affine(image.affine, start[None].astype(float))[0])
     back = crop_or_pad(cropped, -start, data.shape)
     np.testing.assert_array_equal(back.data, data)
+
+
+def test_displacement_field_moves_world_points_by_its_mm_values():
+    """p -> p + d(p), d trilinear on the field's own (oblique, anisotropic) grid; constant beyond its edge."""
+    affine = np.diag([2.0, 1.5, 3.0, 1.0])
+    affine[:3, :3] = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ affine[:3, :3]
+    affine[:3, 3] = [10.0, -4.0, 2.0]
+    data = np.random.default_rng(0).normal(size=(3, 6, 5, 4))
+    field = DisplacementField(data, affine)
+    assert field.shape == (6, 5, 4)
+    voxels = np.array([[0, 0, 0], [5, 4, 3], [2, 3, 1]], dtype=float)
+    points = apply_affine(affine, voxels)
+    expected = points + data[:, [0, 5, 2], [0, 4, 3], [0, 3, 1]].T
+    np.testing.assert_allclose(field(points), expected, atol=1e-9)
+    halfway = apply_affine(affine, np.array([[0.5, 0.0, 0.0]]))
+    np.testing.assert_allclose(field(halfway), halfway + (data[:, 0, 0, 0] + data[:, 1, 0, 0]) / 2, atol=1e-9)
+    beyond = apply_affine(affine, np.array([[-3.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(field(beyond), beyond + data[:, 0, 0, 0], atol=1e-9)

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from .defaults import AFFINE_SIMILARITIES
 from .errors import UniregError
+from .fields import ALIGN_CORNERS, sampling_matrix
 from .io import Grid, Image, apply_affine
 # the matrix file formats live in io (no torch needed to read them); part of this module's API too
 from .io import LPS_FLIP, read_affine_txt, read_itk_affine, write_affine_txt, write_itk_affine  # noqa: F401
@@ -69,17 +70,6 @@ def _to_tensor(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
 
 
-def _normalised_grid_matrix(shape: tuple[int, ...]) -> np.ndarray:
-    """Voxel index (i, j, k) -> grid_sample coordinates (x=k, y=j, z=i) in [-1, 1], align_corners=True."""
-    m = np.zeros((4, 4))
-    for out_axis, in_axis in enumerate((2, 1, 0)):
-        n = shape[in_axis]
-        m[out_axis, in_axis] = 2.0 / max(n - 1, 1)
-        m[out_axis, 3] = -1.0
-    m[3, 3] = 1.0
-    return m
-
-
 class _AffineSampler(torch.nn.Module):
     """Samples the moving image at ``T(theta) @ fixed_world`` for every voxel of a fixed grid.
 
@@ -95,7 +85,7 @@ class _AffineSampler(torch.nn.Module):
         self.radius = radius
         self.register_buffer("center", torch.tensor(center, dtype=torch.float64))
         self.register_buffer("moving_to_grid", torch.tensor(
-            _normalised_grid_matrix(moving.shape[2:]) @ np.linalg.inv(moving_affine), dtype=torch.float64))
+            sampling_matrix(moving.shape[2:]) @ np.linalg.inv(moving_affine), dtype=torch.float64))
         lin0 = init[:3, :3]
         trans0 = init[:3, 3] + lin0 @ center - center
         self.theta = torch.nn.Parameter(torch.tensor(
@@ -114,7 +104,7 @@ class _AffineSampler(torch.nn.Module):
         if coords.dim() == 4:
             coords = coords[None]
         return F.grid_sample(self.moving, coords, mode="bilinear", padding_mode="zeros",
-                             align_corners=True)
+                             align_corners=ALIGN_CORNERS)
 
 
 def _similarity_loss(name: str) -> torch.nn.Module:

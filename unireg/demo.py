@@ -11,7 +11,7 @@ the subject's scanner world (RAS mm)::
 
 ``A`` is a small random affine (subject world -> MNI world: rotation <= 10 deg, shift <= 10 mm,
 scale +-5 % per axis) and ``D(y) = y + u(y)`` a smooth diffeomorphism: a smooth random
-stationary velocity integrated by :class:`unireg.model.VecInt` (scaling and squaring). Image
+stationary velocity integrated by :func:`unireg.fields.integrate` (scaling and squaring). Image
 and labels are read at the *same* point ``D(A x)``, so the reference labels are exact for the
 image, up to partial volume (the image averages over the slice thickness, labels are taken at
 the voxel centre). Tissue labels are those of the default atlas: 1 CSF, 2 GM, 3 WM.
@@ -52,8 +52,8 @@ from . import __version__
 from .atlas import MNI_TISSUE_TABLE, mni_template_images, tissue_labels
 from .errors import UniregError
 from .io import Grid, Image, apply_affine, load_image, save_image, write_atomic, write_text_atomic
-from .model import VecInt, jacobian_determinant
-from .transforms import grid_with_spacing, reorient_to_ras
+from .fields import from_world_mm, integrate, jacobian_determinant, to_world_mm
+from .transforms import DisplacementField, grid_with_spacing, reorient_to_ras
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -251,22 +251,18 @@ def mni_tissue_labels() -> tuple[Image, Image]:
 
 @dataclass(frozen=True)
 class SubjectWarp:
-    """Subject world -> MNI world, ``x -> D(A x)`` with ``D(y) = y + u(y)`` (all RAS mm).
+    """Subject world -> MNI world, ``x -> D(A x)`` with ``D`` a world-space
+    :class:`~unireg.transforms.DisplacementField` ``y -> y + u(y)`` (all RAS mm).
 
-    ``affine`` is ``A`` (4x4); ``displacement`` is ``u``, ``(3, *field_grid.shape)`` in mm,
-    sampled trilinearly (constant beyond the grid's edge).
+    ``affine`` is ``A`` (4x4); ``field`` is ``D``, on the template's field grid.
     """
 
     affine: np.ndarray
-    displacement: np.ndarray
-    field_grid: Grid
+    field: DisplacementField
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Map ``(N, 3)`` subject-world points to MNI world."""
-        moved = apply_affine(self.affine, points)
-        vox = apply_affine(np.linalg.inv(self.field_grid.affine), moved).T
-        u = np.stack([ndimage.map_coordinates(c, vox, order=1, mode="nearest") for c in self.displacement], axis=-1)
-        return moved + u
+        return self.field(apply_affine(self.affine, points))
 
 
 def random_affine(rng: np.random.Generator, centre: np.ndarray, max_rotation_deg: float = 10.0,
@@ -291,18 +287,16 @@ def random_displacement(rng: np.random.Generator, field_grid: Grid, velocity_std
     """A smooth random diffeomorphic displacement ``(3, *field_grid.shape)`` in RAS mm.
 
     White noise smoothed by a Gaussian (``smoothness_mm``) is a stationary velocity with std
-    ``velocity_std_mm``; :class:`unireg.model.VecInt` integrates it (voxel units of the grid).
+    ``velocity_std_mm``; :func:`unireg.fields.integrate` integrates it (voxel units of the grid).
     """
     spacing = np.asarray(field_grid.spacing)
     noise = rng.standard_normal((3, *field_grid.shape))
     velocity = np.stack([ndimage.gaussian_filter(c, smoothness_mm / spacing, mode="wrap") for c in noise])
     velocity *= velocity_std_mm / velocity.std()
-    # RAS mm -> voxel units along i, j, k (the grid's axes need not be RAS-aligned)
-    to_voxels = np.linalg.inv(field_grid.affine[:3, :3])
-    velocity_vox = np.einsum("ab,b...->a...", to_voxels, velocity)
+    # RAS mm -> voxel units along i, j, k (the grid's axes need not be RAS-aligned), and back
     with torch.no_grad():
-        ddf = VecInt()(torch.from_numpy(velocity_vox[None].astype(np.float32)))[0].double().numpy()
-    return np.einsum("ab,b...->a...", field_grid.affine[:3, :3], ddf)
+        ddf = integrate(from_world_mm(velocity, field_grid.affine).float())
+    return to_world_mm(ddf, field_grid.affine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +484,7 @@ def _synthetic_subject(folder: Path, template: _Template, index: int, number: in
     contrast = CONTRASTS[contrast_name]
     rng = np.random.default_rng([seed, number])
     affine = random_affine(rng, template.brain_centre)
-    warp = SubjectWarp(affine, random_displacement(rng, template.field_grid), template.field_grid)
+    warp = SubjectWarp(affine, DisplacementField(random_displacement(rng, template.field_grid), template.field_grid.affine))
     # where the warped brain lies in the subject's world (D moves it by a few mm: the margin)
     corners = apply_affine(np.linalg.inv(affine), template.brain_corners)
     row, col = plane_directions(plane, tilt)
@@ -526,7 +520,7 @@ def _synthetic_subject(folder: Path, template: _Template, index: int, number: in
     reference = Image(labels, grid.affine, is_label=True)
     if acquisition_3d:
         reference = reorient_to_ras(reference)
-    displacement = np.linalg.norm(warp.displacement, axis=0)
+    displacement = np.linalg.norm(warp.field.data, axis=0)
     info = {"source": "MNI ICBM152 2009a T1 template (nilearn), randomly deformed", "contrast": contrast.name,
             "orientation": orientation, "series": series, "main_series": tags["SeriesInstanceUID"],
             **_grid_entry(stack, acquisition_3d), "subject_to_mni_affine": affine.round(10).tolist(),
@@ -538,8 +532,7 @@ def _synthetic_subject(folder: Path, template: _Template, index: int, number: in
 
 def _jacobian_min(warp: SubjectWarp) -> float:
     """Smallest Jacobian determinant of ``D`` on its grid (> 0: no folding)."""
-    ddf_vox = np.einsum("ab,b...->a...", np.linalg.inv(warp.field_grid.affine[:3, :3]), warp.displacement)
-    return float(jacobian_determinant(torch.from_numpy(ddf_vox[None])).min())
+    return float(jacobian_determinant(from_world_mm(warp.field.data, warp.field.affine)).min())
 
 
 def _nibabel_subject(folder: Path, number: int, subject: str, *, seed: int) -> dict:

@@ -1,73 +1,31 @@
-"""The UniReg network: frozen features -> small UNet -> velocity -> diffeomorphic displacement.
+"""The UniReg network and its checkpoints: frozen features -> small UNet -> velocity -> diffeomorphic
+displacement.
 
-Where things happen (one class each):
+:class:`UniRegNet`: ``extractor(fixed)``, ``extractor(moving)`` -> concatenation -> MONAI
+``UNet`` -> velocity at the *flow grid* (``flow_stride`` times coarser than the image) ->
+integration by scaling and squaring -> trilinear upsampling to the image grid. The field algebra
+(warping, integration, resizing, Jacobians) and the displacement convention are those of
+:mod:`unireg.fields`; saved NIfTI fields are converted to world millimetres by
+:mod:`unireg.register`.
 
-* :class:`SpatialTransformer` warps an image (linear) or a label map (nearest) with a dense
-  displacement field (MONAI ``Warp``).
-* :class:`VecInt` integrates a stationary velocity field by scaling and squaring
-  (MONAI ``DVF2DDF``): the result is a diffeomorphism up to discretisation.
-* :class:`UniRegNet` composes them: ``extractor(fixed)``, ``extractor(moving)`` ->
-  concatenation -> MONAI ``UNet`` -> velocity at the *flow grid* (``flow_stride`` times coarser
-  than the image) -> integration -> trilinear upsampling to the image grid.
-
-Displacement convention (used everywhere in unireg): a field ``ddf`` has shape
-``(B, 3, D, H, W)`` on the **fixed** grid, in **voxels of that grid**, channels in voxel-axis
-order ``(i, j, k)``; the warped moving image is ``moving(x + ddf(x))``. Saved NIfTI fields are
-converted to world millimetres by :mod:`unireg.register`.
+Checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`) carry everything needed to
+rebuild the model and check it is the one that was trained.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import DVF2DDF, Warp
 from monai.networks.nets import UNet
 
 from . import __version__
 from .errors import UniregError
 from .features import FeatureExtractor, build_extractor, sha256_file
+from .fields import INTEGRATION_STEPS, integrate, resize_field
 from .io import write_atomic, write_text_atomic
-
-warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample.")
-
-
-class SpatialTransformer(torch.nn.Module):
-    """Warp ``(B, C, D, H, W)`` tensors with a displacement in voxels (see module doc)."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = Warp(mode="bilinear", padding_mode="border")
-        self.nearest = Warp(mode="nearest", padding_mode="zeros")
-
-    def forward(self, image: torch.Tensor, ddf: torch.Tensor, *, label: bool = False) -> torch.Tensor:
-        if label:
-            return self.nearest(image.to(ddf.dtype), ddf).to(image.dtype)
-        return self.linear(image, ddf)
-
-
-class VecInt(torch.nn.Module):
-    """Scaling and squaring: velocity ``(B, 3, ...)`` in voxels -> displacement in voxels."""
-
-    def __init__(self, steps: int = 7):
-        super().__init__()
-        self.steps = steps
-        self.integrate = DVF2DDF(num_steps=steps, mode="bilinear", padding_mode="border")
-
-    def forward(self, velocity: torch.Tensor) -> torch.Tensor:
-        return self.integrate(velocity)
-
-
-def resize_field(field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Resize a displacement/velocity field to ``shape`` and rescale its voxel units per axis."""
-    if tuple(field.shape[2:]) == tuple(shape):
-        return field
-    scale = torch.tensor([s / f for s, f in zip(shape, field.shape[2:])], dtype=field.dtype, device=field.device)
-    resized = F.interpolate(field, size=shape, mode="trilinear", align_corners=True)
-    return resized * scale.view(1, 3, 1, 1, 1)
 
 
 class UniRegNet(torch.nn.Module):
@@ -82,10 +40,11 @@ class UniRegNet(torch.nn.Module):
     """
 
     def __init__(self, extractor: FeatureExtractor, channels: tuple[int, ...] = (16, 32, 32, 32),
-                 flow_stride: int = 2, int_steps: int = 7):
+                 flow_stride: int = 2, int_steps: int = INTEGRATION_STEPS):
         super().__init__()
         self.extractor = extractor
         self.flow_stride = flow_stride
+        self.int_steps = int_steps
         self.unet = UNet(spatial_dims=3, in_channels=2 * extractor.out_channels, out_channels=channels[0],
                          channels=tuple(channels), strides=(2,) * (len(channels) - 1), num_res_units=1,
                          act=("LeakyReLU", {"negative_slope": 0.2}), norm="instance")
@@ -93,8 +52,6 @@ class UniRegNet(torch.nn.Module):
         self.flow = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Conv3d(channels[0], 3, 3, padding=1))
         torch.nn.init.normal_(self.flow[1].weight, std=1e-5)
         torch.nn.init.zeros_(self.flow[1].bias)
-        self.integrate = VecInt(int_steps)
-        self.transformer = SpatialTransformer()
 
     def flow_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(s // self.flow_stride for s in image_shape)
@@ -104,6 +61,8 @@ class UniRegNet(torch.nn.Module):
         feats = self.extractor(image)
         shape = self.flow_shape(image.shape[2:])
         if tuple(feats.shape[2:]) != shape:
+            # feature maps of strided layers are cell-centred (a feature covers stride**2 voxels):
+            # resized as images, not as fields (fields.ALIGN_CORNERS is for voxel-centred grids)
             feats = F.interpolate(feats, size=shape, mode="trilinear", align_corners=False)
         return feats
 
@@ -113,39 +72,12 @@ class UniRegNet(torch.nn.Module):
 
     def displacement(self, velocity: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
         """Integrate a flow-grid velocity and upsample to ``image_shape`` (image voxels)."""
-        return resize_field(self.integrate(velocity), tuple(image_shape))
+        return resize_field(integrate(velocity, self.int_steps), tuple(image_shape))
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """``(B, 1, D, H, W)`` fixed and moving -> displacement ``(B, 3, D, H, W)`` on the fixed grid."""
         velocity = self.velocity(self.features(fixed), self.features(moving))
         return self.displacement(velocity, fixed.shape[2:])
-
-
-def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
-    """Determinant of the Jacobian of ``x -> x + ddf(x)`` (central differences), ``(B, D-2, H-2, W-2)``."""
-    grads = []
-    for axis in range(3):
-        plus, minus = [slice(1, -1)] * 3, [slice(1, -1)] * 3
-        plus[axis], minus[axis] = slice(2, None), slice(None, -2)
-        grads.append((ddf[(slice(None), slice(None), *plus)] - ddf[(slice(None), slice(None), *minus)]) / 2)
-    # J[c, a] = d(x_c + u_c)/d x_a
-    J = torch.stack(grads, dim=2)  # (B, 3 components, 3 axes, ...)
-    J = J + torch.eye(3, dtype=ddf.dtype, device=ddf.device).view(1, 3, 3, 1, 1, 1)
-    return (J[:, 0, 0] * (J[:, 1, 1] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 1])
-            - J[:, 0, 1] * (J[:, 1, 0] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 0])
-            + J[:, 0, 2] * (J[:, 1, 0] * J[:, 2, 1] - J[:, 1, 1] * J[:, 2, 0]))
-
-
-def jacobian_stats(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
-    """Folding and smoothness of a displacement: % voxels with det(J) <= 0, std of log det(J)."""
-    det = jacobian_determinant(ddf.detach().double())
-    if mask is not None:
-        det = det[mask[:, 0, 1:-1, 1:-1, 1:-1] > 0]
-    det = det.flatten()
-    positive = det[det > 0]
-    return {"folding_percent": float(100.0 * (det <= 0).double().mean()),
-            "log_jacobian_std": float(torch.log(positive).std()) if positive.numel() > 1 else float("nan"),
-            "jacobian_min": float(det.min()), "jacobian_max": float(det.max())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +93,8 @@ def build_model(config: dict) -> UniRegNet:
     """A model from a checkpoint's ``config`` (``extractor``, ``channels``, ``flow_stride``, ``int_steps``)."""
     extractor = build_extractor(config["extractor"], config.get("extractor_weights"))
     return UniRegNet(extractor, channels=tuple(config.get("channels", (16, 32, 32, 32))),
-                     flow_stride=int(config.get("flow_stride", 2)), int_steps=int(config.get("int_steps", 7)))
+                     flow_stride=int(config.get("flow_stride", 2)),
+                     int_steps=int(config.get("int_steps", INTEGRATION_STEPS)))
 
 
 def model_state(model: UniRegNet) -> dict:

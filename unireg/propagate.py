@@ -25,30 +25,24 @@ from scipy import ndimage
 from .errors import UniregError
 from .io import (Image, apply_affine, load_displacement, load_image, read_affine_txt, read_label_table, save_image,
                  write_text_atomic)
+from .transforms import DisplacementField
 
 
 def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
-                     displacement_mm: np.ndarray | None = None, displacement_affine: np.ndarray | None = None,
-                     chunk: int = 2_000_000) -> Image:
+                     displacement: DisplacementField | None = None, chunk: int = 2_000_000) -> Image:
     """Atlas labels on ``native``'s grid (see module docstring). Processes voxels in chunks."""
-    if displacement_mm is not None and displacement_affine is None:
-        raise ValueError("displacement_affine is needed with displacement_mm")
     inverse = np.linalg.inv(matrix)
     native_to_atlas_world = inverse @ native.affine
     out = np.zeros(native.shape, dtype=atlas_labels.data.dtype)
     flat = out.reshape(-1)
     n = flat.size
     atlas_inv = np.linalg.inv(atlas_labels.affine)
-    disp_inv = np.linalg.inv(displacement_affine) if displacement_mm is not None else None
     for start in range(0, n, chunk):
         idx = np.arange(start, min(n, start + chunk))
         voxels = np.stack(np.unravel_index(idx, native.shape), axis=1).astype(np.float64)
         world = apply_affine(native_to_atlas_world, voxels)
-        if displacement_mm is not None:
-            grid_coords = apply_affine(disp_inv, world).T
-            shift = np.stack([ndimage.map_coordinates(displacement_mm[c], grid_coords, order=1, mode="nearest")
-                              for c in range(3)], axis=1)
-            world = world + shift
+        if displacement is not None:
+            world = displacement(world)
         atlas_voxels = apply_affine(atlas_inv, world).T
         flat[start:start + idx.size] = ndimage.map_coordinates(atlas_labels.data, atlas_voxels, order=0,
                                                                mode="constant", cval=0)
@@ -64,12 +58,11 @@ def propagate_files(atlas_labels_path, native_path, affine_path, out_path, displ
     atlas_labels = load_image(atlas_labels_path, label=True, subject=subject)
     native = load_image(native_path, subject=subject)
     matrix = read_affine_txt(affine_path)
-    field, field_affine = (load_displacement(displacement_path, subject=subject) if displacement_path
-                           else (None, None))
-    if field is not None and field.shape[1:] != atlas_labels.shape:
+    field = DisplacementField(*load_displacement(displacement_path, subject=subject)) if displacement_path else None
+    if field is not None and field.shape != atlas_labels.shape:
         raise UniregError(f"displacement grid {field.shape[1:]} is not the atlas grid {atlas_labels.shape}; "
                           "register against the same atlas", subject=subject, path=displacement_path)
-    labels = propagate_labels(atlas_labels, native, matrix, field, field_affine)
+    labels = propagate_labels(atlas_labels, native, matrix, field)
     if table_path is not None:
         table = read_label_table(table_path)
         lines = ["index\tname"] + [f"{index}\t{name}" for index, name in sorted(table.items())]

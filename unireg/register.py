@@ -35,7 +35,8 @@ from .errors import UniregError
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
 from .losses import ImageSimilarity, box_sum, regulariser
 from .layout import PLAIN_NAMES
-from .model import SpatialTransformer, UniRegNet, jacobian_stats, load_checkpoint, resize_field
+from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_world_mm, warp, warp_in_box
+from .model import UniRegNet, load_checkpoint
 from .transforms import resample
 
 OUTPUT_FILES = PLAIN_NAMES["register"]  # names outside the workflow (unireg.layout)
@@ -159,31 +160,6 @@ def check_pair(fixed: Image, moving: Image, multiple: int = 16) -> None:
                           "'unireg atlas prepare/import'", path=fixed.path)
 
 
-def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, slice, slice]:
-    """Voxel box around the non-zero voxels of ``(1, C, D, H, W)`` plus ``margin`` (the whole grid
-    when the image has no zero background)."""
-    nonzero = (image != 0).any(dim=1)[0]
-    if not nonzero.any():
-        return tuple(slice(0, n) for n in nonzero.shape)
-    box = []
-    for axis, n in enumerate(nonzero.shape):
-        hits = torch.nonzero(nonzero.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
-        box.append(slice(max(0, int(hits[0]) - margin), min(n, int(hits[-1]) + margin + 1)))
-    return tuple(box)
-
-
-def warp_in_box(source: torch.Tensor, ddf: torch.Tensor, box: tuple[slice, slice, slice]) -> torch.Tensor:
-    """``source(x + ddf(x))`` for the voxels x of ``box`` only (trilinear, border padding: the
-    sampling of :class:`unireg.model.SpatialTransformer`, restricted to a box)."""
-    shape = source.shape[2:]
-    axes = [torch.arange(b.start, b.stop, dtype=ddf.dtype, device=ddf.device) for b in box]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)[None] + ddf[(..., *box)]
-    scale = torch.tensor([2.0 / (n - 1) for n in shape], dtype=ddf.dtype, device=ddf.device).view(1, 3, 1, 1, 1)
-    grid = (grid * scale - 1.0).permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x=W, y=H, z=D)
-    return torch.nn.functional.grid_sample(source, grid, mode="bilinear", padding_mode="border",
-                                           align_corners=True)
-
-
 INTEGRATE = ("fine", "end", "step", "none")
 
 
@@ -218,7 +194,7 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
             if model.flow_stride > 1 else fine
         box = foreground_box(fixed, margin=similarity.kernel_size)  # whole windows stay inside
         fine = (fine[0], fine[1][(..., *box)])
-        param = velocity if options.integrate == "step" else model.integrate(velocity)
+        param = velocity if options.integrate == "step" else integrate(velocity, model.int_steps)
 
     def field(p: torch.Tensor, shape: tuple[int, ...], image_grid: bool) -> torch.Tensor:
         integrated = options.integrate == "step" or (image_grid and options.integrate == "fine")
@@ -231,7 +207,7 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
         for _ in range(steps):
             optimiser.zero_grad()
             if region is None:
-                warped = model.transformer(source, field(param, tuple(target.shape[2:]), False))
+                warped = warp(source, field(param, tuple(target.shape[2:]), False))
             else:
                 warped = warp_in_box(source, field(param, image_shape, True), region)
             loss = fraction * similarity.compare(warped, target) + options.weight * smooth(param)
@@ -266,17 +242,16 @@ def register_images(fixed: Image, moving: Image, model: UniRegNet, *, moving_lab
         with torch.no_grad():
             ddf = model.displacement(velocity, fixed_t.shape[2:])
     with torch.no_grad():
-        warped = model.transformer(moving_t, ddf)
+        warped = warp(moving_t, ddf)
         warped_labels = None
         if moving_labels is not None:
             if moving_labels.shape != moving.shape:
                 moving_labels = resample(moving_labels, moving.grid)
             lab = torch.from_numpy(moving_labels.data.astype(np.int64))[None, None].to(device)
-            warped_labels = model.transformer(lab.float(), ddf, label=True).round().long()
+            warped_labels = warp(lab.float(), ddf, label=True).round().long()
         mask_t = _tensor(fixed_mask, device) if fixed_mask is not None else None
         stats = jacobian_stats(ddf, mask_t)
-    ddf_np = ddf[0].cpu().numpy().astype(np.float64)
-    displacement_mm = np.tensordot(fixed.affine[:3, :3], ddf_np, axes=(1, 0))
+    displacement_mm = to_world_mm(ddf, fixed.affine)
     info = {"device": str(device), "instance_opt_steps": opt.total,
             "instance_opt": vars(opt) if opt.total else None, "jacobian": stats,
             "timings_s": {k: round(v, 3) for k, v in timings.items()}}
@@ -358,7 +333,7 @@ def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
             moving_mask = resample(moving_mask, moving.grid)
         mask_t = (_tensor(moving_mask, "cpu") > 0).float()
         with torch.no_grad():
-            warped_mask = SpatialTransformer()(mask_t, result.ddf.float(), label=True)
+            warped_mask = warp(mask_t, result.ddf.float(), label=True)
         qc["brain_mask_dice_before"] = round(mask_dice(region, mask_t), 4)
         qc["brain_mask_dice_after"] = round(mask_dice(region, warped_mask), 4)
     return qc

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 from . import __version__
@@ -40,7 +39,8 @@ from .errors import UniregError
 from .io import load_image, save_image, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
-from .model import build_model, jacobian_stats, save_checkpoint
+from .fields import jacobian_stats, warp, warp_affine
+from .model import build_model, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
 from .transforms import resample
 
@@ -156,7 +156,8 @@ VOXEL_MM = 2.0  # nominal atlas voxel size used to express augmentation shifts i
 
 
 def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch.Tensor:
-    """A small random affine as ``F.affine_grid`` theta (normalised coordinates, any resolution).
+    """A small random affine as an ``torch.nn.functional.affine_grid`` theta for :func:`unireg.fields.warp_affine`
+    (normalised coordinates, any resolution).
 
     Rotations act in normalised coordinates, so on a non-cubic grid they carry a slight shear:
     harmless for augmentation, which only has to be small, random and the same for image,
@@ -167,17 +168,13 @@ def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch
     rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
            @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
     lin = rot @ np.diag(1 + rng.uniform(-1, 1, 3) * augment["scale"])
-    # normalised coordinates span [-1, 1] over the grid: a shift of t mm is t / (extent / 2)
-    shift = rng.uniform(-1, 1, 3) * augment["translation_mm"] / (np.asarray(shape, float) * VOXEL_MM / 2.0)
+    # normalised coordinates span [-1, 1] from the first to the last voxel centre (fields.ALIGN_CORNERS):
+    # a shift of t mm is t / (that distance / 2)
+    shift = rng.uniform(-1, 1, 3) * augment["translation_mm"] / ((np.asarray(shape, float) - 1) * VOXEL_MM / 2.0)
     # affine_grid orders coordinates (x=W, y=H, z=D): reverse the voxel axes
     perm = np.eye(3)[::-1]
     theta = np.concatenate([perm @ lin @ perm, (perm @ shift)[:, None]], axis=1)
     return torch.tensor(theta, dtype=torch.float32)[None]
-
-
-def apply_theta(volume: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    grid = F.affine_grid(theta, list(volume.shape), align_corners=False)
-    return F.grid_sample(volume, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 class Trainer:
@@ -251,13 +248,13 @@ class Trainer:
             fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
         moving_lab = torch.from_numpy(moving["labels"])[None, None] if moving["labels"] is not None else None
         if theta is not None:
-            moving_img = apply_theta(moving_img, theta)
-            moving_feat = apply_theta(moving_feat, theta)
+            moving_img = warp_affine(moving_img, theta)
+            moving_feat = warp_affine(moving_feat, theta)
             if moving_lab is not None:
-                moving_lab = apply_theta(moving_lab.float(), theta, mode="nearest").long()
+                moving_lab = warp_affine(moving_lab.float(), theta, mode="nearest").long()
         velocity = self.model.velocity(fixed_feat, moving_feat)
         ddf = self.model.displacement(velocity, fixed_img.shape[2:])
-        warped = self.model.transformer(moving_img, ddf)
+        warped = warp(moving_img, ddf)
         terms = {"similarity": self.similarity(warped, fixed_img),
                  "smooth": self.smooth(ddf)}
         if cfg["dice_weight"] > 0 and moving_lab is not None and fixed["labels"] is not None:
@@ -266,7 +263,7 @@ class Trainer:
             common = common[common > 0]
             pick = self.rng.choice(common, size=min(cfg["dice_labels"], common.size), replace=False)
             values = torch.from_numpy(np.sort(pick))
-            warped_onehot = self.model.transformer(one_hot(moving_lab, values), ddf)
+            warped_onehot = warp(one_hot(moving_lab, values), ddf)
             terms["dice"] = self.dice(warped_onehot, one_hot(fixed_lab, values))
         else:
             terms["dice"] = torch.zeros(())
@@ -301,7 +298,7 @@ class Trainer:
             velocity = self.model.velocity(self._features_of(fixed), self._features_of(moving))
             ddf = self.model.displacement(velocity, fixed["image"].shape)
             lab = torch.from_numpy(moving["labels"])[None, None].float()
-            warped = self.model.transformer(lab, ddf, label=True)[0, 0].round().long().numpy()
+            warped = warp(lab, ddf, label=True)[0, 0].round().long().numpy()
             before.append(mean_dice(fixed["labels"], moving["labels"]))
             after.append(mean_dice(fixed["labels"], warped))
             folding.append(jacobian_stats(ddf)["folding_percent"])

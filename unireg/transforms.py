@@ -10,9 +10,15 @@ Conventions (defined here once, imported everywhere):
 * Label maps are never interpolated: ``label_mode="nearest"`` picks the nearest voxel's label;
   ``label_mode="onehot"`` interpolates each label's indicator linearly and takes the argmax.
   Both only ever output label values present in the input (plus background 0 outside the FOV).
+* A deformable transform in world space is a :class:`DisplacementField`: ``p -> p + d(p)`` in
+  mm, ``d`` sampled trilinearly on its own grid. Its voxel-grid (torch) counterpart, used by the
+  network and registration, is in :mod:`unireg.fields`; this module stays numpy-only so label
+  propagation never imports torch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import nibabel as nib
@@ -22,6 +28,28 @@ from .errors import UniregError
 from .io import Grid, Image, apply_affine
 
 RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
+
+
+@dataclass(frozen=True)
+class DisplacementField:
+    """A world-space displacement: ``data`` ``(3, X, Y, Z)`` in RAS mm on a grid with ``affine``.
+
+    Calling it maps world points ``(N, 3)`` to ``p + d(p)`` with ``d`` sampled trilinearly
+    (nearest edge value beyond the grid). This is the field ``unireg register`` writes
+    (:func:`unireg.io.save_displacement`).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[1:])
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        voxels = apply_affine(np.linalg.inv(self.affine), points).T
+        shift = np.stack([ndimage.map_coordinates(c, voxels, order=1, mode="nearest") for c in self.data], axis=1)
+        return points + shift
 
 
 def reorient_to_ras(image: Image) -> Image:
