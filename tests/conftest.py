@@ -1,4 +1,5 @@
-"""Shared fixtures: real data from ../shared (skipped with a reason when absent) and small atlases."""
+"""Shared fixtures: real data from ../shared (skipped with a reason when absent), small atlases, and DICOM
+series re-written from a real MPRAGE (test_cohort, test_convert, test_selection, test_bad_input)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,95 @@ def run_benchmark_smoke(script: str, out: Path) -> str:
                           capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM series from the real MPRAGE (../shared/data/dicom_mprage_vsseg001: 120 axial slices)
+# ---------------------------------------------------------------------------------------------
+
+MPRAGE_UID = "1.3.6.1.4.1.14519.5.2.1.149357697745643823053302398129943470751"  # its SeriesInstanceUID
+
+
+@pytest.fixture(scope="module")
+def isolated_home_for_module_fixtures(tmp_path_factory):
+    """UNIREG_HOME (where index and convert keep the default UID salt) for module-scoped fixtures too:
+    they run before the per-test isolation (:func:`_isolated_cache`); the same folder, never the user's
+    ~/.cache. A module whose fixtures index or convert uses it with ``pytestmark =
+    pytest.mark.usefixtures("isolated_home_for_module_fixtures")``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIREG_HOME", str(tmp_path_factory.getbasetemp() / "unireg_home"))
+        yield
+
+
+def mprage_files(first: int, count: int) -> list[Path]:
+    root = shared_file("dicom_mprage_vsseg001")
+    return [root / f"1-{n:03d}.dcm" for n in range(first, first + count)]
+
+
+def copy_series(sources: list[Path], folder: Path, names: str, *, shrink: int = 1, drop: tuple[str, ...] = (),
+                **tags) -> list[Path]:
+    """Re-write real slices into ``folder`` as a new series, with ``tags`` changed (a callable gets the
+    file's number) and the tags ``drop`` removed; fresh SOP instance UIDs unless ``tags`` sets them.
+
+    ``shrink``: keep every ``shrink``-th pixel of each row and column (PixelSpacing scaled to match):
+    small files with the real header, for series that are indexed but never converted (EPI, DWI, ...).
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, source in enumerate(sources):
+        ds = pydicom.dcmread(source)
+        if shrink > 1:
+            pixels = np.ascontiguousarray(ds.pixel_array[::shrink, ::shrink])
+            ds.Rows, ds.Columns = pixels.shape
+            ds.PixelSpacing = [f"{float(v) * shrink:g}" for v in ds.PixelSpacing]
+            ds.PixelData = pixels.tobytes()
+        for keyword in drop:
+            if keyword in ds:
+                delattr(ds, keyword)
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value(number) if callable(value) else value)
+        if "SOPInstanceUID" not in tags:
+            ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(folder / names.format(number))
+        ds.save_as(paths[-1])
+    return paths
+
+
+def by_description(manifest, description: str):
+    return manifest[manifest["series_description"] == description].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def mprage_index(isolated_home_for_module_fixtures, tmp_path_factory):
+    """The real 120-slice MPRAGE indexed: ``(root, out, manifest)``, the manifest written in ``out``."""
+    from unireg.cohort import index_command
+    root = shared_file("dicom_mprage_vsseg001")
+    out = tmp_path_factory.mktemp("mprage")
+    return root, out, index_command(root, out / "manifest.tsv")
+
+
+@pytest.fixture(scope="module")
+def dicom_cohort(isolated_home_for_module_fixtures, tmp_path_factory):
+    """One subject: T1 (one slice truncated), T2-named, mixed-orientation and localiser series + a text file."""
+    from pydicom.uid import generate_uid
+
+    from unireg.cohort import index_command
+    root = tmp_path_factory.mktemp("cohort")
+    dicom = root / "dicom"
+    t1 = copy_series(mprage_files(1, 12), dicom / "a", "{}", SeriesInstanceUID=generate_uid())
+    cut = t1[5].read_bytes()
+    t1[5].write_bytes(cut[: len(cut) // 2])
+    copy_series(mprage_files(13, 12), dicom / "b" / "c", "slice{}.dcm", SeriesInstanceUID=generate_uid(),
+                SeriesDescription="t2_tse_tra")
+    sagittal = ["0", "1", "0", "0", "0", "-1"]
+    copy_series(mprage_files(25, 12), dicom / "d", "x{}", SeriesInstanceUID=generate_uid(),
+                SeriesDescription="mixed_orientation",
+                ImageOrientationPatient=lambda n: sagittal if n % 2 else ["1", "0", "0", "0", "1", "0"])
+    copy_series(mprage_files(40, 3), dicom / "e", "loc{}", SeriesInstanceUID=generate_uid(),
+                SeriesDescription="localizer", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    (dicom / "b" / "notes.txt").write_text("not a DICOM file\n" * 50)
+    manifest = index_command(dicom, root / "manifest.tsv")
+    return root, manifest, t1[5]

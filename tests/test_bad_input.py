@@ -13,7 +13,7 @@ Where each case of the issue is tested:
 =============================================  ============================================================
 case                                           test
 =============================================  ============================================================
-truncated file (native / RLE-compressed)       test_dicom::test_convert_truncated_series_is_one_line_error,
+truncated file (native / RLE-compressed)       test_convert::test_convert_truncated_series_is_one_line_error,
                                                here test_broken_series_is_one_line_error[truncated RLE slice]
 corrupt file (header bytes overwritten)        test_broken_series_is_one_line_error[corrupt header]
 non-image DICOM (structured report)            test_series_converts_to_the_clean_volume[structured reports]
@@ -22,18 +22,18 @@ missing slice / uneven slice spacing           test_broken_series_is_one_line_er
                                                all positions jittered], test_series_converts_to_the_clean_volume[
                                                inner positions jittered] (header rounding is tolerated)
 incomplete / repeated acquisitions             test_broken_series_is_one_line_error[incomplete|full repetition]
-two orientations in one series                 test_dicom::test_convert_mixed_orientation_series_is_one_line_error,
+two orientations in one series                 test_convert::test_convert_mixed_orientation_series_is_one_line_error,
                                                here [half the slices tilted]
-localiser                                      test_dicom::test_select_errors, here test_localiser_*
+localiser                                      test_cohort::test_select_errors, here test_localiser_*
 a whole session (localisers, field maps, phase test_selection (each series' selection_reason, the later
 images, EPI, DWI, reformats, repeats)          repeat chosen, a patient with nothing to register); series
                                                the rule never selects (4-D, tilted, no geometry) fail at
                                                selection here too, and are refused when converted anyway
 same scan under two PatientIDs                 test_selection::test_same_scan_under_two_patient_ids_*
-identifiers, original UIDs, dates in UIDs      test_dicom::test_planted_phi_never_reaches_outputs
+identifiers, original UIDs, dates in UIDs      test_convert::test_planted_phi_never_reaches_outputs
 enhanced multi-frame file                      test_dicom::test_index_enhanced_multiframe (index), here
                                                [enhanced multi-frame] (converts) and [enhanced 2 time points]
-compressed transfer syntax                     test_dicom::test_transfer_syntax_converts_like_reference (9),
+compressed transfer syntax                     test_convert::test_transfer_syntax_converts_like_reference (9),
                                                here [RLE lossless] (a whole series)
 screenshot without geometry                    test_broken_series_is_one_line_error[secondary capture]
 NaN/Inf voxels                                 test_intensity, test_preprocess::test_nan_input_*, here
@@ -66,16 +66,17 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from conftest import dice, shared_file
-from test_dicom import copy_series, isolated_home_for_module_fixtures, mprage_files  # noqa: F401 (autouse fixture)
+from conftest import copy_series, dice, mprage_files, shared_file
 from unireg.affine import read_affine_txt
 from unireg.cli import main
-from unireg.dicom import (convert_command, convert_series, hashed_uid, index_dicom, read_uid_salt, select_series,
-                          series_key, write_manifest)
+from unireg.cohort import hashed_uid, index_dicom, read_uid_salt, select_series, series_key, write_manifest
+from unireg.convert import convert_command, convert_series
 from unireg.errors import UniregError
 from unireg.io import load_image
 from unireg.model import DEFAULT_MODEL, load_checkpoint
 from unireg.preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
+
+pytestmark = pytest.mark.usefixtures("isolated_home_for_module_fixtures")
 
 SUBJECT = "bad01"
 N_SLICES = 12

@@ -13,7 +13,7 @@ import pytest
 from unireg.bids import (BIDS_COLUMNS, BIDS_VERSION, NON_BIDS_PATTERNS, derivative_name, index_bids, is_bids_root,
                          parse_bids_name, unit_id, validate_derivatives, validator_command,
                          write_dataset_description)
-from unireg.dicom import INT_COLUMNS, MANIFEST_COLUMNS
+from unireg.cohort import INT_COLUMNS, MANIFEST_COLUMNS
 from unireg.errors import UniregError
 
 
@@ -310,7 +310,7 @@ def test_unireg_index_and_convert_take_a_bids_dataset(dataset, tmp_path, capsys)
     chosen image converted with a de-identified sidecar, the results folder described as a BIDS
     derivatives dataset; an input without a T1w fails alone with a one-line error."""
     from unireg.cli import main
-    from unireg.dicom import read_manifest
+    from unireg.cohort import read_manifest
     results, salt = tmp_path / "results", tmp_path / "uid_salt"
     (dataset / "sub-01" / "anat" / "sub-01_T1w.json").write_text(json.dumps(
         {"RepetitionTime": 2.3, "InversionTime": 0.9, "InstitutionName": "Hospital", "AcquisitionTime": "08:58:14"}))

@@ -1,4 +1,4 @@
-"""Automatic series selection, one subject per PatientID and hashed UIDs (unireg.dicom), on sessions
+"""Automatic series selection, one subject per PatientID and hashed UIDs (unireg.cohort), on sessions
 built from the real MPRAGE headers (../shared/data/dicom_mprage_vsseg001, files 1-12: axial, 1.5 mm
 apart): each series is those slices re-written with pydicom, with the header fields changed that
 make a scanner's localiser, field map, phase image, EPI, DWI, reformat, T2 or post-contrast T1
@@ -20,11 +20,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from test_dicom import copy_series, isolated_home_for_module_fixtures, mprage_files  # noqa: F401 (autouse fixture)
+from conftest import copy_series, mprage_files
 from unireg.cli import main
-from unireg.dicom import (anonymous_subject_id, choose_series, convert_command, hashed_uid, read_manifest,
-                          read_uid_salt, select_series, series_key, sidecar_path)
+from unireg.cohort import (anonymous_subject_id, choose_series, hashed_uid, read_manifest, read_uid_salt, select_series,
+                           series_key)
+from unireg.convert import convert_command, sidecar_path
 from unireg.errors import UniregError
+
+pytestmark = pytest.mark.usefixtures("isolated_home_for_module_fixtures")
 
 N = 12  # slices of every series
 AXIAL, SAGITTAL, CORONAL = (["1", "0", "0", "0", "1", "0"], ["0", "1", "0", "0", "0", "-1"],

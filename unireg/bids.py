@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .dicom import INT_COLUMNS, MANIFEST_COLUMNS, validate_subject_id
+from .cohort import INT_COLUMNS, MANIFEST_COLUMNS, validate_subject_id
 from .errors import UniregError
 from .io import write_text_atomic
 from .layout import LABEL, derivative_name  # noqa: F401 (derivative_name: part of this API)
@@ -236,7 +236,7 @@ def _not_chosen_reason(candidate: _Candidate, best: _Candidate) -> str:
 def index_bids(root: str | Path, suffix: str = "T1w") -> pd.DataFrame:
     """The manifest of a raw BIDS dataset: one ``nifti`` row per ``*_<suffix>.nii[.gz]`` image.
 
-    Columns: :data:`unireg.dicom.MANIFEST_COLUMNS` (ints 0 where unknown, ``source`` the absolute
+    Columns: :data:`unireg.cohort.MANIFEST_COLUMNS` (ints 0 where unknown, ``source`` the absolute
     path, ``n_files`` 1, ``reference`` "") then :data:`BIDS_COLUMNS` (``bids_subject``,
     ``bids_session``, ``bids_run``, ``bids_acq``: labels without their ``key-``, "" when absent).
     ``subject`` is the workflow id, ``selected``/``selection_reason``/``problem`` say which image

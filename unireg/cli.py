@@ -111,13 +111,13 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_index(args) -> None:
-    from .dicom import index_command
+    from .cohort import index_command
     index_command(args.input, args.out, modality=args.modality, description_regex=args.description,
                   salt_file=args.salt_file)
 
 
 def _cmd_convert(args) -> None:
-    from .dicom import convert_command
+    from .convert import convert_command
     out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description, args.salt_file)
     print(f"unireg convert: wrote {out}")
 
