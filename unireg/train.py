@@ -156,8 +156,8 @@ VOXEL_MM = 2.0  # nominal atlas voxel size used to express augmentation shifts i
 
 
 def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch.Tensor:
-    """A small random affine as an ``torch.nn.functional.affine_grid`` theta for :func:`unireg.fields.warp_affine`
-    (normalised coordinates, any resolution).
+    """A small random affine as a ``torch.nn.functional.affine_grid`` theta for
+    :func:`unireg.fields.warp_affine` (normalised coordinates, any resolution).
 
     Rotations act in normalised coordinates, so on a non-cubic grid they carry a slight shear:
     harmless for augmentation, which only has to be small, random and the same for image,
