@@ -6,7 +6,8 @@ from unireg.errors import UniregError
 from unireg.io import load_displacement, save_displacement
 from unireg.model import (SpatialTransformer, VecInt, build_model, jacobian_stats, load_checkpoint,
                           resize_field, save_checkpoint)
-from unireg.features import build_extractor, sha256_file
+from unireg.features import build_extractor
+from unireg.weights import sha256_file
 
 SHAPE = (32, 32, 32)
 

@@ -29,8 +29,9 @@ from monai.networks.nets import UNet
 
 from . import __version__
 from .errors import UniregError
-from .features import FeatureExtractor, build_extractor, sha256_file
+from .features import FeatureExtractor, build_extractor
 from .io import write_atomic, write_text_atomic
+from .weights import sha256_file
 
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample.")
 
