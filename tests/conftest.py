@@ -1,5 +1,6 @@
-"""Shared fixtures: real data from ../shared (skipped with a reason when absent), small atlases, and DICOM
-series re-written from a real MPRAGE (test_cohort, test_convert, test_selection, test_bad_input)."""
+"""Shared fixtures: real data from ../shared (skipped with a reason when absent), small atlases,
+torchvision-format weight files, and DICOM series re-written from a real MPRAGE (test_cohort,
+test_convert, test_selection, test_bad_input)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,32 @@ def default_atlas(tmp_path_factory):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never write into the user's ~/.cache from tests."""
     monkeypatch.setenv("UNIREG_HOME", str(tmp_path_factory.getbasetemp() / "unireg_home"))
+
+
+# later-layer keys of the full torchvision files, so the test files look like the real ones
+TORCHVISION_EXTRA_KEYS = {
+    "resnet18": {"layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer4.1.bn2.running_var": (512,),
+                 "fc.weight": (1000, 512), "fc.bias": (1000,)},
+    "vgg16": {"features.10.weight": (256, 128, 3, 3), "features.28.bias": (512,),
+              "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)},
+}
+
+
+def write_torchvision_file(name: str, path: Path, seed: int = 0) -> dict:
+    """A torchvision-format state dict (``resnet18``, ``vgg16``) with random weights: the early-layer
+    keys/shapes of our module (torchvision names, no num_batches_tracked, like the official files)
+    plus later keys. Used by tests/test_weights.py and tests/test_features.py."""
+    import torch
+    from unireg.features import ResNet18Early, VGG16Early
+    torch.manual_seed(seed)
+    state = {key: torch.randn(value.shape) * 0.1 if value.is_floating_point() else value
+             for key, value in {"resnet18": ResNet18Early, "vgg16": VGG16Early}[name]().state_dict().items()
+             if not key.endswith("num_batches_tracked")}
+    state.update({key: value.abs() + 0.5 for key, value in state.items() if key.endswith("running_var")})
+    state.update({key: torch.randn(shape) for key, shape in TORCHVISION_EXTRA_KEYS[name].items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

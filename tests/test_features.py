@@ -1,11 +1,8 @@
-"""Feature extractors: shapes, freezing, weight files (packaged, torchvision-format, corrupted,
-missing), MIND-SSC properties, and translation equivariance on a real T1 volume."""
+"""Feature extractors: shapes, freezing, the full MobileNet classifier, MIND-SSC properties, and
+translation equivariance on a real T1 volume (their weight files: tests/test_weights.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_torchvision_file
 from unireg import features
 from unireg.errors import UniregError
+from unireg.weights import MOBILENET_SHA256, WEIGHT_SOURCES
 
 IXI_T1 = sorted(Path("/work/shared/data/ixi_t1_dlmuse/t1").glob("*.nii.gz"))
 
@@ -28,35 +27,13 @@ EXPECTED = {
     "mobilenet_v1_025_reinit": (16, 2, 0.0),
 }
 FROZEN = [name for name in EXPECTED if name != "scratch"]
-TORCHVISION_NETS = {"resnet18": features.ResNet18Early, "vgg16": features.VGG16Early}
-# later-layer keys of the full torchvision files, so the test files look like the real ones
-EXTRA_KEYS = {
-    "resnet18": {"layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer4.1.bn2.running_var": (512,),
-                 "fc.weight": (1000, 512), "fc.bias": (1000,)},
-    "vgg16": {"features.10.weight": (256, 128, 3, 3), "features.28.bias": (512,),
-              "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)},
-}
-
-
-def write_torchvision_file(name: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A torchvision-format state dict with random weights: the early-layer keys/shapes of our
-    module (torchvision names, no num_batches_tracked, like the official files) plus later keys."""
-    torch.manual_seed(seed)
-    state = {key: torch.randn(value.shape) * 0.1 if value.is_floating_point() else value
-             for key, value in TORCHVISION_NETS[name]().state_dict().items()
-             if not key.endswith("num_batches_tracked")}
-    state.update({key: value.abs() + 0.5 for key, value in state.items() if key.endswith("running_var")})
-    state.update({key: torch.randn(shape) for key, shape in EXTRA_KEYS[name].items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return state
 
 
 @pytest.fixture(scope="module")
 def torchvision_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("torchvision")
     # random stand-ins, so not named like torchvision's files (whose names carry their sha256 prefix)
-    paths = {name: folder / f"stand-in-{name}.pth" for name in TORCHVISION_NETS}
+    paths = {name: folder / f"stand-in-{name}.pth" for name in WEIGHT_SOURCES}
     for name, path in paths.items():
         write_torchvision_file(name, path)
     return paths
@@ -215,27 +192,12 @@ def test_reinit_ablation_redraws_only_the_first_layer_reproducibly():
     assert len(first) == 5  # conv weight, BN weight/bias/mean/var
     assert all(not torch.equal(reinit[k], pretrained[k]) for k in first)
     assert all(torch.equal(reinit[k], pretrained[k]) for k in reinit if k.startswith("encoder.1."))
-    assert features.build_extractor("mobilenet_v1_025_reinit").weights_sha256 == features.MOBILENET_SHA256
+    assert features.build_extractor("mobilenet_v1_025_reinit").weights_sha256 == MOBILENET_SHA256
 
 
 # ---------------------------------------------------------------------------------------------
-# Packaged MobileNet weights
+# The full MobileNet classifier; extractors without weights
 # ---------------------------------------------------------------------------------------------
-
-def test_mobilenet_uses_packaged_weights_with_known_hash():
-    packaged = features.WEIGHTS_DIR / features.MOBILENET_FILE
-    assert features.sha256_file(packaged) == features.MOBILENET_SHA256 == \
-        "1a73859ca67b1d1753f5e01af050d660880dc6a97b4b346905356d65f3ee8755"
-    assert (features.WEIGHTS_DIR / "Pytorch_Retinaface_LICENSE.MIT").is_file()
-    assert "non-commercial" in (features.WEIGHTS_DIR / "README.md").read_text()
-
-    extractor = features.build_extractor("mobilenet_v1_025")
-    assert extractor.weights_sha256 == features.MOBILENET_SHA256
-    checkpoint = torch.load(packaged, map_location="cpu", weights_only=True)["state_dict"]
-    loaded = extractor.encoder.state_dict()
-    assert torch.equal(loaded["0.0.weight"], checkpoint["module.stage1.0.0.weight"])
-    assert torch.equal(loaded["1.4.running_var"], checkpoint["module.stage1.1.4.running_var"])
-
 
 def test_full_mobilenet_recognises_a_cat():
     """The whole classifier loads strictly and, with our ImageNet normalisation, calls
@@ -250,128 +212,11 @@ def test_full_mobilenet_recognises_a_cat():
     assert top3 <= {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egyptian cat
 
 
-def test_corrupted_mobilenet_weights_are_refused(tmp_path):
-    corrupted = tmp_path / features.MOBILENET_FILE
-    shutil.copyfile(features.WEIGHTS_DIR / features.MOBILENET_FILE, corrupted)
-    data = bytearray(corrupted.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    corrupted.write_bytes(bytes(data))
-    with pytest.raises(UniregError) as err:
-        features.build_extractor("mobilenet_v1_025", weights=corrupted)
-    assert str(corrupted) in str(err.value) and "sha256" in str(err.value) and "corrupted" in str(err.value)
-    assert "\n" not in str(err.value)
-    with pytest.raises(UniregError, match="not found"):
-        features.build_extractor("mobilenet_v1_025", weights=tmp_path / "absent.pth.tar")
-
-
 @pytest.mark.parametrize("name", ["mind", "scratch"])
 def test_weight_free_extractors_refuse_a_weight_file(tmp_path, name):
     assert features.build_extractor(name).weights_sha256 is None
     with pytest.raises(UniregError, match=f"{name} takes no weight file"):
         features.build_extractor(name, weights=tmp_path / "w.pth")
-
-
-# ---------------------------------------------------------------------------------------------
-# torchvision-format weights: explicit file, hub cache, wrong keys, missing file, fetching
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
-def test_torchvision_weights_load_from_a_file(tmp_path, name):
-    path = tmp_path / "my_weights.pth"
-    state = write_torchvision_file(name, path, seed=5)
-    extractor = features.build_extractor(name, weights=str(path))
-    assert extractor.weights_sha256 == features.sha256_file(path)
-    loaded = extractor.encoder.state_dict()
-    for key, value in state.items():
-        if key in loaded:
-            assert torch.equal(loaded[key], value), key
-    assert not set(EXTRA_KEYS[name]) & set(loaded)  # later layers are not part of the extractor
-
-
-@pytest.mark.parametrize("name, key", [("resnet18", "layer1.1.conv2.weight"), ("vgg16", "features.7.bias")])
-def test_torchvision_file_with_wrong_keys_is_refused(tmp_path, name, key):
-    path = tmp_path / "wrong.pth"
-    state = write_torchvision_file(name, path)
-    state[key.replace(".weight", ".kernel").replace(".bias", ".offset")] = state.pop(key)
-    torch.save(state, path)
-    with pytest.raises(UniregError) as err:
-        features.build_extractor(name, weights=path)
-    message = str(err.value)
-    assert str(path) in message and repr(key) in message and "missing" in message and "\n" not in message
-
-    state = write_torchvision_file(name, path)
-    state[key] = torch.zeros(3, 3)
-    torch.save(state, path)
-    with pytest.raises(UniregError, match=rf"{key}' has shape \(3, 3\), expected"):
-        features.build_extractor(name, weights=path)
-
-    path.write_bytes(b"<html>not a weight file</html>")
-    with pytest.raises(UniregError, match="cannot be read as a PyTorch weight file"):
-        features.build_extractor(name, weights=path)
-
-
-def accept_stand_in(monkeypatch, name, path):
-    """Let a stand-in state dict pass as torchvision's file: its name's hash prefix becomes the stand-in's."""
-    source = features.WEIGHT_SOURCES[name]
-    monkeypatch.setitem(features.WEIGHT_SOURCES, name, dataclasses.replace(
-        source, sha256_prefix=features.sha256_file(path)[:8]))
-
-
-@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
-def test_torchvision_weights_found_in_the_hub_cache(tmp_path, monkeypatch, name):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = tmp_path / "hub" / "checkpoints" / features.WEIGHT_SOURCES[name].file_name
-    assert features.hub_checkpoint_dir() == cached.parent
-    write_torchvision_file(name, cached)
-    with pytest.raises(UniregError, match=f"does not start with {features.WEIGHT_SOURCES[name].sha256_prefix}"):
-        features.build_extractor(name)  # a stand-in file under torchvision's name fails the name's hash
-    accept_stand_in(monkeypatch, name, cached)
-    assert features.build_extractor(name).weights_sha256 == features.sha256_file(cached)
-
-
-@pytest.mark.parametrize("name", list(TORCHVISION_NETS))
-def test_missing_torchvision_weights_say_which_file_and_how(tmp_path, monkeypatch, name):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(UniregError) as err:
-        features.build_extractor(name)
-    message = str(err.value)
-    assert features.WEIGHT_SOURCES[name].file_name in message
-    assert str(tmp_path / "hub" / "checkpoints") in message
-    assert f"unireg weights fetch {name}" in message and "pass the file's path" in message
-
-
-def test_fetch_weights_failure_names_the_file_to_place_by_hand(tmp_path, monkeypatch):
-    def offline(url, dst, hash_prefix=None, progress=True):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(UniregError) as err:
-        features.fetch_weights("vgg16")
-    message = str(err.value)
-    assert "vgg16-397923af.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
-    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message and "name resolution" in message
-
-
-def test_fetch_weights_downloads_into_the_cache_once(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_download(url, dst, hash_prefix=None, progress=True):
-        calls.append((url, hash_prefix))
-        write_torchvision_file("resnet18", Path(dst))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = features.fetch_weights("resnet18")
-    assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth" and path.is_file()
-    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
-    assert features.fetch_weights("resnet18") == path and len(calls) == 1  # present: no download
-    accept_stand_in(monkeypatch, "resnet18", path)
-    assert features.build_extractor("resnet18").weights_sha256 == features.sha256_file(path)
-
-    elsewhere = features.fetch_weights("vgg16", dest_dir=tmp_path / "elsewhere")
-    assert elsewhere == tmp_path / "elsewhere" / "vgg16-397923af.pth"
-    assert calls[-1] == ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af")
-    with pytest.raises(UniregError, match="no weights to fetch for 'mind'"):
-        features.fetch_weights("mind")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,12 +1,20 @@
+"""Per-label metrics (Dice, HD95, MSD, volumes, empty labels), the metrics CLI, and regenerating
+every subject's table of a results folder."""
+
+import csv
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
 from unireg.cli import main
-from unireg.io import Image, save_image
-from unireg.metrics import dice_per_label, find_reference, subject_metrics, surface_distances
 from unireg.fields import integrate, warp
+from unireg.io import Image, save_image, write_label_table, write_text_atomic
+from unireg.layout import subject_files
+from unireg.metrics import dice_per_label, find_reference, regenerate_metrics, subject_metrics, surface_distances
 
 
 def _cubes(shape, side, shift, axis):
@@ -103,3 +111,52 @@ def test_metrics_cli_finds_reference_through_manifest(tmp_path, capsys):
     header, row = (tmp_path / "m.tsv").read_text().splitlines()
     values = dict(zip(header.split("\t"), row.split("\t")))
     assert float(values["dice"]) == pytest.approx(5 / 6) and float(values["hd95_mm"]) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- regeneration
+
+
+def _box(shift: int = 0) -> Image:
+    """Label 1: six planes of a 12^3 grid, moved by ``shift`` planes along the first axis."""
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[2 + shift:8 + shift, 2:8, 2:8] = 1
+    return Image(labels, np.eye(4), is_label=True)
+
+
+def _dice_and_folding(path) -> tuple[float, float]:
+    with open(path) as fh:
+        row = next(csv.DictReader(fh, delimiter="\t"))
+    return float(row["dice"]), float(row["folding_percent"])
+
+
+def test_regenerate_metrics_with_new_references_leaves_registration_alone(tmp_path, capsys):
+    """Every subject's table from its propagated labels: references from the manifest, then from a
+    new reference folder that overrides it; registration records only read; a broken subject fails alone."""
+    results, new_refs = tmp_path / "results", tmp_path / "new_refs"
+    write_label_table(tmp_path / "table.tsv", {1: "box"})
+    files = {subject: {key: results / name
+                       for key, name in subject_files(subject, "MNI152NLin2009aSym", "tissue").items()}
+             for subject in ("a1", "b2", "c3")}
+    manifest = ["subject\treference"]
+    for subject, folding in (("a1", 0.0), ("b2", 0.8)):
+        save_image(_box(), files[subject]["labels"])
+        save_image(_box(shift=1), tmp_path / f"{subject}_reference.nii.gz")  # 5 of 6 planes overlap
+        manifest.append(f"{subject}\t{tmp_path / f'{subject}_reference.nii.gz'}")
+        save_image(_box(shift=3), new_refs / f"sub-{subject}_labels.nii.gz")  # 3 of 6 planes overlap
+        write_text_atomic(files[subject]["displacement_json"],
+                          json.dumps({"jacobian": {"folding_percent": folding, "log_jacobian_std": 0.1}}))
+    (tmp_path / "manifest.tsv").write_text("\n".join(manifest) + "\n")
+    assert regenerate_metrics(results, tmp_path / "table.tsv", manifest_path=tmp_path / "manifest.tsv") == []
+    assert _dice_and_folding(files["a1"]["metrics"]) == (pytest.approx(10 / 12, abs=1e-5), 0.0)
+
+    sentinel = files["a1"]["displacement_json"]
+    os.utime(sentinel, (1_000_000_000, 1_000_000_000))
+    files["c3"]["labels"].parent.mkdir(parents=True)
+    files["c3"]["labels"].write_bytes(b"not a nifti")
+    errors = regenerate_metrics(results, tmp_path / "table.tsv", new_refs, tmp_path / "manifest.tsv")
+    assert len(errors) == 1 and errors[0].startswith("c3: ") and "\n" not in errors[0]
+    assert capsys.readouterr().err == f"unireg: {errors[0]}\n"
+    assert _dice_and_folding(files["a1"]["metrics"]) == (pytest.approx(0.5, abs=1e-5), 0.0)
+    assert _dice_and_folding(files["b2"]["metrics"]) == (pytest.approx(0.5, abs=1e-5), 0.8)
+    assert sentinel.stat().st_mtime == 1_000_000_000
+    assert not files["c3"]["metrics"].exists()

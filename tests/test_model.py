@@ -6,7 +6,8 @@ from unireg.errors import UniregError
 from unireg.io import load_displacement, save_displacement
 from unireg.fields import warp
 from unireg.model import build_model, load_checkpoint, save_checkpoint
-from unireg.features import build_extractor, sha256_file
+from unireg.features import build_extractor
+from unireg.weights import sha256_file
 
 SHAPE = (32, 32, 32)
 

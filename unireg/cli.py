@@ -68,13 +68,14 @@ def _cmd_register(args) -> None:
 
 
 def _cmd_weights_fetch(args) -> None:
-    from .features import fetch_weights
+    from .weights import fetch_weights
     path = fetch_weights(args.name, args.dest)
     print(f"unireg weights fetch: {path}")
 
 
 def _cmd_weights_list(args) -> None:
-    from .features import EXTRACTORS, WEIGHT_SOURCES, hub_checkpoint_dir
+    from .features import EXTRACTORS
+    from .weights import WEIGHT_SOURCES, hub_checkpoint_dir
     for name in EXTRACTORS:
         source = WEIGHT_SOURCES.get(name)
         where = f"{hub_checkpoint_dir() / source.file_name}" if source else "packaged / none needed"
@@ -100,7 +101,8 @@ def _cmd_metrics(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from .report import regenerate_metrics, write_report
+    from .metrics import regenerate_metrics
+    from .report import write_report
     if args.table:
         errors = regenerate_metrics(args.results, args.table, args.reference_dir, args.manifest)
         if errors:

@@ -18,6 +18,6 @@ INSTANCE_OPT_STEPS = 30
 INSTANCE_OPT_SIMILARITIES = ("lncc", "mind")  # unireg.losses.ImageSimilarity
 INSTANCE_OPT_SIMILARITY = "lncc"
 
-# where `unireg register` runs: auto = CUDA when visible, else CPU (unireg.register.select_device)
+# where `unireg register` runs: auto = CUDA when visible, else CPU (unireg.runtime.select_device)
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE = "auto"

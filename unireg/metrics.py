@@ -4,12 +4,18 @@ distance (mm), volumes (ml), and the registration's folding statistics.
 Dice uses one joint histogram of the two maps; HD95 and MSD use MONAI's surface-distance
 metrics (definition in :func:`surface_distances`). Empty labels give NaN with a reason, never a
 misleading 0 or 1 (see :func:`subject_metrics`).
+
+One subject's table comes from :func:`metrics_files` (``unireg metrics``, rule ``metrics``);
+:func:`regenerate_metrics` (``unireg report --table``) rewrites every subject's table of a
+results folder from its propagated labels, e.g. against new reference labels, reading but never
+writing the registration outputs. The cohort report (:mod:`unireg.report`) only reads the tables.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +23,7 @@ import numpy as np
 
 from .errors import UniregError
 from .io import load_image, read_label_table, write_text_atomic
+from .layout import find_all, find_subject_file, sibling
 
 
 def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels=None) -> dict[int, float]:
@@ -154,3 +161,37 @@ def find_reference(subject: str, manifest_path=None, reference_dir=None):
                 if row["subject"] == subject and row.get("reference"):
                     return row["reference"]
     return None
+
+
+# --------------------------------------------------------------------------- regeneration
+
+
+def registration_json(results_dir: str | Path, subject: str) -> Path | None:
+    """The subject's registration record (the displacement's sidecar, :mod:`unireg.layout`), or None."""
+    return find_subject_file(results_dir, subject, "displacement_json")
+
+
+def regenerate_metrics(results_dir: str | Path, table_path: str | Path, reference_dir: str | Path | None = None,
+                       manifest_path: str | Path | None = None) -> list[str]:
+    """Rewrite every subject's metrics table from its existing propagated labels.
+
+    For each subject's propagated ``labels`` (:mod:`unireg.layout`) the reference is
+    :func:`find_reference` (``reference_dir`` overrides the manifest), and the
+    registration's folding statistics come from its registration record when present;
+    registration outputs are only read, never written. A failing subject does not stop the others:
+    the errors are printed (``unireg: <one line>`` on stderr) and returned, one line each.
+    """
+    errors = []
+    for subject, labels_path in find_all(results_dir, "labels").items():
+        registration = registration_json(results_dir, subject)
+        try:
+            reference = find_reference(subject, manifest_path, reference_dir)
+            metrics_files(labels_path, table_path, sibling(labels_path, "metrics"), reference, registration,
+                          subject=subject)
+        except UniregError as err:
+            errors.append(str(err.with_context(subject=subject)))
+        except (OSError, ValueError) as err:  # unreadable registration.json / manifest
+            errors.append(str(UniregError(f"{type(err).__name__}: {err}", subject=subject)))
+    for line in errors:
+        print(f"unireg: {line}", file=sys.stderr)
+    return errors

@@ -23,9 +23,10 @@ from monai.networks.nets import UNet
 
 from . import __version__
 from .errors import UniregError
-from .features import FeatureExtractor, build_extractor, sha256_file
+from .features import FeatureExtractor, build_extractor
 from .fields import INTEGRATION_STEPS, integrate, resize_field
 from .io import write_atomic, write_text_atomic
+from .weights import sha256_file
 
 
 class UniRegNet(torch.nn.Module):

@@ -21,8 +21,6 @@ results layout's BIDS names given a subject and a space, else these plain names)
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from .losses import ImageSimilarity, box_sum, regulariser
 from .layout import PLAIN_NAMES
 from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_world_mm, warp, warp_in_box
 from .model import UniRegNet, load_checkpoint
+from .runtime import check_memory, execution_environment, select_device
 from .transforms import resample
 
 OUTPUT_FILES = PLAIN_NAMES["register"]  # names outside the workflow (unireg.layout)
@@ -72,83 +71,8 @@ class RegistrationResult:
     info: dict = field(default_factory=dict)
 
 
-def select_device(requested: str = "auto") -> torch.device:
-    """``auto``: CUDA when visible, else CPU. ``cuda`` without a visible GPU is an error.
-
-    Under SLURM a job that was allocated a GPU sees it as ``cuda:0`` (SLURM sets
-    CUDA_VISIBLE_DEVICES to the allocated device), so ``cuda`` always means "the GPU this job got".
-    """
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
-        raise UniregError(f"a GPU was requested (device cuda) but torch sees none ({seen}, torch "
-                          f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): check the job's GPU "
-                          "allocation and that the env has a CUDA build of torch, or set register.device: cpu")
-    return torch.device(requested)
-
-
-# what a SLURM job (or any scheduler) tells the process about where it runs
-SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE",
-                       "CUDA_VISIBLE_DEVICES")
-
-
-def execution_environment(device: torch.device) -> dict:
-    """Where this registration ran: host, device (with the GPU's name) and the scheduler's variables
-    (recorded in registration.json and the job log, so a cohort run can be audited afterwards)."""
-    env = {"host": socket.gethostname(), "device": str(device), "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env["gpu_name"] = torch.cuda.get_device_name(device)
-    env.update({name.lower(): os.environ[name] for name in SCHEDULER_VARIABLES if name in os.environ})
-    return env
-
-
 def _tensor(image: Image, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.data, dtype=np.float32))[None, None].to(device)
-
-
-# measured with benchmarks/register_speed.py (CPU): bytes per voxel of the atlas grid on top of
-# the ~0.4 GB that torch and the model take; instance optimisation keeps MIND features and
-# their gradients
-BASE_BYTES = 0.45e9
-BYTES_PER_VOXEL = {"predict": 350, "instance_opt": 950}
-
-
-def available_memory_bytes() -> float:
-    """Memory this process may still use: the cgroup limit (SLURM, containers) or MemAvailable."""
-    limits = []
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            value = open(path).read().strip()
-            if value.isdigit():
-                limits.append(float(value))
-        except OSError:
-            pass
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                limits.append(float(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    return min(limits) if limits else float("inf")
-
-
-def check_memory(shape: tuple[int, ...], instance_opt_steps: int, device: torch.device) -> None:
-    """Fail early, naming the grid and the settings to lower, instead of being OOM-killed."""
-    if device.type != "cpu":
-        return
-    mode = "instance_opt" if instance_opt_steps > 0 else "predict"
-    needed = BASE_BYTES + BYTES_PER_VOXEL[mode] * float(np.prod(shape))
-    available = available_memory_bytes()
-    if needed > available:
-        grid = "x".join(str(s) for s in shape)
-        raise UniregError(f"registration on the {grid} atlas grid"
-                          f"{' with instance optimisation' if instance_opt_steps else ''} needs about "
-                          f"{needed / 1e9:.1f} GB but only {available / 1e9:.1f} GB is available; use a coarser "
-                          "atlas (atlas_spacing / unireg atlas prepare --spacing), set register.instance_opt: 0, "
-                          "or give the job more memory")
 
 
 def check_pair(fixed: Image, moving: Image, multiple: int = 16) -> None:

@@ -1,14 +1,16 @@
 """Cohort aggregation of the per-subject metric tables, QC flags, and a self-contained HTML report.
 
-Inputs (the results layout written by the workflow, files found with :mod:`unireg.layout`):
+Inputs (the results layout written by the workflow, files found with :mod:`unireg.layout`), only
+read here; the metric tables are written by :mod:`unireg.metrics` (re-measured for every subject
+by :func:`unireg.metrics.regenerate_metrics`):
 
 * each subject's ``metrics`` table: one row per label (columns of
   :data:`unireg.metrics.METRIC_COLUMNS`; older files without ``hd95_mm``/``msd_mm`` are read
   with those columns NaN).
 * its ``image`` (the converted T1w) and ``labels`` (the propagated dseg): on the same (native)
   grid, for QC pictures.
-* its registration record (the ``displacement_json`` sidecar, :func:`registration_json`): the
-  registration's reference-free QC (``qc``, see :func:`unireg.register.registration_qc`) and Jacobian statistics.
+* its registration record (the ``displacement_json`` sidecar): the registration's
+  reference-free QC (``qc``, see :func:`unireg.register.registration_qc`) and Jacobian statistics.
 * ``RESULTS/manifest.tsv`` (optional): with columns ``selected``, ``selection_reason`` and
   ``series_description``, the report says which series each subject's image came from.
 * ``LOGS/<rule>/<id>.log``: a failed subject has no metrics table; its error is the last line
@@ -49,7 +51,6 @@ import html
 import io as _io
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ import pandas as pd
 
 from .errors import UniregError
 from .io import write_atomic, write_text_atomic
-from .layout import SUBJECT_ID, find_all, find_subject_file, sibling
+from .layout import SUBJECT_ID, find_all, find_subject_file
 
 
 #: Columns read from every per-subject table, with their dtypes (missing columns become NaN).
@@ -374,11 +375,6 @@ def qc_flags(per_subject: pd.DataFrame, min_dice: float = MIN_DICE,
     rows = [{**entry, "reasons": "; ".join(entry["reasons"])}
             for _, entry in sorted(found.items()) if entry["reasons"]]
     return pd.DataFrame(rows, columns=["subject", "mean_dice", "folding_percent", "reasons"])
-
-
-def registration_json(results_dir: str | Path, subject: str) -> Path | None:
-    """The subject's registration record (the displacement's sidecar, :mod:`unireg.layout`), or None."""
-    return find_subject_file(results_dir, subject, "displacement_json")
 
 
 def read_registration_qc(results_dir: str | Path) -> pd.DataFrame:
@@ -933,33 +929,3 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
     return {"per_label": per_label, "per_subject": per_subject, "qc": qc, "failed": failed,
             "registration": registration, "volume_outliers": outliers, "series": series,
             "html": Path(html_path), "summary": Path(summary_path)}
-
-
-# --------------------------------------------------------------------------- regeneration
-
-
-def regenerate_metrics(results_dir: str | Path, table_path: str | Path, reference_dir: str | Path | None = None,
-                       manifest_path: str | Path | None = None) -> list[str]:
-    """Rewrite every subject's metrics table from its existing propagated labels.
-
-    For each subject's propagated ``labels`` (:mod:`unireg.layout`) the reference is
-    :func:`unireg.metrics.find_reference` (``reference_dir`` overrides the manifest), and the
-    registration's folding statistics come from its registration record when present;
-    registration outputs are only read, never written. A failing subject does not stop the others:
-    the errors are printed (``unireg: <one line>`` on stderr) and returned, one line each.
-    """
-    from .metrics import find_reference, metrics_files
-    errors = []
-    for subject, labels_path in find_all(results_dir, "labels").items():
-        registration = registration_json(results_dir, subject)
-        try:
-            reference = find_reference(subject, manifest_path, reference_dir)
-            metrics_files(labels_path, table_path, sibling(labels_path, "metrics"), reference, registration,
-                          subject=subject)
-        except UniregError as err:
-            errors.append(str(err.with_context(subject=subject)))
-        except (OSError, ValueError) as err:  # unreadable registration.json / manifest
-            errors.append(str(UniregError(f"{type(err).__name__}: {err}", subject=subject)))
-    for line in errors:
-        print(f"unireg: {line}", file=sys.stderr)
-    return errors
