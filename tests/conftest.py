@@ -1,6 +1,6 @@
 """Shared fixtures: real data from ../shared (skipped with a reason when absent), small atlases,
 torchvision-format weight files, and DICOM series re-written from a real MPRAGE (test_cohort,
-test_convert, test_selection, test_bad_input)."""
+test_convert, test_cohort_selection, test_bad_input)."""
 
 from __future__ import annotations
 
@@ -177,3 +177,16 @@ def dicom_cohort(isolated_home_for_module_fixtures, tmp_path_factory):
     (dicom / "b" / "notes.txt").write_text("not a DICOM file\n" * 50)
     manifest = index_command(dicom, root / "manifest.tsv")
     return root, manifest, t1[5]
+
+
+def blobs(seed: int, shape=(32, 40, 36)):
+    """A brain-like test volume ``(1, 1, *shape)``: smooth random blobs inside an ellipsoid, zero outside."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, *(s // 4 for s in shape), generator=g)
+    volume = F.interpolate(noise, size=shape, mode="trilinear", align_corners=False)
+    axes = [torch.linspace(-1, 1, s) for s in shape]
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    inside = (zz ** 2 / 0.6 + yy ** 2 / 0.7 + xx ** 2 / 0.65) < 1
+    return volume * inside

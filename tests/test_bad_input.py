@@ -25,11 +25,11 @@ incomplete / repeated acquisitions             test_broken_series_is_one_line_er
 two orientations in one series                 test_convert::test_convert_mixed_orientation_series_is_one_line_error,
                                                here [half the slices tilted]
 localiser                                      test_cohort::test_select_errors, here test_localiser_*
-a whole session (localisers, field maps, phase test_selection (each series' selection_reason, the later
+a whole session (localisers, field maps, phase test_cohort_selection (each series' selection_reason, the later
 images, EPI, DWI, reformats, repeats)          repeat chosen, a patient with nothing to register); series
                                                the rule never selects (4-D, tilted, no geometry) fail at
                                                selection here too, and are refused when converted anyway
-same scan under two PatientIDs                 test_selection::test_same_scan_under_two_patient_ids_*
+same scan under two PatientIDs                 test_cohort_selection::test_same_scan_under_two_patient_ids_*
 identifiers, original UIDs, dates in UIDs      test_convert::test_planted_phi_never_reaches_outputs
 enhanced multi-frame file                      test_dicom::test_index_enhanced_multiframe (index), here
                                                [enhanced multi-frame] (converts) and [enhanced 2 time points]

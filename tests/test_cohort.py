@@ -1,6 +1,6 @@
 """The cohort and its manifest (unireg.cohort) on real DICOM files: subject ids, indexing (a real
 120-slice MPRAGE, a subject with several series and broken files, cohort TSVs), the selection
-rule's outcome and the manifest's round trip. Sessions of every kind of series: test_selection.
+rule's outcome and the manifest's round trip. Sessions of every kind of series: test_cohort_selection.
 """
 
 from __future__ import annotations
