@@ -118,7 +118,7 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
         pytest.skip("a GPU is visible here")
     img = tmp_path / "x.nii.gz"
     save_image(load_image(shared_file("ixi_t1_dlmuse", "t1", "IXI012-HH-1211_T1.nii.gz")), img)
-    proc = subprocess.run([sys.executable, "-m", "unireg.cli", "register", "--fixed", str(img), "--moving", str(img),
+    proc = subprocess.run([sys.executable, "-m", "unireg", "register", "--fixed", str(img), "--moving", str(img),
                            "--out", str(tmp_path / "o"), "--device", "cuda", "--subject", "s01"],
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
     assert proc.returncode == 1
