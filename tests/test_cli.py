@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from unireg import defaults
+from unireg import cli, defaults
 from unireg.cli import build_parser, main
 from unireg.layout import SUBJECT_PATTERN
 
@@ -36,6 +38,85 @@ def test_every_verb_answers_help(verb, capsys):
     with pytest.raises(SystemExit) as done:
         main([*verb.split(), "--help"])
     assert done.value.code == 0 and "usage: unireg " + verb in capsys.readouterr().out
+
+
+def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, argparse.ArgumentParser]:
+    """Every runnable verb ('atlas prepare', 'index', ...) and its parser."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        return {" ".join(path): parser}
+    return {verb: leaf for name, sub in subparsers[0].choices.items()
+            for verb, leaf in _leaves(sub, (*path, name)).items()}
+
+
+def test_build_parser_lists_every_verb_each_with_a_run_function():
+    leaves = _leaves(build_parser())
+    assert sorted(leaves) == sorted(VERBS)
+    for verb, parser in leaves.items():
+        assert callable(parser.get_default("func")), verb
+
+
+def test_every_verb_module_registers_exactly_one_top_level_verb():
+    modules = {path.stem for path in (REPO / "unireg" / "cli").glob("*.py") if not path.stem.startswith("_")}
+    assert {m.__name__.rsplit(".", 1)[1] for m in cli.VERB_MODULES} == modules  # none forgotten
+    registered = []
+    for module in cli.VERB_MODULES:
+        verbs = argparse.ArgumentParser().add_subparsers()
+        module.add_parser(verbs)
+        assert len(verbs.choices) == 1, module.__name__
+        registered += list(verbs.choices)
+    assert registered == list(dict.fromkeys(v.split()[0] for v in VERBS))  # in the order of `unireg --help`
+
+
+def test_propagate_and_help_do_not_import_torch(tmp_path):
+    """`unireg propagate` runs in an env without torch; `unireg --help` stays fast (no numpy either)."""
+    import numpy as np
+    from unireg.io import Image, save_image, write_affine_txt, write_label_table
+    labels = np.zeros((8, 8, 8), np.int16)
+    labels[2:6, 2:6, 2:6] = 1
+    save_image(Image(labels, np.eye(4), is_label=True), tmp_path / "atlas_labels.nii.gz")
+    save_image(Image(np.zeros((10, 9, 8), np.float32), np.eye(4)), tmp_path / "native.nii.gz")
+    write_affine_txt(tmp_path / "affine.txt", np.eye(4))
+    write_label_table(tmp_path / "table.tsv", {1: "blob"})
+    argv = ["propagate", "--atlas-labels", str(tmp_path / "atlas_labels.nii.gz"), "--native",
+            str(tmp_path / "native.nii.gz"), "--affine", str(tmp_path / "affine.txt"), "--table",
+            str(tmp_path / "table.tsv"), "--out", str(tmp_path / "sub-x_dseg.nii.gz"), "--subject", "x"]
+    code = f"""
+import sys
+import unireg.cli
+for help_argv in (["--help"], ["propagate", "--help"]):
+    try:
+        unireg.cli.main(help_argv)
+    except SystemExit as done:
+        assert done.code == 0
+assert "torch" not in sys.modules and "numpy" not in sys.modules, "--help imported numpy or torch"
+assert unireg.cli.main({argv!r}) == 0
+assert "torch" not in sys.modules, "unireg propagate imported torch"
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"unireg propagate: wrote {tmp_path / 'sub-x_dseg.nii.gz'} (1 labels)")
+    assert (tmp_path / "sub-x_dseg.tsv").is_file()
+
+
+@pytest.mark.parametrize("module", ["unireg", "unireg.cli"])
+def test_python_m_version(module):
+    from unireg import __version__
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"unireg {__version__}"
+
+
+def test_console_script_entry_point_is_main():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["unireg"].split(":")
+    assert getattr(importlib.import_module(module), func) is main
+
+
+def test_a_unireg_error_is_one_line_on_stderr_and_exit_1(tmp_path, capsys):
+    missing = tmp_path / "atlas_labels.nii.gz"
+    assert main(["propagate", "--native", str(tmp_path / "native.nii.gz"), "--affine", str(tmp_path / "affine.txt"),
+                 "--atlas-labels", str(missing), "--out", str(tmp_path / "out.nii.gz")]) == 1
+    assert capsys.readouterr().err == f"unireg: {missing}: file not found\n"
 
 
 def test_top_level_help_lists_every_verb():

@@ -1,12 +1,17 @@
 """Every workflow rule's conda env lists the third-party packages its unireg code imports."""
 
+import argparse
 import ast
+import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+
+from unireg.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "unireg"
@@ -49,12 +54,19 @@ def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
     return external - set(sys.stdlib_module_names) - {"__future__"}, internal
 
 
+def _run_function(words: list[str]) -> ast.AST:
+    """The parsed run function of ``unireg WORDS`` (the ``func`` its verb module in unireg/cli/ sets)."""
+    parser = build_parser()
+    for word in words:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[word]
+    func = parser.get_default("func")
+    assert func is not None, f"no run function in unireg/cli/ for 'unireg {' '.join(words)}'"
+    return ast.parse(textwrap.dedent(inspect.getsource(func)))
+
+
 def _needed_packages(words: list[str]) -> set[str]:
-    cli = ast.parse((PACKAGE / "cli.py").read_text())
-    func_name = "_cmd_" + "_".join(words)
-    funcs = [n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == func_name]
-    assert funcs, f"no {func_name} in unireg/cli.py for 'unireg {' '.join(words)}'"
-    external, todo = _imports(funcs[0])
+    external, todo = _imports(_run_function(words))
     seen = set()
     while todo:
         module = todo.pop()

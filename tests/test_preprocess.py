@@ -14,7 +14,7 @@ from unireg.preprocess import OUTPUT_FILES
 
 
 def test_cli_help_lists_verbs():
-    out = subprocess.run([sys.executable, "-m", "unireg.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "unireg", "--help"], capture_output=True, text=True, check=True)
     for verb in ("preprocess", "atlas"):
         assert verb in out.stdout
 
@@ -61,7 +61,7 @@ def test_nan_input_gives_one_line_error_and_no_outputs(default_atlas, tmp_path):
     data[5, 5, 5] = np.nan
     path = tmp_path / "sub-bad_T1w.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    proc = subprocess.run([sys.executable, "-m", "unireg.cli", "preprocess", "--image", str(path), "--atlas",
+    proc = subprocess.run([sys.executable, "-m", "unireg", "preprocess", "--image", str(path), "--atlas",
                            default_atlas.path, "--out", str(tmp_path / "out"), "--subject", "bad"],
                           capture_output=True, text=True)
     assert proc.returncode == 1
