@@ -6,8 +6,8 @@ include: "workflow/Snakefile"
 # subject's propagated labels and metrics, and the cohort report. Listing the per-subject files
 # here means a subject whose outputs were deleted is redone, and only that subject.
 rule all:
+    default_target: True
     input:
         lambda w: expand(rules.propagate.output.labels, subject=subjects()),
         lambda w: expand(rules.metrics.output.tsv, subject=subjects()),
         rules.report.output.html,
-    default_target: True

@@ -35,10 +35,12 @@ def write_cohort(results: Path, n_subjects: int, n_labels: int, seed: int = 0) -
         folding = rng.exponential(0.05)
         lines = [header]
         for label, d, h, e in zip(labels, dice, hd95, empty):
-            d, h, m, reason = ("nan", "nan", "nan", "empty in reference") if e else (
-                f"{d:.6g}", f"{h:.6g}", f"{h / 3:.6g}", "")
-            lines.append(f"{subject}\t{label}\tregion_{label}\t{d}\t{h}\t{m}\t1.5\t1.6"
-                         f"\t{reason}\t{folding:.6g}\t0.21\n")
+            d, h, m, reason = (
+                ("nan", "nan", "nan", "empty in reference") if e else (f"{d:.6g}", f"{h:.6g}", f"{h / 3:.6g}", "")
+            )
+            lines.append(
+                f"{subject}\t{label}\tregion_{label}\t{d}\t{h}\t{m}\t1.5\t1.6\t{reason}\t{folding:.6g}\t0.21\n"
+            )
         folder = results / f"sub-{subject}"
         folder.mkdir(parents=True)
         (folder / f"sub-{subject}_metrics.tsv").write_text("".join(lines))
@@ -69,11 +71,15 @@ def main() -> None:
         assert len(per_subject) == args.subjects and len(per_label) == args.labels
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"(generating the tables took {generate_s:.1f} s)\n")
-    print("| subjects | labels | rows | aggregate s | write TSV+Parquet s | total s | peak RSS MB |"
-          + (" report s |" if report_s is not None else ""))
+    print(
+        "| subjects | labels | rows | aggregate s | write TSV+Parquet s | total s | peak RSS MB |"
+        + (" report s |" if report_s is not None else "")
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if report_s is not None else ""))
-    print(f"| {args.subjects} | {args.labels} | {args.subjects * args.labels} | {aggregate_s:.2f} | {write_s:.2f} "
-          f"| {aggregate_s + write_s:.2f} | {peak_mb:.0f} |" + (f" {report_s:.2f} |" if report_s is not None else ""))
+    print(
+        f"| {args.subjects} | {args.labels} | {args.subjects * args.labels} | {aggregate_s:.2f} | {write_s:.2f} "
+        f"| {aggregate_s + write_s:.2f} | {peak_mb:.0f} |" + (f" {report_s:.2f} |" if report_s is not None else "")
+    )
 
 
 if __name__ == "__main__":

@@ -31,20 +31,40 @@ def main() -> None:
             (work / "cohort.tsv").write_text("subject\tnifti\n" + "".join(f"{s}\tnifti/{s}.nii.gz\n" for s in ids))
             (work / "results").mkdir()
             (work / "results" / "manifest.tsv").write_text(
-                "subject\tkind\tpath\treference\n" + "".join(f"{s}\tnifti\tnifti/{s}.nii.gz\t\n" for s in ids))
+                "subject\tkind\tpath\treference\n" + "".join(f"{s}\tnifti\tnifti/{s}.nii.gz\t\n" for s in ids)
+            )
             config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
             config["cohort"] = "cohort.tsv"
             (work / "config.yaml").write_text(yaml.safe_dump(config))
             env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
             t0 = time.perf_counter()
-            proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-                                   "--directory", str(work), "--configfile", str(work / "config.yaml"), "-n",
-                                   "--quiet", "rules", "--cores", "2"], capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [
+                    str(Path(sys.executable).parent / "snakemake"),
+                    "--snakefile",
+                    str(REPO / "Snakefile"),
+                    "--directory",
+                    str(work),
+                    "--configfile",
+                    str(work / "config.yaml"),
+                    "-n",
+                    "--quiet",
+                    "rules",
+                    "--cores",
+                    "2",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-3000:])
-            jobs = max(int(line.split()[-1]) for line in (proc.stdout + proc.stderr).splitlines()
-                       if line.startswith("total") and line.split()[-1].isdigit())
+            jobs = max(
+                int(line.split()[-1])
+                for line in (proc.stdout + proc.stderr).splitlines()
+                if line.startswith("total") and line.split()[-1].isdigit()
+            )
             rows.append((n, jobs, seconds))
     print("| subjects | jobs in DAG | seconds for snakemake -n |")
     print("|---|---|---|")

@@ -38,9 +38,22 @@ def run(cores: int) -> dict:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     with tempfile.TemporaryDirectory(prefix="unireg-demo-") as tmp:
         t0 = time.perf_counter()
-        proc = subprocess.run([str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", tmp,
-                               "--configfile", str(REPO / "config" / "config.yaml"), "--cores", str(cores)],
-                              capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [
+                str(snakemake),
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--directory",
+                tmp,
+                "--configfile",
+                str(REPO / "config" / "config.yaml"),
+                "--cores",
+                str(cores),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"demo failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -55,26 +68,47 @@ def run(cores: int) -> dict:
         labels = _rows(work / "results" / "cohort_metrics.tsv")
         per_subject = _rows(work / "results" / "cohort_metrics_per_subject.tsv")
         expected = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["demo"]["subjects"]
-        return {"seconds": seconds, "jobs": jobs, "peak_mb": peak_mb, "per_rule": per_rule, "labels": labels,
-                "n_subjects": len(per_subject), "no_failed_subject": len(per_subject) == expected}
+        return {
+            "seconds": seconds,
+            "jobs": jobs,
+            "peak_mb": peak_mb,
+            "per_rule": per_rule,
+            "labels": labels,
+            "n_subjects": len(per_subject),
+            "no_failed_subject": len(per_subject) == expected,
+        }
 
 
 def table(result: dict, cores: int) -> str:
-    lines = [f"# Demo run (`benchmarks/demo_run.py --cores {cores}`)", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, run with `--cores {cores}`; "
-             f"the shipped `config/config.yaml` (demo cohort), fresh working directory, setup not included.", "",
-             "| wall time (s) | jobs | subjects | failed subjects | largest job peak memory (MB) |",
-             "|---|---|---|---|---|",
-             f"| {result['seconds']:.0f} | {result['jobs']} | {result['n_subjects']} | "
-             f"{'none' if result['no_failed_subject'] else 'SOME (see report)'} | {result['peak_mb']:.0f} |", "",
-             "Seconds per rule, summed over subjects (jobs run 2 at a time):", "",
-             "| rule | seconds |", "|---|---|"]
+    lines = [
+        f"# Demo run (`benchmarks/demo_run.py --cores {cores}`)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, run with `--cores {cores}`; "
+        f"the shipped `config/config.yaml` (demo cohort), fresh working directory, setup not included.",
+        "",
+        "| wall time (s) | jobs | subjects | failed subjects | largest job peak memory (MB) |",
+        "|---|---|---|---|---|",
+        f"| {result['seconds']:.0f} | {result['jobs']} | {result['n_subjects']} | "
+        f"{'none' if result['no_failed_subject'] else 'SOME (see report)'} | {result['peak_mb']:.0f} |",
+        "",
+        "Seconds per rule, summed over subjects (jobs run 2 at a time):",
+        "",
+        "| rule | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {rule} | {s:.1f} |" for rule, s in sorted(result["per_rule"].items(), key=lambda kv: -kv[1])]
-    lines += ["", "Dice of the propagated atlas labels against each subject's known reference:", "",
-              "| label | subjects | Dice mean | Dice sd | HD95 median (mm) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Dice of the propagated atlas labels against each subject's known reference:",
+        "",
+        "| label | subjects | Dice mean | Dice sd | HD95 median (mm) |",
+        "|---|---|---|---|---|",
+    ]
     for row in result["labels"]:
-        lines.append(f"| {row['name']} | {row['n']} | {float(row['dice_mean']):.3f} | {float(row['dice_sd']):.3f} | "
-                     f"{float(row['hd95_mm_median']):.2f} |")
+        lines.append(
+            f"| {row['name']} | {row['n']} | {float(row['dice_mean']):.3f} | {float(row['dice_sd']):.3f} | "
+            f"{float(row['hd95_mm_median']):.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

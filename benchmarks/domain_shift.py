@@ -68,19 +68,42 @@ MODELS = REPO / "unireg" / "data" / "models"
 # key: (label, recipe, default checkpoint); affine has neither
 METHODS = {
     "affine": ("affine only (floor)", None, None),
-    "mobilenet": ("UniReg, frozen ImageNet MobileNet", "config/train_default.yaml",
-                  MODELS / "unireg_mobilenet_v1_025.pt"),
+    "mobilenet": (
+        "UniReg, frozen ImageNet MobileNet",
+        "config/train_default.yaml",
+        MODELS / "unireg_mobilenet_v1_025.pt",
+    ),
     "mind": ("UniReg, frozen MIND-SSC", "config/train_mind.yaml", MODELS / "unireg_mind.pt"),
-    "reinit": ("UniReg, frozen MobileNet, 1st conv re-initialised", "config/train_reinit.yaml",
-               REPO / "runs" / "reinit" / "model.pt"),
-    "scratch": ("same network, encoder trained end to end (scratch)", "config/train_scratch.yaml",
-                REPO / "runs" / "scratch" / "model.pt"),
+    "reinit": (
+        "UniReg, frozen MobileNet, 1st conv re-initialised",
+        "config/train_reinit.yaml",
+        REPO / "runs" / "reinit" / "model.pt",
+    ),
+    "scratch": (
+        "same network, encoder trained end to end (scratch)",
+        "config/train_scratch.yaml",
+        REPO / "runs" / "scratch" / "model.pt",
+    ),
 }
 CONTRAST_TITLES = {"t1": "T1 (source)", "t2": "T2-like", "pd": "PD-like", "ct": "CT-like"}
 SMOKE = {"grid_mm": 4.0, "pairs": 1}
-COLUMNS = ["method", "contrast", "pairs", "dice_mean", "dice_sd_over_pairs", "drop_from_t1", "drop_percent",
-           "brain_mask_dice", "agreement_dice", "folding_percent", "checkpoint", "extractor", "train_seed",
-           "train_steps", "train_seconds"]
+COLUMNS = [
+    "method",
+    "contrast",
+    "pairs",
+    "dice_mean",
+    "dice_sd_over_pairs",
+    "drop_from_t1",
+    "drop_percent",
+    "brain_mask_dice",
+    "agreement_dice",
+    "folding_percent",
+    "checkpoint",
+    "extractor",
+    "train_seed",
+    "train_steps",
+    "train_seconds",
+]
 
 
 def log(message: str) -> None:
@@ -91,9 +114,11 @@ def log(message: str) -> None:
 # Data
 # ----------------------------------------------------------------------------------------------
 
+
 def validation_split() -> tuple[list[str], list[str]]:
     """(train, validation) ids of config/train_default.yaml's split (all recipes share it)."""
     from unireg.train import discover_dataset, load_config, split_dataset
+
     data = load_config(REPO / "config" / "train_default.yaml")["data"]
     items = discover_dataset(IXI / "t1", IXI / "labels")
     train, val = split_dataset(items, data["n_train"], data["n_val"], data["split_seed"], data["exclude"])
@@ -108,10 +133,13 @@ def prepare(atlas, val_ids: list[str], n_pairs: int, cache: Path) -> tuple[list[
 
     options = PreprocessOptions(**load_config(REPO / "config" / "train_default.yaml")["preprocess"])
     subjects = {}
-    for sid in val_ids[:n_pairs + 1]:
+    for sid in val_ids[: n_pairs + 1]:
         t0 = time.perf_counter()
-        item = {"id": sid, "image": str(IXI / "t1" / f"{sid}.nii.gz"),
-                "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz")}
+        item = {
+            "id": sid,
+            "image": str(IXI / "t1" / f"{sid}.nii.gz"),
+            "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz"),
+        }
         record = prepare_subject(item, atlas, cache, options)
         record["image"] = load_image(cache / sid / OUTPUT_FILES["image"])  # an Image: synthetic_contrast needs it
         subjects[sid] = record
@@ -120,16 +148,30 @@ def prepare(atlas, val_ids: list[str], n_pairs: int, cache: Path) -> tuple[list[
     for k in range(n_pairs):
         fixed, moving = subjects[val_ids[k]], subjects[val_ids[k + 1]]
         for contrast in CONTRAST_TITLES:
-            image = fixed["image"].data if contrast == "t1" else \
-                synthetic_contrast(fixed["image"], fixed["mask"], contrast, seed=k).data
-            cases.append({"contrast": contrast, "pair": k, "fixed": image.astype(np.float32),
-                          "moving": moving["image"].data.astype(np.float32), "moving_id": moving["id"],
-                          "reference": fixed["labels"], "moving_labels": moving["labels"]})
+            image = (
+                fixed["image"].data
+                if contrast == "t1"
+                else synthetic_contrast(fixed["image"], fixed["mask"], contrast, seed=k).data
+            )
+            cases.append(
+                {
+                    "contrast": contrast,
+                    "pair": k,
+                    "fixed": image.astype(np.float32),
+                    "moving": moving["image"].data.astype(np.float32),
+                    "moving_id": moving["id"],
+                    "reference": fixed["labels"],
+                    "moving_labels": moving["labels"],
+                }
+            )
     # IXI002: peers.py's own cases (same preprocessing, masks and grid mapping), moving atlas = val_ids[0]
-    _, arrays, refs, atlas_id, _ = peers.preprocess_all(argparse.Namespace(pairs=0, tasks=["ixi002"]), atlas,
-                                                        val_ids, cache)
-    ixi002 = {name: {"fixed": arrays[name][0], "moving": arrays[name][1], **refs[name]}
-              for name in ("ixi002_T2_to_T1", "ixi002_atlas_to_T1", "ixi002_atlas_to_T2")}
+    _, arrays, refs, atlas_id, _ = peers.preprocess_all(
+        argparse.Namespace(pairs=0, tasks=["ixi002"]), atlas, val_ids, cache
+    )
+    ixi002 = {
+        name: {"fixed": arrays[name][0], "moving": arrays[name][1], **refs[name]}
+        for name in ("ixi002_T2_to_T1", "ixi002_atlas_to_T1", "ixi002_atlas_to_T2")
+    }
     ixi002["atlas_id"] = atlas_id
     return cases, ixi002
 
@@ -137,6 +179,7 @@ def prepare(atlas, val_ids: list[str], n_pairs: int, cache: Path) -> tuple[list[
 # ----------------------------------------------------------------------------------------------
 # Models and registration
 # ----------------------------------------------------------------------------------------------
+
 
 def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: bool):
     """(model or None, record of where it came from); in --smoke the two new runs are untrained stand-ins."""
@@ -147,31 +190,51 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
 
     _, recipe, _ = METHODS[method]
     if method == "affine":
-        return None, {"checkpoint": "-", "extractor": "-", "train_seed": None, "train_steps": None,
-                      "train_seconds": None}
+        return None, {
+            "checkpoint": "-",
+            "extractor": "-",
+            "train_seed": None,
+            "train_steps": None,
+            "train_seconds": None,
+        }
     if smoke and method in ("reinit", "scratch"):
         torch.manual_seed(0)
         model = build_model(load_config(REPO / recipe)["model"]).eval()
-        return model, {"checkpoint": "untrained stand-in (--smoke)", "extractor": model.extractor.name,
-                       "train_seed": 0, "train_steps": 0, "train_seconds": 0.0}
+        return model, {
+            "checkpoint": "untrained stand-in (--smoke)",
+            "extractor": model.extractor.name,
+            "train_seed": 0,
+            "train_steps": 0,
+            "train_seconds": 0.0,
+        }
     if not checkpoint.is_file():
-        raise SystemExit(f"domain_shift: {method}: checkpoint {checkpoint} not found; train it with "
-                         f"`nice -n 5 .venv/bin/python -m unireg train --config {recipe} --no-progress`")
+        raise SystemExit(
+            f"domain_shift: {method}: checkpoint {checkpoint} not found; train it with "
+            f"`nice -n 5 .venv/bin/python -m unireg train --config {recipe} --no-progress`"
+        )
     model, payload = load_checkpoint(checkpoint)
     card = payload["model_card"]
     if card["val_subjects"] != val_ids:
-        raise SystemExit(f"domain_shift: {checkpoint} was validated on other subjects than the test subjects here; "
-                         "it may have been trained on them")
+        raise SystemExit(
+            f"domain_shift: {checkpoint} was validated on other subjects than the test subjects here; "
+            "it may have been trained on them"
+        )
     shown = checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint
     sha = checkpoint.with_name(checkpoint.name + ".sha256").read_text().split()[0]
-    return model, {"checkpoint": f"{shown} (sha256 {sha[:12]})", "extractor": card["extractor"],
-                   "train_seed": card["seed"], "train_steps": card["steps"],
-                   "train_seconds": card.get("train_seconds_this_run"), "recipe": recipe}
+    return model, {
+        "checkpoint": f"{shown} (sha256 {sha[:12]})",
+        "extractor": card["extractor"],
+        "train_seed": card["seed"],
+        "train_steps": card["steps"],
+        "train_seconds": card.get("train_seconds_this_run"),
+        "recipe": recipe,
+    }
 
 
 def register(model, fixed: np.ndarray, moving: np.ndarray, features: dict, key: str):
     """Displacement (1, 3, D, H, W) in fixed-grid voxels; the moving image's features are memoised by ``key``."""
     import torch
+
     if model is None:
         return torch.zeros((1, 3, *fixed.shape))
     fixed_t = torch.from_numpy(fixed)[None, None]
@@ -184,9 +247,9 @@ def register(model, fixed: np.ndarray, moving: np.ndarray, features: dict, key: 
 def evaluate(method: str, model, cases: list[dict], ixi002: dict, grid) -> list[dict]:
     import torch
 
+    from unireg.fields import jacobian_stats
     from unireg.io import Image
     from unireg.metrics import mean_dice
-    from unireg.fields import jacobian_stats
     from unireg.transforms import resample
 
     def warp_labels(labels: np.ndarray, ddf) -> np.ndarray:
@@ -202,11 +265,18 @@ def evaluate(method: str, model, cases: list[dict], ixi002: dict, grid) -> list[
         t1_dice = float(np.mean([d for d, _ in by_contrast["t1"]]))
         for contrast, values in by_contrast.items():
             dice = np.array([d for d, _ in values])
-            rows.append({"method": method, "contrast": CONTRAST_TITLES[contrast], "pairs": len(values),
-                         "dice_mean": float(dice.mean()), "dice_sd_over_pairs": float(dice.std(ddof=1))
-                         if len(dice) > 1 else None, "drop_from_t1": t1_dice - float(dice.mean()),
-                         "drop_percent": 100.0 * (t1_dice - float(dice.mean())) / t1_dice,
-                         "folding_percent": float(np.mean([f for _, f in values]))})
+            rows.append(
+                {
+                    "method": method,
+                    "contrast": CONTRAST_TITLES[contrast],
+                    "pairs": len(values),
+                    "dice_mean": float(dice.mean()),
+                    "dice_sd_over_pairs": float(dice.std(ddof=1)) if len(dice) > 1 else None,
+                    "drop_from_t1": t1_dice - float(dice.mean()),
+                    "drop_percent": 100.0 * (t1_dice - float(dice.mean())) / t1_dice,
+                    "folding_percent": float(np.mean([f for _, f in values])),
+                }
+            )
         # IXI002: T2 -> T1 (brain masks); atlas -> T1 and atlas -> T2 (agreement, on the T1 grid)
         real = ixi002["ixi002_T2_to_T1"]
         ddf = register(model, real["fixed"], real["moving"], features, "IXI002_T2")
@@ -217,12 +287,21 @@ def evaluate(method: str, model, cases: list[dict], ixi002: dict, grid) -> list[
             case = ixi002[name]
             ddf_atlas = register(model, case["fixed"], case["moving"], features, ixi002["atlas_id"])
             propagated[name] = warp_labels(case["moving_labels"], ddf_atlas)
-        on_t1 = resample(Image(propagated["ixi002_atlas_to_T2"], grid.affine, is_label=True), grid,
-                         ixi002["ixi002_atlas_to_T2"]["to_t1_grid"]).data
-        rows.append({"method": method, "contrast": "IXI002 real T2 (T2 -> T1)", "pairs": 1,
-                     "brain_mask_dice": float(mask_dice),
-                     "agreement_dice": float(mean_dice(propagated["ixi002_atlas_to_T1"], on_t1)),
-                     "folding_percent": float(folding)})
+        on_t1 = resample(
+            Image(propagated["ixi002_atlas_to_T2"], grid.affine, is_label=True),
+            grid,
+            ixi002["ixi002_atlas_to_T2"]["to_t1_grid"],
+        ).data
+        rows.append(
+            {
+                "method": method,
+                "contrast": "IXI002 real T2 (T2 -> T1)",
+                "pairs": 1,
+                "brain_mask_dice": float(mask_dice),
+                "agreement_dice": float(mean_dice(propagated["ixi002_atlas_to_T1"], on_t1)),
+                "folding_percent": float(folding),
+            }
+        )
     return rows
 
 
@@ -230,45 +309,68 @@ def evaluate(method: str, model, cases: list[dict], ixi002: dict, grid) -> list[
 # Tables
 # ----------------------------------------------------------------------------------------------
 
+
 def markdown(rows: list[dict], header: list[str], notes: list[str], models: dict) -> str:
     lines = ["# Domain shift: trained on IXI T1 only, tested on T1 and unseen contrasts", ""]
     lines += [f"- {h}" for h in header] + [""]
-    lines += ["## Models", "", "| method | extractor | checkpoint | recipe | train seed | train steps | train time |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Models",
+        "",
+        "| method | extractor | checkpoint | recipe | train seed | train steps | train time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method, rec in models.items():
         seconds = rec.get("train_seconds")
-        lines.append(f"| {METHODS[method][0]} | {rec['extractor']} | {rec['checkpoint']} | {rec.get('recipe', '-')} | "
-                     f"{fmt(rec['train_seed'])} | {fmt(rec['train_steps'])} | "
-                     f"{'-' if seconds is None else f'{seconds / 60:.0f} min'} |")
+        lines.append(
+            f"| {METHODS[method][0]} | {rec['extractor']} | {rec['checkpoint']} | {rec.get('recipe', '-')} | "
+            f"{fmt(rec['train_seed'])} | {fmt(rec['train_steps'])} | "
+            f"{'-' if seconds is None else f'{seconds / 60:.0f} min'} |"
+        )
     labelled = [r for r in rows if not r["contrast"].startswith("IXI002")]
-    lines += ["", "## Summary: mean Dice (drop from T1)", "",
-              "| method | " + " | ".join(CONTRAST_TITLES.values()) + " | IXI002 T2 -> T1 mask Dice | "
-              "IXI002 agreement |", "|---" * (len(CONTRAST_TITLES) + 3) + "|"]
+    lines += [
+        "",
+        "## Summary: mean Dice (drop from T1)",
+        "",
+        "| method | " + " | ".join(CONTRAST_TITLES.values()) + " | IXI002 T2 -> T1 mask Dice | IXI002 agreement |",
+        "|---" * (len(CONTRAST_TITLES) + 3) + "|",
+    ]
     for method in models:
         cells = []
         for title in CONTRAST_TITLES.values():
             r = next(r for r in labelled if r["method"] == method and r["contrast"] == title)
             cells.append(fmt(r["dice_mean"]) + ("" if title.startswith("T1") else f" ({-r['drop_from_t1']:+.3f})"))
         real = next(r for r in rows if r["method"] == method and r["contrast"].startswith("IXI002"))
-        lines.append(f"| {METHODS[method][0]} | " + " | ".join(cells) +
-                     f" | {fmt(real['brain_mask_dice'])} | {fmt(real['agreement_dice'])} |")
-    lines += ["", "## Per (method, test contrast)", "",
-              "Dice: mean over pairs of the mean over the fixed subject's DLMUSE labels; sd over pairs; drop = "
-              "Dice(T1) - Dice(contrast), also as % of Dice(T1); % det J <= 0: mean over pairs, whole grid.", "",
-              "| method | test contrast | pairs | Dice | sd | drop from T1 | drop % | brain-mask Dice | "
-              "agreement Dice | % det J <= 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {METHODS[method][0]} | "
+            + " | ".join(cells)
+            + f" | {fmt(real['brain_mask_dice'])} | {fmt(real['agreement_dice'])} |"
+        )
+    lines += [
+        "",
+        "## Per (method, test contrast)",
+        "",
+        "Dice: mean over pairs of the mean over the fixed subject's DLMUSE labels; sd over pairs; drop = "
+        "Dice(T1) - Dice(contrast), also as % of Dice(T1); % det J <= 0: mean over pairs, whole grid.",
+        "",
+        "| method | test contrast | pairs | Dice | sd | drop from T1 | drop % | brain-mask Dice | "
+        "agreement Dice | % det J <= 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {METHODS[r['method']][0]} | {r['contrast']} | {r['pairs']} | {fmt(r.get('dice_mean'))} | "
-                     f"{fmt(r.get('dice_sd_over_pairs'))} | {fmt(r.get('drop_from_t1'))} | "
-                     f"{fmt(r.get('drop_percent'), 1)} | {fmt(r.get('brain_mask_dice'))} | "
-                     f"{fmt(r.get('agreement_dice'))} | {fmt(r.get('folding_percent'), 4)} |")
+        lines.append(
+            f"| {METHODS[r['method']][0]} | {r['contrast']} | {r['pairs']} | {fmt(r.get('dice_mean'))} | "
+            f"{fmt(r.get('dice_sd_over_pairs'))} | {fmt(r.get('drop_from_t1'))} | "
+            f"{fmt(r.get('drop_percent'), 1)} | {fmt(r.get('brain_mask_dice'))} | "
+            f"{fmt(r.get('agreement_dice'))} | {fmt(r.get('folding_percent'), 4)} |"
+        )
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=9, help="validation pairs (k -> k + 1), 1..9 (default 9)")
     parser.add_argument("--grid-mm", type=float, default=2.0, help="atlas grid spacing (the models: 2 mm)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
@@ -276,10 +378,18 @@ def parse_args(argv=None):
     parser.add_argument("--reinit-model", type=Path, default=METHODS["reinit"][2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder (default "
-                        "$UNIREG_HOME/domain_shift/<grid>mm; runs/scratch/cache reuses the training run's)")
-    parser.add_argument("--smoke", action="store_true", help=f"quick check: {SMOKE}, reinit and scratch "
-                        "untrained stand-ins (no checkpoints needed)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="preprocessing cache folder (default "
+        "$UNIREG_HOME/domain_shift/<grid>mm; runs/scratch/cache reuses the training run's)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"quick check: {SMOKE}, reinit and scratch untrained stand-ins (no checkpoints needed)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.grid_mm, args.pairs = SMOKE["grid_mm"], SMOKE["pairs"]
@@ -313,8 +423,9 @@ def main(argv=None) -> None:
     models = {}
     loaded = {}
     for method in [m for m in METHODS if m in args.methods]:
-        loaded[method], models[method] = load_model(method, checkpoints.get(method, METHODS[method][2]), val_ids,
-                                                    args.smoke)
+        loaded[method], models[method] = load_model(
+            method, checkpoints.get(method, METHODS[method][2]), val_ids, args.smoke
+        )
     cases, ixi002 = prepare(atlas, val_ids, args.pairs, cache)
     t_prep = time.perf_counter() - t_start
     rows = []
@@ -325,8 +436,12 @@ def main(argv=None) -> None:
 
     steps = {rec["train_steps"] for m, rec in models.items() if m in ("mobilenet", "mind", "reinit", "scratch")}
     for row in rows:
-        row.update({k: models[row["method"]][k] for k in ("checkpoint", "extractor", "train_seed", "train_steps",
-                                                          "train_seconds")})
+        row.update(
+            {
+                k: models[row["method"]][k]
+                for k in ("checkpoint", "extractor", "train_seed", "train_steps", "train_seconds")
+            }
+        )
     grid = "x".join(str(s) for s in atlas.grid.shape)
     header = [
         f"date: {started.strftime('%Y-%m-%d %H:%M %Z')}",
@@ -335,18 +450,20 @@ def main(argv=None) -> None:
         f"command: `{peers.command_line(argv, 'benchmarks/domain_shift.py')}`",
         f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min ({t_prep:.0f} s loading and preprocessing, "
         f"cache {cache})",
-        f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm" +
-        (" (the models' training grid)" if args.grid_mm == 2 else " (NOT the models' 2 mm training grid)") +
-        ("; SMOKE settings: reinit and scratch are untrained stand-ins" if args.smoke else ""),
-        f"pairs: {args.pairs} validation pairs of the shared split (fixed {', '.join(val_ids[:args.pairs])}; moving "
+        f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm"
+        + (" (the models' training grid)" if args.grid_mm == 2 else " (NOT the models' 2 mm training grid)")
+        + ("; SMOKE settings: reinit and scratch are untrained stand-ins" if args.smoke else ""),
+        f"pairs: {args.pairs} validation pairs of the shared split (fixed {', '.join(val_ids[: args.pairs])}; moving "
         f"the next subject of {', '.join(val_ids)}); IXI002 atlas = {val_ids[0]}",
     ]
     notes = [
         "Training data of every model: IXI T1 only (30 HH subjects); none of the test subjects, and no T2/PD/CT, "
         "was seen in training. Same recipe for all (config/train_default.yaml with only model.extractor changed; "
         "train.seed 0, Adam lr 1e-3, LNCC + diffusion + Dice on 16 random labels per step).",
-        "Synthetic contrasts (fixed image only; the moving image stays T1), the remaps of benchmarks/peers.py: " +
-        "; ".join(f"{k.upper()}-like {v['points']} at (0, CSF, GM, WM, 1) = {v['what']}" for k, v in CONTRASTS.items())
+        "Synthetic contrasts (fixed image only; the moving image stays T1), the remaps of benchmarks/peers.py: "
+        + "; ".join(
+            f"{k.upper()}-like {v['points']} at (0, CSF, GM, WM, 1) = {v['what']}" for k, v in CONTRASTS.items()
+        )
         + ". CT-like noise seed = pair index.",
         "reinit (extractor mobilenet_v1_025_reinit): the MobileNet's first 3x3 conv (3 -> 8 channels) redrawn with "
         "PyTorch's default init from seed 0 and its BatchNorm reset to identity; the depthwise-separable block keeps "
@@ -364,13 +481,15 @@ def main(argv=None) -> None:
     if skipped:
         notes.insert(0, f"NOT RUN here: {', '.join(skipped)} (--methods {','.join(models)}); this table is partial.")
     if len(steps) > 1 and not args.smoke:
-        notes.append(f"UNEQUAL TRAINING LENGTHS (steps {', '.join(map(str, sorted(steps)))}): the packaged mobilenet "
-                     "and mind models were trained for 1000 steps, the reinit and scratch runs for fewer (all the "
-                     "session that produced this table had time for; same recipe otherwise). For scale, the packaged "
-                     "models' validation Dice on the same 9 T1 pairs during their training (unireg/data/models/"
-                     "MODEL_CARD.md) at steps 250 / 500 / 1000: mobilenet 0.422 / 0.508 / 0.528, MIND 0.458 / 0.464 "
-                     "/ 0.480; compare T1 columns with that in mind, and the drops (relative to each model's own T1 "
-                     "Dice) rather than raw Dice.")
+        notes.append(
+            f"UNEQUAL TRAINING LENGTHS (steps {', '.join(map(str, sorted(steps)))}): the packaged mobilenet "
+            "and mind models were trained for 1000 steps, the reinit and scratch runs for fewer (all the "
+            "session that produced this table had time for; same recipe otherwise). For scale, the packaged "
+            "models' validation Dice on the same 9 T1 pairs during their training (unireg/data/models/"
+            "MODEL_CARD.md) at steps 250 / 500 / 1000: mobilenet 0.422 / 0.508 / 0.528, MIND 0.458 / 0.464 "
+            "/ 0.480; compare T1 columns with that in mind, and the drops (relative to each model's own T1 "
+            "Dice) rather than raw Dice."
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, header, notes, models)
     (args.out / "domain_shift.md").write_text(text)

@@ -29,22 +29,29 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import peers  # noqa: E402  (same data, preprocessing, contrasts and scoring as the peer benchmark)
 
 DEFAULT_VARIANTS = (
-    "none",                          # the network alone
-    "mind:0:20:0.1:0.2:step",        # the previous default: MIND-SSC, 20 image-grid velocity steps
-    "mind:20:10:0.1:0.3:fine",       # MIND-SSC on the shipped schedule
-    "lncc:20:10:0.3:0.3:none",       # squared LNCC, plain displacement (may fold)
-    "lncc:20:10:0.3:0.3:end",        # ... integrated once at the end
-    "lncc:20:10:0.3:0.3:fine",       # ... velocity at the image-grid steps: the shipped default
+    "none",  # the network alone
+    "mind:0:20:0.1:0.2:step",  # the previous default: MIND-SSC, 20 image-grid velocity steps
+    "mind:20:10:0.1:0.3:fine",  # MIND-SSC on the shipped schedule
+    "lncc:20:10:0.3:0.3:none",  # squared LNCC, plain displacement (may fold)
+    "lncc:20:10:0.3:0.3:end",  # ... integrated once at the end
+    "lncc:20:10:0.3:0.3:fine",  # ... velocity at the image-grid steps: the shipped default
 )
 
 
 def parse_variant(text: str):
     from unireg.register import InstanceOptOptions
+
     if text == "none":
         return InstanceOptOptions(steps=0)
     similarity, coarse, steps, weight, lr, integrate = text.split(":")
-    return InstanceOptOptions(steps=int(steps), coarse_steps=int(coarse), similarity=similarity,
-                              weight=float(weight), learning_rate=float(lr), integrate=integrate)
+    return InstanceOptOptions(
+        steps=int(steps),
+        coarse_steps=int(coarse),
+        similarity=similarity,
+        weight=float(weight),
+        learning_rate=float(lr),
+        integrate=integrate,
+    )
 
 
 def main(argv=None) -> None:
@@ -60,6 +67,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import torch
+
     from unireg.atlas import default_atlas_dir, load_atlas, prepare_default_atlas
     from unireg.io import Image
     from unireg.metrics import dice_per_label
@@ -75,11 +83,14 @@ def main(argv=None) -> None:
     cache = (args.cache or home / "peers") / f"{args.grid_mm:g}mm"
     train_ids, val_ids = peers.model_split()
     options = PreprocessOptions(**load_config(peers.TRAIN_CONFIG)["preprocess"])
-    ids = train_ids[:1 + args.pairs]
+    ids = train_ids[: 1 + args.pairs]
     subjects = {}
     for sid in ids:
-        item = {"id": sid, "image": str(peers.IXI / "t1" / f"{sid}.nii.gz"),
-                "labels": str(peers.IXI / "labels" / f"{sid}_DLMUSE.nii.gz")}
+        item = {
+            "id": sid,
+            "image": str(peers.IXI / "t1" / f"{sid}.nii.gz"),
+            "labels": str(peers.IXI / "labels" / f"{sid}_DLMUSE.nii.gz"),
+        }
         subjects[sid] = prepare_subject(item, atlas, cache, options)
         peers.log(f"preprocessed {sid}")
     affine = atlas.grid.affine
@@ -88,8 +99,11 @@ def main(argv=None) -> None:
     for k, sid in enumerate(ids[1:]):
         fixed = subjects[sid]
         for contrast in args.contrasts.split(","):
-            image = fixed["image"] if contrast == "t1" else peers.synthetic_contrast(
-                Image(fixed["image"], affine), fixed["mask"], contrast, seed=k).data
+            image = (
+                fixed["image"]
+                if contrast == "t1"
+                else peers.synthetic_contrast(Image(fixed["image"], affine), fixed["mask"], contrast, seed=k).data
+            )
             cases.append((contrast, sid, image, fixed["labels"]))
     model, _ = load_checkpoint(args.model)
     moving_img = Image(moving["image"], affine)
@@ -98,7 +112,7 @@ def main(argv=None) -> None:
     for text in args.variants.split(","):
         opt = parse_variant(text)
         per = {}
-        for contrast, sid, fixed_np, labels in cases:
+        for contrast, _sid, fixed_np, labels in cases:
             t0 = time.perf_counter()
             result = register_images(Image(fixed_np, affine), moving_img, model, instance_opt=opt)
             seconds = time.perf_counter() - t0
@@ -106,17 +120,23 @@ def main(argv=None) -> None:
             present = np.unique(labels)
             present = present[present > 0]
             dice = dice_per_label(labels, warped, present)
-            per.setdefault(contrast, []).append((float(np.mean([dice[int(k)] for k in present])), seconds,
-                                                 result.info["jacobian"]["folding_percent"]))
+            per.setdefault(contrast, []).append(
+                (float(np.mean([dice[int(k)] for k in present])), seconds, result.info["jacobian"]["folding_percent"])
+            )
         for contrast, values in per.items():
             d, s, f = (np.array(v) for v in zip(*values))
             rows.append((text, contrast, len(values), d.mean(), s.mean(), f.mean()))
             peers.log(f"{text} {contrast}: Dice {d.mean():.3f}, {s.mean():.1f} s/pair, fold {f.mean():.4f}%")
-    lines = [f"# Instance-optimisation tuning on training pairs ({datetime.date.today()}, "
-             f"{peers.machine()}, commit {peers.git_commit()})", "",
-             f"moving {ids[0]} -> fixed {', '.join(ids[1:])}; grid {args.grid_mm:g} mm; "
-             f"{args.threads} threads; variant = similarity:coarse_steps:steps:weight:lr:integrate", "",
-             "| variant | fixed contrast | pairs | mean Dice | s / pair | % det J <= 0 |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Instance-optimisation tuning on training pairs ({datetime.date.today()}, "
+        f"{peers.machine()}, commit {peers.git_commit()})",
+        "",
+        f"moving {ids[0]} -> fixed {', '.join(ids[1:])}; grid {args.grid_mm:g} mm; "
+        f"{args.threads} threads; variant = similarity:coarse_steps:steps:weight:lr:integrate",
+        "",
+        "| variant | fixed contrast | pairs | mean Dice | s / pair | % det J <= 0 |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {v} | {c} | {n} | {d:.3f} | {s:.1f} | {f:.4f} |" for v, c, n, d, s, f in rows]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -42,8 +42,10 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     print("| grid | labels | seconds (Dice + HD95 + MSD + volumes) | mean Dice | peak RSS MB |")
     print("|---|---|---|---|---|")
-    print(f"| {n}^3 | {args.labels} | {seconds:.2f} | {np.mean([r['dice'] for r in rows]):.3f} | "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |")
+    print(
+        f"| {n}^3 | {args.labels} | {seconds:.2f} | {np.mean([r['dice'] for r in rows]):.3f} | "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ warped image is compared with ours (``rewarp_error`` in peers.pairs.csv).
 
 **Methods** (``--methods``): ``affine``; ``unireg`` (packaged default model); ``unireg_io``
 (plus ``--instance-opt`` steps of :meth:`unireg.register.InstanceOptOptions.schedule`: the shipped
-default, squared LNCC for every contrast); ``ants`` (antspyx ``SyNOnly`` from the identity: SyN[0.2, 3, 0], shrink 4x2x1,
-smoothing 2x1x0 voxels, ``--ants-iterations``; metric CC radius 2 voxels (4 mm) for same-contrast
+default, squared LNCC for every contrast); ``ants`` (antspyx ``SyNOnly`` from the identity: SyN[0.2, 3, 0],
+shrink 4x2x1, smoothing 2x1x0 voxels, ``--ants-iterations``; metric CC radius 2 voxels (4 mm) for same-contrast
 pairs as in antsRegistrationSyN.sh, Mattes MI 32 bins for cross-modal pairs); ``elastix``
 (itk-elastix's default ``bspline`` parameter map: 4 resolutions, 256 iterations, final control-point
 spacing 10 mm, Mattes MI + bending energy, for both kinds of pair). With a CUDA GPU visible, UniReg
@@ -85,42 +85,69 @@ IXI = SHARED / "ixi_t1_dlmuse"
 IXI002 = SHARED / "ixi002_t1_t2"
 TRAIN_CONFIG = REPO / "config" / "train_default.yaml"
 
-METHODS = {"affine": "affine only", "unireg": "UniReg", "unireg_io": "UniReg + IO",
-           "ants": "ANTs SyN", "elastix": "elastix B-spline"}
+METHODS = {
+    "affine": "affine only",
+    "unireg": "UniReg",
+    "unireg_io": "UniReg + IO",
+    "ants": "ANTs SyN",
+    "elastix": "elastix B-spline",
+}
 TASKS = ("mono", "t2", "pd", "ct", "ixi002")
-TASK_TITLES = {"mono": "T1 -> T1", "t2": "T1 -> T2-like", "pd": "T1 -> PD-like", "ct": "T1 -> CT-like",
-               "ixi002": "IXI002 real T2 / T1"}
+TASK_TITLES = {
+    "mono": "T1 -> T1",
+    "t2": "T1 -> T2-like",
+    "pd": "T1 -> PD-like",
+    "ct": "T1 -> CT-like",
+    "ixi002": "IXI002 real T2 / T1",
+}
 
 # Synthetic contrasts: output value at the control points (0, CSF mean, GM mean, WM mean, 1) of the
 # preprocessed T1 intensity, linear in between; 0 outside the brain mask. ``noise``: Gaussian, same units.
 # CT-like is in Hounsfield units (typical CSF / GM / WM values), shown in a brain window [0, 80] HU.
 CONTRASTS = {
-    "t2": {"points": (1.00, 0.95, 0.55, 0.35, 0.30), "noise": 0.0,
-           "what": "monotone decreasing (contrast inversion): CSF brightest, then GM, WM darkest"},
-    "pd": {"points": (0.75, 0.80, 0.90, 0.65, 0.60), "noise": 0.0,
-           "what": "non-monotone: GM brightest, CSF between GM and WM, low contrast"},
-    "ct": {"points": (8.0, 8.0, 38.0, 28.0, 28.0), "noise": 3.0, "window": (0.0, 80.0),
-           "what": "non-monotone, very low contrast (HU): CSF 8, GM 38, WM 28, noise sd 3 HU, window 0-80 HU"},
+    "t2": {
+        "points": (1.00, 0.95, 0.55, 0.35, 0.30),
+        "noise": 0.0,
+        "what": "monotone decreasing (contrast inversion): CSF brightest, then GM, WM darkest",
+    },
+    "pd": {
+        "points": (0.75, 0.80, 0.90, 0.65, 0.60),
+        "noise": 0.0,
+        "what": "non-monotone: GM brightest, CSF between GM and WM, low contrast",
+    },
+    "ct": {
+        "points": (8.0, 8.0, 38.0, 28.0, 28.0),
+        "noise": 3.0,
+        "window": (0.0, 80.0),
+        "what": "non-monotone, very low contrast (HU): CSF 8, GM 38, WM 28, noise sd 3 HU, window 0-80 HU",
+    },
 }
 
-ANTS_CC_RADIUS = 2        # voxels: 4 mm at 2 mm, as radius 4 at antsRegistrationSyN.sh's 1 mm
+ANTS_CC_RADIUS = 2  # voxels: 4 mm at 2 mm, as radius 4 at antsRegistrationSyN.sh's 1 mm
 ANTS_MI_BINS = 32
-SMOKE = {"grid_mm": 4.0, "pairs": 1, "tasks": "mono", "instance_opt": 5, "ants_iterations": "40,20,10",
-         "elastix_iterations": 64}
+SMOKE = {
+    "grid_mm": 4.0,
+    "pairs": 1,
+    "tasks": "mono",
+    "instance_opt": 5,
+    "ants_iterations": "40,20,10",
+    "elastix_iterations": 64,
+}
 
 
 # ----------------------------------------------------------------------------------------------
 # Cases: what each method registers (written once, read by every method's worker)
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     name: str
     task: str
-    kind: str            # "mono" (same contrast) or "cross"
-    fixed: str           # subject ids, for the pairs table
+    kind: str  # "mono" (same contrast) or "cross"
+    fixed: str  # subject ids, for the pairs table
     moving: str
-    score: str           # "labels", "mask" (brain-mask Dice) or "agreement" (scored with another case)
+    score: str  # "labels", "mask" (brain-mask Dice) or "agreement" (scored with another case)
 
 
 def log(message: str) -> None:
@@ -131,6 +158,7 @@ def model_split() -> tuple[list[str], list[str]]:
     """(train, validation) subject ids of the packaged default model, checked against its recipe."""
     from unireg.model import load_checkpoint
     from unireg.train import discover_dataset, load_config, split_dataset
+
     _, payload = load_checkpoint()
     card = payload["model_card"]
     config = load_config(TRAIN_CONFIG)
@@ -138,8 +166,10 @@ def model_split() -> tuple[list[str], list[str]]:
     items = discover_dataset(IXI / "t1", IXI / "labels")
     train, val = split_dataset(items, data["n_train"], data["n_val"], data["split_seed"], data["exclude"])
     if [r["id"] for r in val] != card["val_subjects"] or [r["id"] for r in train] != card["train_subjects"]:
-        raise SystemExit("peers: the split of config/train_default.yaml no longer matches the packaged "
-                         "model's model_card; the benchmark would score subjects the model was trained on")
+        raise SystemExit(
+            "peers: the split of config/train_default.yaml no longer matches the packaged "
+            "model's model_card; the benchmark would score subjects the model was trained on"
+        )
     assert not set(card["train_subjects"]) & set(card["val_subjects"])
     return card["train_subjects"], card["val_subjects"]
 
@@ -160,6 +190,7 @@ def tissue_means(t1: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def synthetic_contrast(t1, mask: np.ndarray, name: str, seed: int):
     """The preprocessed T1 ``t1`` (unireg Image, [0, 1]) remapped to contrast ``name``, renormalised."""
     from unireg.intensity import normalise_intensity
+
     spec = CONTRASTS[name]
     inside = mask > 0
     csf, gm, wm = tissue_means(t1.data, inside)
@@ -183,12 +214,15 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
     from unireg.transforms import resample
 
     options = PreprocessOptions(**load_config(TRAIN_CONFIG)["preprocess"])
-    atlas_id, targets = val_ids[0], val_ids[1:1 + args.pairs]
+    atlas_id, targets = val_ids[0], val_ids[1 : 1 + args.pairs]
     subjects = {}
     for sid in [atlas_id] + targets:
         t0 = time.perf_counter()
-        item = {"id": sid, "image": str(IXI / "t1" / f"{sid}.nii.gz"),
-                "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz")}
+        item = {
+            "id": sid,
+            "image": str(IXI / "t1" / f"{sid}.nii.gz"),
+            "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz"),
+        }
         record = prepare_subject(item, atlas, cache, options)
         record["image"] = load_image(cache / sid / OUTPUT_FILES["image"])  # keep the affine with the data
         subjects[sid] = record
@@ -204,13 +238,23 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
     for k, sid in enumerate(targets):
         fixed = subjects[sid]
         if "mono" in args.tasks:
-            add(Case(f"mono_{sid}", "mono", "mono", sid, atlas_id, "labels"), fixed["image"].data,
-                moving["image"].data, reference=fixed["labels"], moving_labels=moving["labels"])
+            add(
+                Case(f"mono_{sid}", "mono", "mono", sid, atlas_id, "labels"),
+                fixed["image"].data,
+                moving["image"].data,
+                reference=fixed["labels"],
+                moving_labels=moving["labels"],
+            )
         for name in CONTRASTS:
             if name in args.tasks:
                 image = synthetic_contrast(fixed["image"], fixed["mask"], name, seed=k)
-                add(Case(f"{name}_{sid}", name, "cross", f"{sid} ({name.upper()}-like)", atlas_id, "labels"),
-                    image.data, moving["image"].data, reference=fixed["labels"], moving_labels=moving["labels"])
+                add(
+                    Case(f"{name}_{sid}", name, "cross", f"{sid} ({name.upper()}-like)", atlas_id, "labels"),
+                    image.data,
+                    moving["image"].data,
+                    reference=fixed["labels"],
+                    moving_labels=moving["labels"],
+                )
     if "ixi002" in args.tasks:
         plain = PreprocessOptions(brain_extraction=False, similarity=options.similarity)
         scans = {}
@@ -218,23 +262,45 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
             out = cache / f"IXI002-Guys-0828_{contrast}"
             t0 = time.perf_counter()
             if not (out / OUTPUT_FILES["info"]).is_file():
-                preprocess_file(IXI002 / f"hd_bet_IXI002-Guys-0828-{contrast}.nii.gz", atlas, out, plain,
-                                subject=f"IXI002{contrast}")
+                preprocess_file(
+                    IXI002 / f"hd_bet_IXI002-Guys-0828-{contrast}.nii.gz",
+                    atlas,
+                    out,
+                    plain,
+                    subject=f"IXI002{contrast}",
+                )
             matrix = read_affine_txt(out / OUTPUT_FILES["affine"])
-            mask = resample(load_image(IXI002 / f"hd_bet_mask_IXI002-Guys-0828-{contrast}.nii.gz", label=True),
-                            atlas.grid, matrix)
-            scans[contrast] = {"image": load_image(out / OUTPUT_FILES["image"]).data, "matrix": matrix,
-                               "mask": (mask.data > 0).astype(np.int32)}
+            mask = resample(
+                load_image(IXI002 / f"hd_bet_mask_IXI002-Guys-0828-{contrast}.nii.gz", label=True), atlas.grid, matrix
+            )
+            scans[contrast] = {
+                "image": load_image(out / OUTPUT_FILES["image"]).data,
+                "matrix": matrix,
+                "mask": (mask.data > 0).astype(np.int32),
+            }
             log(f"preprocessed IXI002 {contrast} ({time.perf_counter() - t0:.0f} s)")
         t1, t2 = scans["T1"], scans["T2"]
-        add(Case("ixi002_T2_to_T1", "ixi002", "cross", "IXI002 T1", "IXI002 T2", "mask"), t1["image"], t2["image"],
-            reference=t1["mask"], moving_labels=t2["mask"])
-        add(Case("ixi002_atlas_to_T1", "ixi002", "mono", "IXI002 T1", atlas_id, "agreement"), t1["image"],
-            moving["image"].data, moving_labels=moving["labels"])
-        add(Case("ixi002_atlas_to_T2", "ixi002", "cross", "IXI002 T2", atlas_id, "agreement"), t2["image"],
-            moving["image"].data, moving_labels=moving["labels"],
+        add(
+            Case("ixi002_T2_to_T1", "ixi002", "cross", "IXI002 T1", "IXI002 T2", "mask"),
+            t1["image"],
+            t2["image"],
+            reference=t1["mask"],
+            moving_labels=t2["mask"],
+        )
+        add(
+            Case("ixi002_atlas_to_T1", "ixi002", "mono", "IXI002 T1", atlas_id, "agreement"),
+            t1["image"],
+            moving["image"].data,
+            moving_labels=moving["labels"],
+        )
+        add(
+            Case("ixi002_atlas_to_T2", "ixi002", "cross", "IXI002 T2", atlas_id, "agreement"),
+            t2["image"],
+            moving["image"].data,
+            moving_labels=moving["labels"],
             # T1-grid point p -> subject (scanner) world A_T1 p -> T2-grid point A_T2^-1 A_T1 p
-            to_t1_grid=np.linalg.inv(t2["matrix"]) @ t1["matrix"])
+            to_t1_grid=np.linalg.inv(t2["matrix"]) @ t1["matrix"],
+        )
     return cases, arrays, refs, atlas_id, targets
 
 
@@ -243,8 +309,10 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
 # voxels (unireg.model convention) per case, plus the tool's own warped image
 # ----------------------------------------------------------------------------------------------
 
+
 def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) -> dict:
     import torch
+
     from unireg.io import Image
     from unireg.model import load_checkpoint
     from unireg.register import InstanceOptOptions, register_images
@@ -274,6 +342,7 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
 
 def register_ants(cases, work: Path, settings: dict) -> dict:
     import ants
+
     spacing = (settings["spacing"],) * 3
     iterations = tuple(int(i) for i in settings["ants_iterations"].split(","))
     seconds = {}
@@ -284,12 +353,22 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
         metric, sampling = ("CC", ANTS_CC_RADIUS) if case.kind == "mono" else ("mattes", ANTS_MI_BINS)
         tmp = Path(tempfile.mkdtemp(dir=work))
         t0 = time.perf_counter()
-        reg = ants.registration(fixed, moving, "SyNOnly", initial_transform="Identity", outprefix=str(tmp / "ants_"),
-                                syn_metric=metric, syn_sampling=sampling, reg_iterations=iterations,
-                                grad_step=0.2, flow_sigma=3, total_sigma=0)
+        reg = ants.registration(
+            fixed,
+            moving,
+            "SyNOnly",
+            initial_transform="Identity",
+            outprefix=str(tmp / "ants_"),
+            syn_metric=metric,
+            syn_sampling=sampling,
+            reg_iterations=iterations,
+            grad_step=0.2,
+            flow_sigma=3,
+            total_sigma=0,
+        )
         seconds[case.name] = time.perf_counter() - t0
         composed = ants.apply_transforms(fixed, moving, reg["fwdtransforms"], compose=str(tmp / "composed_"))
-        field_mm = ants.image_read(composed).numpy()          # (D, H, W, 3), mm along array axes
+        field_mm = ants.image_read(composed).numpy()  # (D, H, W, 3), mm along array axes
         save_field(work, case.name, np.moveaxis(field_mm, -1, 0) / settings["spacing"], reg["warpedmovout"].numpy())
         shutil.rmtree(tmp)
         log(f"  {case.name}: {seconds[case.name]:.1f} s ({metric})")
@@ -317,12 +396,17 @@ def register_elastix(cases, work: Path, settings: dict) -> dict:
         parameters.AddParameterMap(bspline)
         t0 = time.perf_counter()
         # (number_of_threads= crashes itk-elastix 0.25.4; ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS sets it)
-        warped, transform = itk.elastix_registration_method(fixed, moving, parameter_object=parameters,
-                                                            log_to_console=False)
+        warped, transform = itk.elastix_registration_method(
+            fixed, moving, parameter_object=parameters, log_to_console=False
+        )
         seconds[case.name] = time.perf_counter() - t0
         field_mm = itk.array_from_image(itk.transformix_deformation_field(moving, transform)).transpose(2, 1, 0, 3)
-        save_field(work, case.name, np.moveaxis(field_mm, -1, 0) / settings["spacing"],
-                   itk.array_from_image(warped).transpose(2, 1, 0))
+        save_field(
+            work,
+            case.name,
+            np.moveaxis(field_mm, -1, 0) / settings["spacing"],
+            itk.array_from_image(warped).transpose(2, 1, 0),
+        )
         log(f"  {case.name}: {seconds[case.name]:.1f} s")
     return {"seconds": seconds}
 
@@ -366,11 +450,21 @@ def peak_rss_mb() -> float:
 
 
 def run_worker(method: str, device: str, work: Path, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads), "ANTS_RANDOM_SEED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads),
+        "ANTS_RANDOM_SEED": "1",
+    }
     # cwd: transformix writes deformationField.nii into the current folder
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", method, device, str(work)],
-                          env=env, cwd=work, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_worker", method, device, str(work)],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"peers: the {method} ({device}) worker failed with exit status {proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -380,9 +474,12 @@ def run_worker(method: str, device: str, work: Path, threads: int) -> dict:
 # Scoring (parent process): the same functions for every method
 # ----------------------------------------------------------------------------------------------
 
+
 def warp_labels(labels: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     import torch
+
     from unireg.fields import warp
+
     lab = torch.from_numpy(np.asarray(labels, dtype=np.float32))[None, None]
     warped = warp(lab, torch.from_numpy(ddf)[None], label=True)
     return warped[0, 0].round().numpy().astype(np.int32)
@@ -390,12 +487,15 @@ def warp_labels(labels: np.ndarray, ddf: np.ndarray) -> np.ndarray:
 
 def warp_image(image: np.ndarray, ddf: np.ndarray) -> np.ndarray:
     import torch
+
     from unireg.fields import warp
+
     return warp(torch.from_numpy(image)[None, None], torch.from_numpy(ddf)[None])[0, 0].numpy()
 
 
 def label_scores(reference: np.ndarray, propagated: np.ndarray, spacing) -> dict:
     from unireg.metrics import dice_per_label, surface_distances
+
     labels = np.unique(reference)
     labels = labels[labels > 0]
     dice = dice_per_label(reference, propagated, labels)
@@ -412,9 +512,10 @@ def label_scores(reference: np.ndarray, propagated: np.ndarray, spacing) -> dict
 def score_run(cases, refs, work: Path, spacing, atlas_grid, method: str) -> dict:
     """Per-case scores of one method's displacements (affine: identity)."""
     import torch
+
+    from unireg.fields import jacobian_stats
     from unireg.io import Image
     from unireg.metrics import mean_dice
-    from unireg.fields import jacobian_stats
     from unireg.transforms import resample
 
     shape = atlas_grid.shape
@@ -442,8 +543,9 @@ def score_run(cases, refs, work: Path, spacing, atlas_grid, method: str) -> dict
             propagated[case.name] = warped
         out[case.name] = row
     if {"ixi002_atlas_to_T1", "ixi002_atlas_to_T2"} <= set(propagated):
-        out["ixi002_atlas_to_T2"]["agreement_dice"] = float(mean_dice(propagated["ixi002_atlas_to_T1"],
-                                                                      propagated["ixi002_atlas_to_T2"]))
+        out["ixi002_atlas_to_T2"]["agreement_dice"] = float(
+            mean_dice(propagated["ixi002_atlas_to_T1"], propagated["ixi002_atlas_to_T2"])
+        )
     return out
 
 
@@ -451,9 +553,25 @@ def score_run(cases, refs, work: Path, spacing, atlas_grid, method: str) -> dict
 # Tables
 # ----------------------------------------------------------------------------------------------
 
-COLUMNS = ["task", "method", "device", "pairs", "dice_mean", "dice_median", "dice_sd_over_pairs", "hd95_mean_mm",
-           "hd95_median_mm", "labels_lost", "brain_mask_dice", "agreement_dice", "folding_percent",
-           "log_jacobian_std", "seconds_per_pair", "peak_rss_mb", "peak_gpu_mb"]
+COLUMNS = [
+    "task",
+    "method",
+    "device",
+    "pairs",
+    "dice_mean",
+    "dice_median",
+    "dice_sd_over_pairs",
+    "hd95_mean_mm",
+    "hd95_median_mm",
+    "labels_lost",
+    "brain_mask_dice",
+    "agreement_dice",
+    "folding_percent",
+    "log_jacobian_std",
+    "seconds_per_pair",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+]
 
 
 def summarise(cases, scores: dict, timing: dict, method: str, device: str) -> list[dict]:
@@ -464,11 +582,17 @@ def summarise(cases, scores: dict, timing: dict, method: str, device: str) -> li
             continue
         per = [scores[c.name] for c in group]
         secs = [timing.get("seconds", {}).get(c.name) for c in group]
-        row = {"task": task, "method": method, "device": device, "pairs": len(group),
-               "folding_percent": float(np.mean([p["folding_percent"] for p in per])),
-               "log_jacobian_std": float(np.nanmean([p["log_jacobian_std"] for p in per])),
-               "seconds_per_pair": float(np.mean(secs)) if method != "affine" else None,
-               "peak_rss_mb": timing.get("peak_rss_mb"), "peak_gpu_mb": timing.get("peak_gpu_mb")}
+        row = {
+            "task": task,
+            "method": method,
+            "device": device,
+            "pairs": len(group),
+            "folding_percent": float(np.mean([p["folding_percent"] for p in per])),
+            "log_jacobian_std": float(np.nanmean([p["log_jacobian_std"] for p in per])),
+            "seconds_per_pair": float(np.mean(secs)) if method != "affine" else None,
+            "peak_rss_mb": timing.get("peak_rss_mb"),
+            "peak_gpu_mb": timing.get("peak_gpu_mb"),
+        }
         if task == "ixi002":
             row["pairs"] = 1
             row["brain_mask_dice"] = scores["ixi002_T2_to_T1"].get("mask_dice")
@@ -477,10 +601,14 @@ def summarise(cases, scores: dict, timing: dict, method: str, device: str) -> li
         else:
             dice = np.concatenate([p["dice"] for p in per])
             hd95 = np.concatenate([p["hd95"] for p in per])
-            row.update(dice_mean=float(dice.mean()), dice_median=float(np.median(dice)),
-                       dice_sd_over_pairs=float(np.std([np.mean(p["dice"]) for p in per])),
-                       hd95_mean_mm=float(hd95.mean()), hd95_median_mm=float(np.median(hd95)),
-                       labels_lost=int(sum(p["labels_lost"] for p in per)))
+            row.update(
+                dice_mean=float(dice.mean()),
+                dice_median=float(np.median(dice)),
+                dice_sd_over_pairs=float(np.std([np.mean(p["dice"]) for p in per])),
+                hd95_mean_mm=float(hd95.mean()),
+                hd95_median_mm=float(np.median(hd95)),
+                labels_lost=int(sum(p["labels_lost"] for p in per)),
+            )
         rows.append(row)
     return rows
 
@@ -495,9 +623,12 @@ def fmt(value, digits=3) -> str:
 
 def describe_io(total: int) -> str:
     from unireg.register import InstanceOptOptions
+
     opt = InstanceOptOptions.schedule(total)
-    return (f"{opt.coarse_steps} steps at the flow grid + {opt.steps} at the image grid, {opt.similarity.upper()}, "
-            f"diffusion weight {opt.weight}, Adam lr {opt.learning_rate}, integrate {opt.integrate!r}")
+    return (
+        f"{opt.coarse_steps} steps at the flow grid + {opt.steps} at the image grid, {opt.similarity.upper()}, "
+        f"diffusion weight {opt.weight}, Adam lr {opt.learning_rate}, integrate {opt.integrate!r}"
+    )
 
 
 def method_label(method: str, device: str, steps: int) -> str:
@@ -510,32 +641,45 @@ def markdown(rows: list[dict], header: list[str], notes: list[str], steps: int) 
     lines += [f"- {h}" for h in header] + [""]
     label_rows = [r for r in rows if r["task"] != "ixi002"]
     if label_rows:
-        lines += ["## Atlas -> subject, scored with the subject's own DLMUSE labels", "",
-                  "Dice and HD95 over all labels x pairs (mean, median); sd of the per-pair mean Dice; "
-                  "% det J <= 0 over the whole grid; seconds per pair and peak RSS of the method's process.", "",
-                  "| task | method | pairs | Dice mean | Dice median | Dice sd (pairs) | HD95 mean mm | "
-                  "HD95 median mm | % det J <= 0 | s / pair | peak RSS MB | peak GPU MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Atlas -> subject, scored with the subject's own DLMUSE labels",
+            "",
+            "Dice and HD95 over all labels x pairs (mean, median); sd of the per-pair mean Dice; "
+            "% det J <= 0 over the whole grid; seconds per pair and peak RSS of the method's process.",
+            "",
+            "| task | method | pairs | Dice mean | Dice median | Dice sd (pairs) | HD95 mean mm | "
+            "HD95 median mm | % det J <= 0 | s / pair | peak RSS MB | peak GPU MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in label_rows:
-            lines.append(f"| {TASK_TITLES[r['task']]} | {method_label(r['method'], r['device'], steps)} | {r['pairs']} | "
-                         f"{fmt(r['dice_mean'])} | {fmt(r['dice_median'])} | {fmt(r['dice_sd_over_pairs'])} | "
-                         f"{fmt(r['hd95_mean_mm'], 2)} | {fmt(r['hd95_median_mm'], 2)} | "
-                         f"{fmt(r['folding_percent'], 4)} | {fmt(r['seconds_per_pair'], 1)} | "
-                         f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['peak_gpu_mb'], 0)} |")
+            lines.append(
+                f"| {TASK_TITLES[r['task']]} | {method_label(r['method'], r['device'], steps)} | {r['pairs']} | "
+                f"{fmt(r['dice_mean'])} | {fmt(r['dice_median'])} | {fmt(r['dice_sd_over_pairs'])} | "
+                f"{fmt(r['hd95_mean_mm'], 2)} | {fmt(r['hd95_median_mm'], 2)} | "
+                f"{fmt(r['folding_percent'], 4)} | {fmt(r['seconds_per_pair'], 1)} | "
+                f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['peak_gpu_mb'], 0)} |"
+            )
         lines.append("")
     real = [r for r in rows if r["task"] == "ixi002"]
     if real:
-        lines += ["## Real cross-modal pair: IXI002 T2 and T1 (same subject)", "",
-                  "Brain-mask Dice: T2 (moving) -> T1 (fixed), warped HD-BET T2 mask vs T1 mask. Agreement: mean "
-                  "label Dice between the atlas labels propagated to the T1 (T1 -> T1) and to the T2 (T1 -> T2, "
-                  "cross-modal) after mapping the latter onto the T1 grid. % det J <= 0 of the T2 -> T1 field; "
-                  "seconds: mean of the three registrations.", "",
-                  "| method | brain-mask Dice T2 -> T1 | agreement Dice (atlas->T2 vs atlas->T1) | % det J <= 0 | "
-                  "s / pair | peak RSS MB |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Real cross-modal pair: IXI002 T2 and T1 (same subject)",
+            "",
+            "Brain-mask Dice: T2 (moving) -> T1 (fixed), warped HD-BET T2 mask vs T1 mask. Agreement: mean "
+            "label Dice between the atlas labels propagated to the T1 (T1 -> T1) and to the T2 (T1 -> T2, "
+            "cross-modal) after mapping the latter onto the T1 grid. % det J <= 0 of the T2 -> T1 field; "
+            "seconds: mean of the three registrations.",
+            "",
+            "| method | brain-mask Dice T2 -> T1 | agreement Dice (atlas->T2 vs atlas->T1) | % det J <= 0 | "
+            "s / pair | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in real:
-            lines.append(f"| {method_label(r['method'], r['device'], steps)} | {fmt(r['brain_mask_dice'])} | "
-                         f"{fmt(r['agreement_dice'])} | {fmt(r['folding_percent'], 4)} | "
-                         f"{fmt(r['seconds_per_pair'], 1)} | {fmt(r['peak_rss_mb'], 0)} |")
+            lines.append(
+                f"| {method_label(r['method'], r['device'], steps)} | {fmt(r['brain_mask_dice'])} | "
+                f"{fmt(r['agreement_dice'])} | {fmt(r['folding_percent'], 4)} | "
+                f"{fmt(r['seconds_per_pair'], 1)} | {fmt(r['peak_rss_mb'], 0)} |"
+            )
         lines.append("")
     lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -557,10 +701,12 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return head + (" (working tree has uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -568,6 +714,7 @@ def git_commit() -> str:
 
 def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     out = []
     for name in ("torch", "monai", "antspyx", "itk-elastix"):
         try:
@@ -579,20 +726,36 @@ def versions() -> str:
 
 # ----------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=2, help="fixed subjects (validation subjects after the atlas; "
-                        "9 exist); every task uses the same ones (default 2, to fit 30 min on 2 shared cores)")
-    parser.add_argument("--grid-mm", type=float, default=2.0, help="atlas grid spacing; the default model was "
-                        "trained at 2 mm (default 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="fixed subjects (validation subjects after the atlas; "
+        "9 exist); every task uses the same ones (default 2, to fit 30 min on 2 shared cores)",
+    )
+    parser.add_argument(
+        "--grid-mm",
+        type=float,
+        default=2.0,
+        help="atlas grid spacing; the default model was trained at 2 mm (default 2)",
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
-    parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS,
-                        help=f"UniReg + IO: test-time steps (default {INSTANCE_OPT_STEPS}, the shipped default)")
+    parser.add_argument(
+        "--instance-opt",
+        type=int,
+        default=INSTANCE_OPT_STEPS,
+        help=f"UniReg + IO: test-time steps (default {INSTANCE_OPT_STEPS}, the shipped default)",
+    )
     parser.add_argument("--ants-iterations", default="100,70,20", help="SyN iterations at shrink 4,2,1")
-    parser.add_argument("--elastix-iterations", type=int, default=None,
-                        help="override elastix's 256 iterations per resolution")
+    parser.add_argument(
+        "--elastix-iterations", type=int, default=None, help="override elastix's 256 iterations per resolution"
+    )
     parser.add_argument("--threads", type=int, default=2, help="threads of every method (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default $UNIREG_HOME/peers)")
@@ -626,9 +789,12 @@ def main(argv=None) -> None:
             try:
                 __import__(module)
             except ImportError:
-                raise SystemExit(f"peers: method {method} needs the '{module}' module: "
-                                 ".venv/bin/pip install -r benchmarks/requirements.txt") from None
+                raise SystemExit(
+                    f"peers: method {method} needs the '{module}' module: "
+                    ".venv/bin/pip install -r benchmarks/requirements.txt"
+                ) from None
     import torch
+
     from unireg.atlas import default_atlas_dir, load_atlas, prepare_default_atlas
 
     folder = default_atlas_dir(args.grid_mm)
@@ -655,9 +821,15 @@ def main(argv=None) -> None:
         for case in cases:
             fixed, moving = arrays[case.name]
             np.savez(work / "cases" / f"{case.name}.npz", fixed=fixed, moving=moving)
-        settings = {"cases": [vars(c) for c in cases], "spacing": float(spacing[0]), "threads": args.threads,
-                    "grid_affine": atlas.grid.affine.tolist(), "instance_opt": args.instance_opt,
-                    "ants_iterations": args.ants_iterations, "elastix_iterations": args.elastix_iterations}
+        settings = {
+            "cases": [vars(c) for c in cases],
+            "spacing": float(spacing[0]),
+            "threads": args.threads,
+            "grid_affine": atlas.grid.affine.tolist(),
+            "instance_opt": args.instance_opt,
+            "ants_iterations": args.ants_iterations,
+            "elastix_iterations": args.elastix_iterations,
+        }
         (work / "settings.json").write_text(json.dumps(settings))
         for method, device in runs:
             t0 = time.perf_counter()
@@ -669,14 +841,23 @@ def main(argv=None) -> None:
             rows += summarise(cases, scores, timing, method, device)
             for case in cases:
                 s = scores[case.name]
-                pair_rows.append({"case": case.name, "task": case.task, "fixed": case.fixed, "moving": case.moving,
-                                  "method": method, "device": device,
-                                  "dice_mean": float(np.mean(s["dice"])) if "dice" in s else None,
-                                  "hd95_mean_mm": float(np.mean(s["hd95"])) if s.get("hd95") else None,
-                                  "brain_mask_dice": s.get("mask_dice"), "agreement_dice": s.get("agreement_dice"),
-                                  "folding_percent": s["folding_percent"],
-                                  "seconds": timing.get("seconds", {}).get(case.name),
-                                  "rewarp_error": s.get("rewarp_error")})
+                pair_rows.append(
+                    {
+                        "case": case.name,
+                        "task": case.task,
+                        "fixed": case.fixed,
+                        "moving": case.moving,
+                        "method": method,
+                        "device": device,
+                        "dice_mean": float(np.mean(s["dice"])) if "dice" in s else None,
+                        "hd95_mean_mm": float(np.mean(s["hd95"])) if s.get("hd95") else None,
+                        "brain_mask_dice": s.get("mask_dice"),
+                        "agreement_dice": s.get("agreement_dice"),
+                        "folding_percent": s["folding_percent"],
+                        "seconds": timing.get("seconds", {}).get(case.name),
+                        "rewarp_error": s.get("rewarp_error"),
+                    }
+                )
             log(f"{method} ({device}) done in {time.perf_counter() - t0:.0f} s")
 
     wall = time.perf_counter() - t_start
@@ -690,11 +871,19 @@ def main(argv=None) -> None:
         f"command: `{command}`",
         f"wall time: {wall / 60:.1f} min ({t_prep:.0f} s preprocessing, cached in {cache})",
         f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm"
-        + (" (the default model's training grid)" if args.grid_mm == 2 else
-           " (NOT the 2 mm grid the default model was trained on)") + ("; SMOKE settings" if args.smoke else ""),
-        f"pairs: atlas {atlas_id} -> {len(targets)} of the {len(val_ids) - 1} other validation subjects of the packaged "
-        f"model ({', '.join(targets)})" + ("; fewer pairs than available, to fit the 30 min budget on 2 cores"
-                                           if len(targets) < len(val_ids) - 1 else ""),
+        + (
+            " (the default model's training grid)"
+            if args.grid_mm == 2
+            else " (NOT the 2 mm grid the default model was trained on)"
+        )
+        + ("; SMOKE settings" if args.smoke else ""),
+        f"pairs: atlas {atlas_id} -> {len(targets)} of the {len(val_ids) - 1} other validation subjects of the "
+        f"packaged model ({', '.join(targets)})"
+        + (
+            "; fewer pairs than available, to fit the 30 min budget on 2 cores"
+            if len(targets) < len(val_ids) - 1
+            else ""
+        ),
     ]
     notes = [
         "Every method registers the same preprocessed arrays (unireg preprocess: deepbet, percentile "
@@ -710,8 +899,9 @@ def main(argv=None) -> None:
         "bending energy weight 1, 2048 random samples) for every pair.",
         "Synthetic contrasts (fixed image only; atlas stays T1): piecewise-linear remap of the preprocessed T1 "
         "through (0, CSF, GM, WM means of a 3-class k-means in the brain, 1), then unireg's percentile "
-        "normalisation: " + "; ".join(f"{k.upper()}-like {v['points']} = {v['what']}" for k, v in CONTRASTS.items()
-                                      if k in args.tasks) + ".",
+        "normalisation: "
+        + "; ".join(f"{k.upper()}-like {v['points']} = {v['what']}" for k, v in CONTRASTS.items() if k in args.tasks)
+        + ".",
         "Scoring: each method's displacement warps the atlas labels with unireg's nearest-neighbour "
         "unireg.fields.warp; Dice over every label of the fixed reference (a lost label counts 0), HD95 (MONAI, "
         "unireg.metrics) over labels present in both; det J from unireg.fields.jacobian_stats on the same field.",
@@ -748,8 +938,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str], header: list[str
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else
-                                 f"{row[k]:.6g}" if isinstance(row.get(k), float) else row[k]) for k in columns})
+            writer.writerow(
+                {
+                    k: ("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row.get(k), float) else row[k])
+                    for k in columns
+                }
+            )
 
 
 if __name__ == "__main__":

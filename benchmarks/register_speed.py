@@ -38,14 +38,24 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = register_images(fixed, moving, model, device=device,
-                             instance_opt=InstanceOptOptions.schedule(instance_opt))
+    result = register_images(
+        fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(instance_opt)
+    )
     seconds = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
-    return {"spacing_mm": spacing, "grid": "x".join(map(str, fixed.shape)), "instance_opt": instance_opt,
-            "device": device, "seconds": round(seconds, 2), "peak_mb": round(peak),
-            "folding_percent": result.info["jacobian"]["folding_percent"]}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    )
+    return {
+        "spacing_mm": spacing,
+        "grid": "x".join(map(str, fixed.shape)),
+        "instance_opt": instance_opt,
+        "device": device,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak),
+        "folding_percent": result.info["jacobian"]["folding_percent"],
+    }
 
 
 def main() -> None:
@@ -61,10 +71,15 @@ def main() -> None:
     rows = []
     for spacing in (float(s) for s in args.spacings.split(",")):
         for steps in (0, args.instance_opt):
-            out = subprocess.run([sys.executable, __file__, "--device", args.device, "--_one", str(spacing), str(steps)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--device", args.device, "--_one", str(spacing), str(steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print("| atlas grid | voxel mm | instance-opt steps | seconds / pair | peak memory MB (RSS, or CUDA allocated) |")
     print("|---|---|---|---|---|")

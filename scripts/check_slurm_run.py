@@ -66,11 +66,21 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
 
     out = read_timestamped(work / "snakemake.out")
     submitted = {int(m.group(1)): Path(m.group(2)) for _, text in out if (m := SUBMITTED.search(text))}
-    queue = pd.read_csv(work / "squeue.txt", sep="|", header=None, dtype=str,
-                        names=["id", "partition", "state", "tres_per_job", "tres_alloc"]).assign(
-        id=lambda q: q["id"].astype(int)).set_index("id")
-    expect(bool(submitted) and set(submitted) <= set(queue.index),
-           f"{len(submitted)} SLURM jobs submitted, each with a SLURM record")
+    queue = (
+        pd.read_csv(
+            work / "squeue.txt",
+            sep="|",
+            header=None,
+            dtype=str,
+            names=["id", "partition", "state", "tres_per_job", "tres_alloc"],
+        )
+        .assign(id=lambda q: q["id"].astype(int))
+        .set_index("id")
+    )
+    expect(
+        bool(submitted) and set(submitted) <= set(queue.index),
+        f"{len(submitted)} SLURM jobs submitted, each with a SLURM record",
+    )
 
     # every job that ran (it left a benchmark file) ran inside a SLURM job
     in_slurm: dict[tuple[str, str], list[int]] = {}
@@ -79,31 +89,43 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             in_slurm.setdefault(job, []).append(slurm_id)
     benchmarks = (work / "work" / "benchmarks").glob("*/*.tsv")
     ran = {(p.parent.name, "" if p.stem == p.parent.name else p.stem) for p in benchmarks}
-    expect(bool(ran) and ran <= set(in_slurm), f"all {len(ran)} jobs that ran did so in SLURM jobs"
-           + (f" (not: {sorted(ran - set(in_slurm))})" if ran - set(in_slurm) else ""))
+    expect(
+        bool(ran) and ran <= set(in_slurm),
+        f"all {len(ran)} jobs that ran did so in SLURM jobs"
+        + (f" (not: {sorted(ran - set(in_slurm))})" if ran - set(in_slurm) else ""),
+    )
     expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
 
     # the good subjects: every per-subject job completed in SLURM, register on the gpu partition with a GPU
     for subject in good:
         for rule in PER_SUBJECT_RULES:
             ids = in_slurm.get((rule, subject), [])
-            expect(any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
-                   f"{subject}: {rule} completed in SLURM job(s) {ids}")
+            expect(
+                any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
+                f"{subject}: {rule} completed in SLURM job(s) {ids}",
+            )
         for i in in_slurm.get(("register", subject), []):
-            expect(queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
-                   f"{subject}: register SLURM job {i} in partition {queue.loc[i, 'partition']} "
-                   f"asking for {queue.loc[i, 'tres_per_job']}")
+            expect(
+                queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
+                f"{subject}: register SLURM job {i} in partition {queue.loc[i, 'partition']} "
+                f"asking for {queue.loc[i, 'tres_per_job']}",
+            )
         env = json.loads(_at(work, subject, "displacement_json").read_text())["environment"]
-        expect(env.get("slurm_job_partition") == "gpu" and env.get("cuda_visible_devices") not in (None, "")
-               and env.get("slurm_gpus_on_node", "0") != "0",
-               f"{subject}: register ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
-               f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
-               f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}")
+        expect(
+            env.get("slurm_job_partition") == "gpu"
+            and env.get("cuda_visible_devices") not in (None, "")
+            and env.get("slurm_gpus_on_node", "0") != "0",
+            f"{subject}: register ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
+            f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
+            f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}",
+        )
         metrics = pd.read_csv(_at(work, subject, "metrics"), sep="\t").set_index("name")
         gm, wm = metrics.loc["grey_matter", "dice"], metrics.loc["white_matter", "dice"]
         # the bounds of tests/test_workflow.py's local run of the same cohort
-        expect(gm > 0.55 and wm > 0.6, f"{subject}: propagated labels against the reference: Dice grey matter "
-               f"{gm:.3f}, white matter {wm:.3f}")
+        expect(
+            gm > 0.55 and wm > 0.6,
+            f"{subject}: propagated labels against the reference: Dice grey matter {gm:.3f}, white matter {wm:.3f}",
+        )
 
     # the failing subject: Snakemake failed, said so within a minute of each failed SLURM job, named it
     expect(exit_status != 0, f"snakemake exit status {exit_status} (a subject failed)")
@@ -116,17 +138,22 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             ended = submitted[i].stat().st_mtime
             reported = [t for t, _ in errors if t >= ended - 1]
             delay = reported[0] - ended if reported else float("inf")
-            expect(delay <= MAX_REPORT_DELAY_S,
-                   f"{subject}: Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended")
+            expect(
+                delay <= MAX_REPORT_DELAY_S,
+                f"{subject}: Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended",
+            )
         log = work / f"work/logs/convert/{subject}.log"
-        expect(log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
-               f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}")
-        expect(not _at(work, subject, "labels").exists(),
-               f"{subject}: no labels written")
+        expect(
+            log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
+            f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}",
+        )
+        expect(not _at(work, subject, "labels").exists(), f"{subject}: no labels written")
         report = work / "results/report.html"
         text = report.read_text() if report.exists() else ""
-        expect(subject in text and "cannot read as NIfTI" in text and all(s in text for s in good),
-               f"{subject}: listed with its error in the report, beside the good subjects")
+        expect(
+            subject in text and "cannot read as NIfTI" in text and all(s in text for s in good),
+            f"{subject}: listed with its error in the report, beside the good subjects",
+        )
     return problems
 
 

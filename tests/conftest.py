@@ -26,6 +26,7 @@ def shared_file(*parts: str) -> Path:
 def default_atlas(tmp_path_factory):
     """The default MNI 2009a tissue atlas at 2 mm, built offline from nilearn's files."""
     from unireg.atlas import prepare_default_atlas
+
     return prepare_default_atlas(tmp_path_factory.mktemp("atlas") / "mni2009a-2mm", spacing=2.0)
 
 
@@ -37,10 +38,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 # later-layer keys of the full torchvision files, so the test files look like the real ones
 TORCHVISION_EXTRA_KEYS = {
-    "resnet18": {"layer2.0.downsample.0.weight": (128, 64, 1, 1), "layer4.1.bn2.running_var": (512,),
-                 "fc.weight": (1000, 512), "fc.bias": (1000,)},
-    "vgg16": {"features.10.weight": (256, 128, 3, 3), "features.28.bias": (512,),
-              "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)},
+    "resnet18": {
+        "layer2.0.downsample.0.weight": (128, 64, 1, 1),
+        "layer4.1.bn2.running_var": (512,),
+        "fc.weight": (1000, 512),
+        "fc.bias": (1000,),
+    },
+    "vgg16": {
+        "features.10.weight": (256, 128, 3, 3),
+        "features.28.bias": (512,),
+        "classifier.6.weight": (1000, 4096),
+        "classifier.6.bias": (1000,),
+    },
 }
 
 
@@ -49,11 +58,15 @@ def write_torchvision_file(name: str, path: Path, seed: int = 0) -> dict:
     keys/shapes of our module (torchvision names, no num_batches_tracked, like the official files)
     plus later keys. Used by tests/test_weights.py and tests/test_features.py."""
     import torch
+
     from unireg.features import ResNet18Early, VGG16Early
+
     torch.manual_seed(seed)
-    state = {key: torch.randn(value.shape) * 0.1 if value.is_floating_point() else value
-             for key, value in {"resnet18": ResNet18Early, "vgg16": VGG16Early}[name]().state_dict().items()
-             if not key.endswith("num_batches_tracked")}
+    state = {
+        key: torch.randn(value.shape) * 0.1 if value.is_floating_point() else value
+        for key, value in {"resnet18": ResNet18Early, "vgg16": VGG16Early}[name]().state_dict().items()
+        if not key.endswith("num_batches_tracked")
+    }
     state.update({key: value.abs() + 0.5 for key, value in state.items() if key.endswith("running_var")})
     state.update({key: torch.randn(shape) for key, shape in TORCHVISION_EXTRA_KEYS[name].items()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +82,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def read_commented_csv(path) -> list[dict]:
     """Rows of a benchmark CSV whose provenance lines start with '#'."""
     import csv
+
     with open(path) as fh:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
@@ -78,11 +92,17 @@ def run_benchmark_smoke(script: str, out: Path) -> str:
     with its own UNIREG_HOME (never the user's cache); returns its stdout."""
     import subprocess
     import sys
+
     shared_file("ixi_t1_dlmuse", "t1")
     shared_file("ixi002_t1_t2")
     env = {**os.environ, "UNIREG_HOME": str(out / "unireg_home")}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -110,8 +130,9 @@ def mprage_files(first: int, count: int) -> list[Path]:
     return [root / f"1-{n:03d}.dcm" for n in range(first, first + count)]
 
 
-def copy_series(sources: list[Path], folder: Path, names: str, *, shrink: int = 1, drop: tuple[str, ...] = (),
-                **tags) -> list[Path]:
+def copy_series(
+    sources: list[Path], folder: Path, names: str, *, shrink: int = 1, drop: tuple[str, ...] = (), **tags
+) -> list[Path]:
     """Re-write real slices into ``folder`` as a new series, with ``tags`` changed (a callable gets the
     file's number) and the tags ``drop`` removed; fresh SOP instance UIDs unless ``tags`` sets them.
 
@@ -120,6 +141,7 @@ def copy_series(sources: list[Path], folder: Path, names: str, *, shrink: int = 
     """
     import pydicom
     from pydicom.uid import generate_uid
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, source in enumerate(sources):
@@ -150,6 +172,7 @@ def by_description(manifest, description: str):
 def mprage_index(isolated_home_for_module_fixtures, tmp_path_factory):
     """The real 120-slice MPRAGE indexed: ``(root, out, manifest)``, the manifest written in ``out``."""
     from unireg.cohort import index_command
+
     root = shared_file("dicom_mprage_vsseg001")
     out = tmp_path_factory.mktemp("mprage")
     return root, out, index_command(root, out / "manifest.tsv")
@@ -161,19 +184,36 @@ def dicom_cohort(isolated_home_for_module_fixtures, tmp_path_factory):
     from pydicom.uid import generate_uid
 
     from unireg.cohort import index_command
+
     root = tmp_path_factory.mktemp("cohort")
     dicom = root / "dicom"
     t1 = copy_series(mprage_files(1, 12), dicom / "a", "{}", SeriesInstanceUID=generate_uid())
     cut = t1[5].read_bytes()
     t1[5].write_bytes(cut[: len(cut) // 2])
-    copy_series(mprage_files(13, 12), dicom / "b" / "c", "slice{}.dcm", SeriesInstanceUID=generate_uid(),
-                SeriesDescription="t2_tse_tra")
+    copy_series(
+        mprage_files(13, 12),
+        dicom / "b" / "c",
+        "slice{}.dcm",
+        SeriesInstanceUID=generate_uid(),
+        SeriesDescription="t2_tse_tra",
+    )
     sagittal = ["0", "1", "0", "0", "0", "-1"]
-    copy_series(mprage_files(25, 12), dicom / "d", "x{}", SeriesInstanceUID=generate_uid(),
-                SeriesDescription="mixed_orientation",
-                ImageOrientationPatient=lambda n: sagittal if n % 2 else ["1", "0", "0", "0", "1", "0"])
-    copy_series(mprage_files(40, 3), dicom / "e", "loc{}", SeriesInstanceUID=generate_uid(),
-                SeriesDescription="localizer", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    copy_series(
+        mprage_files(25, 12),
+        dicom / "d",
+        "x{}",
+        SeriesInstanceUID=generate_uid(),
+        SeriesDescription="mixed_orientation",
+        ImageOrientationPatient=lambda n: sagittal if n % 2 else ["1", "0", "0", "0", "1", "0"],
+    )
+    copy_series(
+        mprage_files(40, 3),
+        dicom / "e",
+        "loc{}",
+        SeriesInstanceUID=generate_uid(),
+        SeriesDescription="localizer",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+    )
     (dicom / "b" / "notes.txt").write_text("not a DICOM file\n" * 50)
     manifest = index_command(dicom, root / "manifest.tsv")
     return root, manifest, t1[5]
@@ -183,10 +223,11 @@ def blobs(seed: int, shape=(32, 40, 36)):
     """A brain-like test volume ``(1, 1, *shape)``: smooth random blobs inside an ellipsoid, zero outside."""
     import torch
     import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(seed)
     noise = torch.rand(1, 1, *(s // 4 for s in shape), generator=g)
     volume = F.interpolate(noise, size=shape, mode="trilinear", align_corners=False)
     axes = [torch.linspace(-1, 1, s) for s in shape]
     zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
-    inside = (zz ** 2 / 0.6 + yy ** 2 / 0.7 + xx ** 2 / 0.65) < 1
+    inside = (zz**2 / 0.6 + yy**2 / 0.7 + xx**2 / 0.65) < 1
     return volume * inside

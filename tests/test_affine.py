@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import dice, shared_file
 from scipy.spatial.transform import Rotation
 
-from conftest import dice, shared_file
 from unireg.affine import align_affine, read_affine_txt, read_itk_affine, write_affine_txt, write_itk_affine
 from unireg.intensity import normalise_intensity
 from unireg.io import Grid, apply_affine, load_image
@@ -80,6 +80,7 @@ def test_real_t2_aligns_to_its_t1():
     m2 = reorient_to_ras(load_image(shared_file("ixi002_t1_t2", "hd_bet_mask_IXI002-Guys-0828-T2.nii.gz"), label=True))
     # work at 2 mm, as the pipeline does
     from unireg.transforms import grid_with_spacing
+
     grid = grid_with_spacing(t1.grid, 2.0)
     fixed = normalise_intensity(resample(t1, grid), mask=resample(m1, grid).data > 0)
     fixed_mask = resample(m1, grid).data > 0
@@ -107,9 +108,11 @@ def test_transform_files_round_trip_and_itk_is_lps(tmp_path):
     assert "AffineTransform_double_3_3" in text
     assert text.splitlines()[3].split()[-3:] == ["-5", "3", "2"]  # LPS: x and y flip sign
     # an ITK file with a rotation centre reads back to the same point mapping
-    (tmp_path / "c.txt").write_text("#Insight Transform File V1.0\n#Transform 0\n"
-                                    "Transform: AffineTransform_double_3_3\n"
-                                    "Parameters: 0 -1 0 1 0 0 0 0 1 0 0 0\nFixedParameters: 10 0 0\n")
+    (tmp_path / "c.txt").write_text(
+        "#Insight Transform File V1.0\n#Transform 0\n"
+        "Transform: AffineTransform_double_3_3\n"
+        "Parameters: 0 -1 0 1 0 0 0 0 1 0 0 0\nFixedParameters: 10 0 0\n"
+    )
     ras = read_itk_affine(tmp_path / "c.txt")
     centre_ras = np.array([-10.0, 0.0, 0.0])  # LPS (10, 0, 0)
     np.testing.assert_allclose(apply_affine(ras, centre_ras[None])[0], centre_ras, atol=1e-9)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from unireg.atlas import import_atlas, load_atlas
-from unireg.io import read_label_table
 from unireg.errors import UniregError
+from unireg.io import read_label_table
 
 
 def test_default_atlas_is_built_offline_with_tissue_labels(default_atlas):

@@ -63,10 +63,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import copy_series, dice, mprage_files, shared_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from conftest import copy_series, dice, mprage_files, shared_file
 from unireg.affine import read_affine_txt
 from unireg.cli import main
 from unireg.cohort import hashed_uid, index_dicom, read_uid_salt, select_series, series_key, write_manifest
@@ -88,6 +88,7 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 # ---------------------------------------------------------------------------------------------
 # Building DICOM from the real series
 # ---------------------------------------------------------------------------------------------
+
 
 def sources(first: int = 1, count: int = N_SLICES) -> list[Path]:
     return mprage_files(first, count)
@@ -126,21 +127,43 @@ def enhanced_file(path: Path, files: list[Path]) -> list[Path]:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    for keyword in ("StudyInstanceUID", "PatientID", "Modality", "Manufacturer", "SeriesDescription", "SeriesNumber",
-                    "MagneticFieldStrength", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
-                    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+    for keyword in (
+        "StudyInstanceUID",
+        "PatientID",
+        "Modality",
+        "Manufacturer",
+        "SeriesDescription",
+        "SeriesNumber",
+        "MagneticFieldStrength",
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    ):
         setattr(ds, keyword, first.data_element(keyword).value)
     ds.SeriesInstanceUID, ds.InstanceNumber, ds.NumberOfFrames = generate_uid(), 1, len(headers)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-    ds.SharedFunctionalGroupsSequence = [item(
-        PlaneOrientationSequence=[item(ImageOrientationPatient=first.ImageOrientationPatient)],
-        PixelMeasuresSequence=[item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)],
-        MRTimingAndRelatedParametersSequence=[item(RepetitionTime=first.RepetitionTime)],
-        MREchoSequence=[item(EffectiveEchoTime=first.EchoTime)])]
-    ds.PerFrameFunctionalGroupsSequence = [item(
-        PlanePositionSequence=[item(ImagePositionPatient=h.ImagePositionPatient)],
-        FrameContentSequence=[item(InStackPositionNumber=n % N_SLICES + 1, TemporalPositionIndex=n // N_SLICES + 1)])
-        for n, h in enumerate(headers)]
+    ds.SharedFunctionalGroupsSequence = [
+        item(
+            PlaneOrientationSequence=[item(ImageOrientationPatient=first.ImageOrientationPatient)],
+            PixelMeasuresSequence=[item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)],
+            MRTimingAndRelatedParametersSequence=[item(RepetitionTime=first.RepetitionTime)],
+            MREchoSequence=[item(EffectiveEchoTime=first.EchoTime)],
+        )
+    ]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(
+            PlanePositionSequence=[item(ImagePositionPatient=h.ImagePositionPatient)],
+            FrameContentSequence=[
+                item(InStackPositionNumber=n % N_SLICES + 1, TemporalPositionIndex=n // N_SLICES + 1)
+            ],
+        )
+        for n, h in enumerate(headers)
+    ]
     ds.PixelData = b"".join(h.PixelData for h in headers)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
@@ -160,8 +183,14 @@ def structured_report(path: Path, series_uid: str) -> None:
     ds.SeriesInstanceUID, ds.Modality, ds.SeriesDescription = series_uid, "SR", "report"
     ds.ValueType, ds.ContinuityOfContent, ds.ConceptNameCodeSequence = "CONTAINER", "SEPARATE", [code]
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ContentSequence = [item(RelationshipType="CONTAINS", ValueType="TEXT", ConceptNameCodeSequence=[code],
-                               TextValue="No acute intracranial findings.")]
+    ds.ContentSequence = [
+        item(
+            RelationshipType="CONTAINS",
+            ValueType="TEXT",
+            ConceptNameCodeSequence=[code],
+            TextValue="No acute intracranial findings.",
+        )
+    ]
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -207,6 +236,7 @@ def assert_one_line_error(err, *parts: str) -> str:
 # Item 1: DICOM that must convert to exactly the clean volume
 # ---------------------------------------------------------------------------------------------
 
+
 def jittered(first_slices_exact: bool):
     """Slice positions off by +-0.04 mm (as headers that round them are), inner slices only or all of them.
 
@@ -237,12 +267,15 @@ def _enhanced(folder):
     return enhanced_file(folder / "enhanced.dcm", sources())
 
 
-@pytest.mark.parametrize("build, not_image, atol", [
-    pytest.param(jittered(first_slices_exact=True), 0, 1e-4, id="inner positions jittered 0.04 mm"),
-    pytest.param(_rle, 0, 1e-4, id="RLE lossless"),
-    pytest.param(_with_reports, 2, 1e-4, id="structured reports in the folder and the series"),
-    pytest.param(_enhanced, 0, 1e-4, id="enhanced multi-frame"),
-])
+@pytest.mark.parametrize(
+    "build, not_image, atol",
+    [
+        pytest.param(jittered(first_slices_exact=True), 0, 1e-4, id="inner positions jittered 0.04 mm"),
+        pytest.param(_rle, 0, 1e-4, id="RLE lossless"),
+        pytest.param(_with_reports, 2, 1e-4, id="structured reports in the folder and the series"),
+        pytest.param(_enhanced, 0, 1e-4, id="enhanced multi-frame"),
+    ],
+)
 def test_series_converts_to_the_clean_volume(clean, tmp_path, build, not_image, atol):
     build(tmp_path / "dicom")
     manifest, nifti = index_and_convert(tmp_path / "dicom", tmp_path)
@@ -268,14 +301,16 @@ def test_two_series_in_one_folder_convert_apart(clean, tmp_path):
     data, affine = canonical(other)
     # canonical k runs inferior -> superior: slice sums in the order of the DICOM z positions
     by_height = sorted(second, key=lambda f: positions([f])[0][2])
-    np.testing.assert_array_equal(data.sum(axis=(0, 1), dtype=np.int64),
-                                  [pydicom.dcmread(f).pixel_array.sum(dtype=np.int64) for f in by_height])
+    np.testing.assert_array_equal(
+        data.sum(axis=(0, 1), dtype=np.int64), [pydicom.dcmread(f).pixel_array.sum(dtype=np.int64) for f in by_height]
+    )
     assert affine[2, 3] == pytest.approx(clean[1][2, 3] + N_SLICES * 1.5, abs=1e-3)  # 12 slices higher
 
 
 # ---------------------------------------------------------------------------------------------
 # Item 1: DICOM that must stop with a one-line error naming the subject and the series
 # ---------------------------------------------------------------------------------------------
+
 
 def _missing_slice(folder):
     files = sources()
@@ -307,6 +342,7 @@ def _repetitions(count):
     def build(folder):
         files = sources() + sources()[:count]
         return series(folder, files, AcquisitionNumber=lambda n: 1 + n // N_SLICES, InstanceNumber=lambda n: n + 1)
+
     return build
 
 
@@ -318,6 +354,7 @@ def _secondary_capture(folder):
     def screenshot(ds):
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
         del ds.ImagePositionPatient, ds.ImageOrientationPatient
+
     return rewrite(series(folder), screenshot)
 
 
@@ -328,29 +365,76 @@ def _enhanced_two_time_points(folder):
 FOUR_D = "2 images per slice position (echoes, repetitions or time points: 4-D)"
 
 
-@pytest.mark.parametrize("build, parts, not_chosen", [
-    pytest.param(_missing_slice, ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm along the "
-                                  "slice normal, 1.5 mm elsewhere"], None, id="missing slice"),
-    pytest.param(_moved_slice, ["has uneven slice spacing: 2.2 mm between the slices at -84.50 and -82.30 mm",
-                                "1.5 mm elsewhere (2 uneven gaps in all)"], None, id="moved slice"),
-    pytest.param(_corrupt_header, ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm"], None,
-                 id="corrupt header"),
-    pytest.param(_truncated_rle, ["IM0005: series", "file is truncated"], None, id="truncated RLE slice"),
-    pytest.param(_repetitions(5), ["has an unequal number of images per slice position (12 positions: 7 with 1, "
-                                   "5 with 2)"], FOUR_D, id="incomplete repetition"),
-    pytest.param(_repetitions(N_SLICES), ["converts to 2 volumes; it has 2 images at every slice position"], FOUR_D,
-                 id="full repetition"),
-    pytest.param(_enhanced_two_time_points, ["converts to 2 volumes; it has 2 images at every slice position"],
-                 FOUR_D, id="enhanced 2 time points"),
-    pytest.param(_half_tilted, ["converts to 2 volumes; it has 2 slice orientations"],
-                 "several slice orientations in one series (a multi-plane localiser?)", id="half the slices tilted"),
-    pytest.param(_secondary_capture, ["has no slice geometry"],
-                 "no slice geometry (a screenshot or secondary capture)", id="secondary capture"),
-    pytest.param(jittered(first_slices_exact=False), [
-        "converts to a volume that puts a slice 0.80 mm from where its header says (slices 1.58 mm apart in the "
-        "NIfTI, 1.507 mm on average in the headers): its slice positions are uneven"], None,
-        id="all positions jittered"),
-])
+@pytest.mark.parametrize(
+    "build, parts, not_chosen",
+    [
+        pytest.param(
+            _missing_slice,
+            [
+                "has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm along the "
+                "slice normal, 1.5 mm elsewhere"
+            ],
+            None,
+            id="missing slice",
+        ),
+        pytest.param(
+            _moved_slice,
+            [
+                "has uneven slice spacing: 2.2 mm between the slices at -84.50 and -82.30 mm",
+                "1.5 mm elsewhere (2 uneven gaps in all)",
+            ],
+            None,
+            id="moved slice",
+        ),
+        pytest.param(
+            _corrupt_header,
+            ["has 1 slice missing: 3 mm between the slices at -86.00 and -83.00 mm"],
+            None,
+            id="corrupt header",
+        ),
+        pytest.param(_truncated_rle, ["IM0005: series", "file is truncated"], None, id="truncated RLE slice"),
+        pytest.param(
+            _repetitions(5),
+            ["has an unequal number of images per slice position (12 positions: 7 with 1, 5 with 2)"],
+            FOUR_D,
+            id="incomplete repetition",
+        ),
+        pytest.param(
+            _repetitions(N_SLICES),
+            ["converts to 2 volumes; it has 2 images at every slice position"],
+            FOUR_D,
+            id="full repetition",
+        ),
+        pytest.param(
+            _enhanced_two_time_points,
+            ["converts to 2 volumes; it has 2 images at every slice position"],
+            FOUR_D,
+            id="enhanced 2 time points",
+        ),
+        pytest.param(
+            _half_tilted,
+            ["converts to 2 volumes; it has 2 slice orientations"],
+            "several slice orientations in one series (a multi-plane localiser?)",
+            id="half the slices tilted",
+        ),
+        pytest.param(
+            _secondary_capture,
+            ["has no slice geometry"],
+            "no slice geometry (a screenshot or secondary capture)",
+            id="secondary capture",
+        ),
+        pytest.param(
+            jittered(first_slices_exact=False),
+            [
+                "converts to a volume that puts a slice 0.80 mm from where its header says "
+                "(slices 1.58 mm apart in the NIfTI, 1.507 mm on average in the headers): "
+                "its slice positions are uneven"
+            ],
+            None,
+            id="all positions jittered",
+        ),
+    ],
+)
 def test_broken_series_is_one_line_error(tmp_path, build, parts, not_chosen):
     """Selectable series fail at conversion; a series the rule never selects (``not_chosen``) fails at
     selection with the index's reason, and converted anyway its headers are refused all the same."""
@@ -366,8 +450,11 @@ def test_broken_series_is_one_line_error(tmp_path, build, parts, not_chosen):
     assert row.selected == (0 if not_chosen else 1)
     if not_chosen:
         assert row.selection_reason == f"not chosen: {not_chosen}"
-        assert_one_line_error(err, f"no anatomical series to register among 1: {uid} 't1_mpr_tra_gk_v4' MR (series "
-                                   f"2, {N_SLICES} slices): {not_chosen}; ")
+        assert_one_line_error(
+            err,
+            f"no anatomical series to register among 1: {uid} 't1_mpr_tra_gk_v4' MR (series "
+            f"2, {N_SLICES} slices): {not_chosen}; ",
+        )
         with pytest.raises(UniregError) as err:
             convert_series(manifest.attrs["files"][series_key(SUBJECT, uid)], out, SUBJECT, uid)
     assert_one_line_error(err, f"series {uid}", *parts)
@@ -381,14 +468,20 @@ def test_broken_series_is_one_line_error(tmp_path, build, parts, not_chosen):
 # Item 1: localisers
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def with_localiser(tmp_path):
     """The T1 series and a three-plane localiser (axial, sagittal, coronal) of the same subject."""
     folder = tmp_path / "dicom"
     series(folder / "t1")
     planes = [["1", "0", "0", "0", "1", "0"], ["0", "1", "0", "0", "0", "-1"], ["1", "0", "0", "0", "0", "-1"]]
-    localiser = series(folder / "loc", sources(60, 3), SeriesDescription="localizer",
-                       ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], ImageOrientationPatient=lambda n: planes[n])
+    localiser = series(
+        folder / "loc",
+        sources(60, 3),
+        SeriesDescription="localizer",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        ImageOrientationPatient=lambda n: planes[n],
+    )
     return folder, localiser
 
 
@@ -403,8 +496,9 @@ def test_localiser_is_never_selected(clean, with_localiser, tmp_path):
 
 def test_localiser_converted_anyway_is_one_line_error(with_localiser, tmp_path):
     _, localiser = with_localiser
-    uid = hashed_uid(pydicom.dcmread(localiser[0], stop_before_pixels=True).SeriesInstanceUID,
-                     read_uid_salt(create=True))
+    uid = hashed_uid(
+        pydicom.dcmread(localiser[0], stop_before_pixels=True).SeriesInstanceUID, read_uid_salt(create=True)
+    )
     with pytest.raises(UniregError) as err:
         convert_series(localiser, tmp_path / "loc.nii.gz", SUBJECT, uid)
     assert_one_line_error(err, f"series {uid} converts to 3 volumes; it has 3 slice orientations")
@@ -413,6 +507,7 @@ def test_localiser_converted_anyway_is_one_line_error(with_localiser, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Item 2: images
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def head():
@@ -460,22 +555,37 @@ def _huge_header(path: Path) -> None:
 
 IMAGE_CASES = {
     "2-D slice": (lambda d, a: (d[:, :, 45], a), [], "expected a 3-D image, got shape (120, 120); extract one volume"),
-    "4-D, 2 volumes": (lambda d, a: (np.stack([d, d], axis=-1), a), [],
-                       "expected a 3-D image, got shape (120, 120, 90, 2); extract one volume"),
+    "4-D, 2 volumes": (
+        lambda d, a: (np.stack([d, d], axis=-1), a),
+        [],
+        "expected a 3-D image, got shape (120, 120, 90, 2); extract one volume",
+    ),
     "all zero": (lambda d, a: (np.zeros_like(d), a), [], "image is empty (all voxels are zero)"),
     "constant": (lambda d, a: (np.full_like(d, 7.0), a), [], "image has constant intensity 7; it holds no anatomy"),
-    "inf voxels": (lambda d, a: (_with_inf_block(d), a), [],
-                   "125 NaN/Inf voxels (0.0096 %); fix the image or set nonfinite: zero to mask them"),
-    "3-slice slab": (lambda d, a: (d[:, :, 40:43], a), [],
-                     "image has only 3 voxels along one axis (shape (120, 120, 3)); a 3-D head image needs at "
-                     "least 10"),
+    "inf voxels": (
+        lambda d, a: (_with_inf_block(d), a),
+        [],
+        "125 NaN/Inf voxels (0.0096 %); fix the image or set nonfinite: zero to mask them",
+    ),
+    "3-slice slab": (
+        lambda d, a: (d[:, :, 40:43], a),
+        [],
+        "image has only 3 voxels along one axis (shape (120, 120, 3)); a 3-D head image needs at least 10",
+    ),
     "60 mm voxels": (lambda d, a: _scaled(d, a, 30.0), [], "implausible voxel size (60.0, 60.0, 60.0) mm"),
-    "partial field of view": (lambda d, a: (d[30:90, 30:90, 30:55], a), [],
-                              "partial field of view: the image covers 50 x 120 x 120 mm (R x A x S), less than 60% "
-                              "of the atlas brain's 148 x 182 x 156 mm along an axis"),
+    "partial field of view": (
+        lambda d, a: (d[30:90, 30:90, 30:55], a),
+        [],
+        "partial field of view: the image covers 50 x 120 x 120 mm (R x A x S), less than 60% "
+        "of the atlas brain's 148 x 182 x 156 mm along an axis",
+    ),
     "NaN in the affine": (_with_nan_srow, [], "the affine (voxel-to-world matrix) has NaN/Inf values"),
-    "2048^3 header": (_huge_header, [], "image has 8,589,934,592 voxels (shape (2048, 2048, 2048)), more than the "
-                                        "134,217,728 supported; downsample it first"),
+    "2048^3 header": (
+        _huge_header,
+        [],
+        "image has 8,589,934,592 voxels (shape (2048, 2048, 2048)), more than the "
+        "134,217,728 supported; downsample it first",
+    ),
 }
 
 
@@ -489,8 +599,20 @@ def test_bad_image_is_one_line_error(default_atlas, head, tmp_path, capsys, case
         make(path, *head)
     else:
         nib.save(nib.Nifti1Image(*make(*head)), path)
-    rc = main(["preprocess", "--image", str(path), "--atlas", default_atlas.path, "--out", str(tmp_path / "out"),
-               "--subject", "s1", *extra])
+    rc = main(
+        [
+            "preprocess",
+            "--image",
+            str(path),
+            "--atlas",
+            default_atlas.path,
+            "--out",
+            str(tmp_path / "out"),
+            "--subject",
+            "s1",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
     assert err.startswith(f"unireg: s1: {path}: {expected}"), err
@@ -514,9 +636,27 @@ def test_voxel_size_four_times_too_large_is_refused_after_alignment(default_atla
 # Item 5: the same inputs and seed give the same bytes (and a wildly wrong origin changes nothing)
 # ---------------------------------------------------------------------------------------------
 
+
 def preprocess_cli(image: Path, atlas, out: Path, *extra: str) -> Path:
-    assert main(["preprocess", "--image", str(image), "--atlas", atlas.path, "--out", str(out), "--subject", "s1",
-                 "--seed", "3", *extra]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--image",
+                str(image),
+                "--atlas",
+                atlas.path,
+                "--out",
+                str(out),
+                "--subject",
+                "s1",
+                "--seed",
+                "3",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -530,8 +670,11 @@ def preprocessed_twice(default_atlas, tmp_path_factory):
     """``unireg preprocess`` (deepbet + MI affine) run twice on the same real head with the same seed."""
     root = tmp_path_factory.mktemp("twice")
     head_path = shared_file("ixi_t1_dlmuse", "t1", "IXI012-HH-1211_T1.nii.gz")
-    return head_path, preprocess_cli(head_path, default_atlas, root / "a"), preprocess_cli(head_path, default_atlas,
-                                                                                          root / "b")
+    return (
+        head_path,
+        preprocess_cli(head_path, default_atlas, root / "a"),
+        preprocess_cli(head_path, default_atlas, root / "b"),
+    )
 
 
 def assert_same_outputs(first: Path, second: Path, json_name: str) -> list[str]:
@@ -553,9 +696,28 @@ def test_preprocess_and_register_are_bit_identical_on_cpu(default_atlas, preproc
     atlas_dir = Path(default_atlas.path)
     runs = []
     for name in ("r1", "r2"):
-        assert main(["register", "--fixed", str(a / OUTPUT_FILES["image"]), "--moving", str(atlas_dir / "atlas.nii.gz"),
-                     "--moving-labels", str(atlas_dir / "atlas_labels.nii.gz"), "--out", str(tmp_path / name),
-                     "--instance-opt", "1", "--device", "cpu", "--subject", "s1"]) == 0
+        assert (
+            main(
+                [
+                    "register",
+                    "--fixed",
+                    str(a / OUTPUT_FILES["image"]),
+                    "--moving",
+                    str(atlas_dir / "atlas.nii.gz"),
+                    "--moving-labels",
+                    str(atlas_dir / "atlas_labels.nii.gz"),
+                    "--out",
+                    str(tmp_path / name),
+                    "--instance-opt",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--subject",
+                    "s1",
+                ]
+            )
+            == 0
+        )
         runs.append(tmp_path / name)
     names = assert_same_outputs(*runs, "registration.json")
     assert {"warped.nii.gz", "displacement.nii.gz", "displacement_itk.nii.gz", "warped_labels.nii.gz"} <= set(names)
@@ -583,8 +745,10 @@ def test_affine_1000_mm_off_and_nan_voxels_still_land_on_the_atlas(default_atlas
     mask = load_image(out / OUTPUT_FILES["mask"], label=True).data
     assert dice(mask, default_atlas.mask.data) > 0.9
     assert dice(mask, load_image(reference / OUTPUT_FILES["mask"], label=True).data) > 0.97
-    matrix, matrix_reference = read_affine_txt(out / OUTPUT_FILES["affine"]), read_affine_txt(
-        reference / OUTPUT_FILES["affine"])
+    matrix, matrix_reference = (
+        read_affine_txt(out / OUTPUT_FILES["affine"]),
+        read_affine_txt(reference / OUTPUT_FILES["affine"]),
+    )
     np.testing.assert_allclose(matrix[:3, :3], matrix_reference[:3, :3], atol=0.02)
     np.testing.assert_allclose(matrix[:3, 3] - matrix_reference[:3, 3], shift, atol=1.0)  # mm
 
@@ -593,17 +757,22 @@ def test_affine_1000_mm_off_and_nan_voxels_still_land_on_the_atlas(default_atlas
 # Item 5: damaged checkpoints
 # ---------------------------------------------------------------------------------------------
 
+
 def _flip_a_byte(path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (_flip_a_byte, "checkpoint sha256 does not match model.pt.sha256: the file is corrupted or was replaced"),
-    (lambda p: p.with_name(p.name + ".sha256").unlink(), "checkpoint has no model.pt.sha256 beside it"),
-    (lambda p: p.with_name(p.name + ".sha256").write_text(""), "model.pt.sha256 holds no sha256 (64 hex digits)"),
-], ids=["one bit flipped", "no .sha256", "empty .sha256"])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (_flip_a_byte, "checkpoint sha256 does not match model.pt.sha256: the file is corrupted or was replaced"),
+        (lambda p: p.with_name(p.name + ".sha256").unlink(), "checkpoint has no model.pt.sha256 beside it"),
+        (lambda p: p.with_name(p.name + ".sha256").write_text(""), "model.pt.sha256 holds no sha256 (64 hex digits)"),
+    ],
+    ids=["one bit flipped", "no .sha256", "empty .sha256"],
+)
 def test_damaged_checkpoint_is_refused(tmp_path, capsys, damage, expected):
     """A copy of the packaged default model, damaged: refused before torch.load, by the library and the CLI."""
     path = tmp_path / "model.pt"
@@ -616,8 +785,24 @@ def test_damaged_checkpoint_is_refused(tmp_path, capsys, damage, expected):
     assert str(err.value).startswith(f"{path}: {expected}") and "\n" not in str(err.value)
     image = tmp_path / "x.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), image)
-    assert main(["register", "--fixed", str(image), "--moving", str(image), "--model", str(path),
-                 "--out", str(tmp_path / "reg"), "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "register",
+                "--fixed",
+                str(image),
+                "--moving",
+                str(image),
+                "--model",
+                str(path),
+                "--out",
+                str(tmp_path / "reg"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     message = capsys.readouterr().err
     assert message.count("\n") == 1 and f"{path}: {expected}" in message
     assert not (tmp_path / "reg").exists()

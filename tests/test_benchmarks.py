@@ -7,7 +7,6 @@ where they are not installed. No timing is asserted: the machine may be shared.
 import math
 
 import pytest
-
 from conftest import read_commented_csv, run_benchmark_smoke
 
 REQUIREMENTS = "pip install -r benchmarks/requirements.txt"
@@ -23,9 +22,12 @@ METHODS = ("affine", "unireg", "unireg_io", "ants", "elastix")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("peers")
     stdout = run_benchmark_smoke("peers.py", out)
-    return {"dir": out, "stdout": stdout,
-            "rows": {r["method"]: r for r in read_commented_csv(out / "peers.csv") if r["task"] == "mono"},
-            "pairs": read_commented_csv(out / "peers.pairs.csv")}
+    return {
+        "dir": out,
+        "stdout": stdout,
+        "rows": {r["method"]: r for r in read_commented_csv(out / "peers.csv") if r["task"] == "mono"},
+        "pairs": read_commented_csv(out / "peers.pairs.csv"),
+    }
 
 
 def test_every_method_has_a_row_with_sane_numbers(smoke):
@@ -35,7 +37,7 @@ def test_every_method_has_a_row_with_sane_numbers(smoke):
         dice, hd95, folding = float(row["dice_mean"]), float(row["hd95_mean_mm"]), float(row["folding_percent"])
         assert 0.0 <= dice <= 1.0 and math.isfinite(dice), (method, row)
         assert 0.0 <= float(row["dice_median"]) <= 1.0, (method, row)
-        assert 0.0 < hd95 < 100.0, (method, row)          # mm, on a 4 mm grid
+        assert 0.0 < hd95 < 100.0, (method, row)  # mm, on a 4 mm grid
         assert 0.0 <= folding <= 100.0, (method, row)
         assert int(row["pairs"]) == 1
         if method != "affine":
@@ -45,12 +47,12 @@ def test_every_method_has_a_row_with_sane_numbers(smoke):
 def test_methods_beat_or_match_affine_on_the_smoke_pair(smoke):
     dice = {m: float(r["dice_mean"]) for m, r in smoke["rows"].items()}
     print("smoke pair (4 mm grid), mean Dice over 148 DLMUSE labels:", dice)
-    assert dice["affine"] > 0.3          # real inter-subject pair after the MI affine (0.454 when written)
+    assert dice["affine"] > 0.3  # real inter-subject pair after the MI affine (0.454 when written)
     # the default model runs off its 2 mm training grid here, so only "no worse than affine" is asked of it
     assert dice["unireg"] > dice["affine"] - 0.03
     assert dice["unireg_io"] > dice["affine"]
     assert dice["ants"] > dice["affine"] + 0.03
-    assert dice["elastix"] > 0.15        # unstable at 4 mm with its default map, but not broken
+    assert dice["elastix"] > 0.15  # unstable at 4 mm with its default map, but not broken
     assert float(smoke["rows"]["unireg"]["folding_percent"]) < 0.5
 
 

@@ -10,9 +10,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unireg.bids import (BIDS_COLUMNS, BIDS_VERSION, NON_BIDS_PATTERNS, derivative_name, index_bids, is_bids_root,
-                         parse_bids_name, unit_id, validate_derivatives, validator_command,
-                         write_dataset_description)
+from unireg.bids import (
+    BIDS_COLUMNS,
+    BIDS_VERSION,
+    NON_BIDS_PATTERNS,
+    derivative_name,
+    index_bids,
+    is_bids_root,
+    parse_bids_name,
+    unit_id,
+    validate_derivatives,
+    validator_command,
+    write_dataset_description,
+)
 from unireg.cohort import INT_COLUMNS, MANIFEST_COLUMNS
 from unireg.errors import UniregError
 
@@ -27,8 +37,9 @@ def tiny_nifti(path: Path, value: int = 1, is_label: bool = False) -> Path:
     return path
 
 
-def make_dataset(root: Path, files: list[str], participants: list[str] | None = None,
-                 description: dict | None = None) -> Path:
+def make_dataset(
+    root: Path, files: list[str], participants: list[str] | None = None, description: dict | None = None
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(description or {"Name": "tiny", "BIDSVersion": "1.10.0"}))
     for name in files:
@@ -43,17 +54,21 @@ def make_dataset(root: Path, files: list[str], participants: list[str] | None = 
 def dataset(tmp_path):
     """Sessions, two runs, a contrast-enhanced image, a T2w only, a participant without files, and
     a derivatives/ and sourcedata/ that must not be read."""
-    return make_dataset(tmp_path / "ds", [
-        "sub-01/anat/sub-01_T1w.nii.gz",
-        "sub-02/ses-1/anat/sub-02_ses-1_run-1_T1w.nii.gz",
-        "sub-02/ses-1/anat/sub-02_ses-1_run-2_T1w.nii.gz",
-        "sub-02/ses-1/anat/sub-02_ses-1_ce-gadolinium_run-3_T1w.nii.gz",
-        "sub-02/ses-2/anat/sub-02_ses-2_acq-mprage_T1w.nii",
-        "sub-03/anat/sub-03_T2w.nii.gz",
-        "derivatives/fmriprep/sub-01/anat/sub-01_desc-preproc_T1w.nii.gz",
-        "derivatives/sub-09/anat/sub-09_T1w.nii.gz",
-        "sourcedata/sub-08/anat/sub-08_T1w.nii.gz",
-    ], participants=["01", "02", "03", "04"])
+    return make_dataset(
+        tmp_path / "ds",
+        [
+            "sub-01/anat/sub-01_T1w.nii.gz",
+            "sub-02/ses-1/anat/sub-02_ses-1_run-1_T1w.nii.gz",
+            "sub-02/ses-1/anat/sub-02_ses-1_run-2_T1w.nii.gz",
+            "sub-02/ses-1/anat/sub-02_ses-1_ce-gadolinium_run-3_T1w.nii.gz",
+            "sub-02/ses-2/anat/sub-02_ses-2_acq-mprage_T1w.nii",
+            "sub-03/anat/sub-03_T2w.nii.gz",
+            "derivatives/fmriprep/sub-01/anat/sub-01_desc-preproc_T1w.nii.gz",
+            "derivatives/sub-09/anat/sub-09_T1w.nii.gz",
+            "sourcedata/sub-08/anat/sub-08_T1w.nii.gz",
+        ],
+        participants=["01", "02", "03", "04"],
+    )
 
 
 def test_is_bids_root(dataset, tmp_path):
@@ -82,8 +97,9 @@ def test_index_bids_rows(dataset):
     # two runs and a later contrast-enhanced run: the last run without contrast agent wins
     session = manifest[manifest["subject"] == "02ses1"].set_index("bids_run")
     assert session["selected"].to_dict() == {"1": 0, "2": 1, "3": 0}
-    assert session.loc["2", "selection_reason"] == ("chosen: without contrast agent (no ce-), then the highest run "
-                                                   "number (run-2, the last repeat), of 3 T1w images")
+    assert session.loc["2", "selection_reason"] == (
+        "chosen: without contrast agent (no ce-), then the highest run number (run-2, the last repeat), of 3 T1w images"
+    )
     assert session.loc["3", "selection_reason"].startswith("not chosen: contrast-enhanced (ce-gadolinium)")
     assert session.loc["1", "selection_reason"].startswith("not chosen: an earlier run than sub-02_ses-1_run-2")
     assert set(session["bids_session"]) == {"1"} and set(session["problem"]) == {""}
@@ -112,8 +128,9 @@ def test_equal_rank_is_decided_by_file_name(tmp_path):
     root = make_dataset(tmp_path / "ds", ["sub-01/anat/sub-01_acq-b_T1w.nii.gz", "sub-01/anat/sub-01_acq-a_T1w.nii.gz"])
     manifest = index_bids(root).set_index("bids_acq")
     assert manifest["selected"].to_dict() == {"a": 1, "b": 0}
-    assert manifest.loc["a", "selection_reason"] == ("chosen: first by file name among equally ranked images, "
-                                                    "of 2 T1w images")
+    assert manifest.loc["a", "selection_reason"] == (
+        "chosen: first by file name among equally ranked images, of 2 T1w images"
+    )
 
 
 def test_broken_link_is_never_chosen(tmp_path):
@@ -130,21 +147,25 @@ def test_broken_link_is_never_chosen(tmp_path):
 
 
 def test_unit_id_collision_is_one_line_naming_both(tmp_path):
-    root = make_dataset(tmp_path / "ds", ["sub-01ses1/anat/sub-01ses1_T1w.nii.gz",
-                                          "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"])
+    root = make_dataset(
+        tmp_path / "ds", ["sub-01ses1/anat/sub-01ses1_T1w.nii.gz", "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"]
+    )
     with pytest.raises(UniregError, match=r"sub-01/ses-1 and sub-01ses1 both become the workflow id '01ses1'") as err:
         index_bids(root)
     assert "\n" not in str(err.value)
     assert unit_id("01", "1") == "01ses1" and unit_id("01") == "01"
 
 
-@pytest.mark.parametrize("bad,match", [
-    ("sub-01/anat/sub-02_T1w.nii.gz", "does not start with sub-01_"),
-    ("sub-01/ses-1/anat/sub-01_T1w.nii.gz", "does not start with sub-01_ses-1_"),
-    ("sub-01/anat/sub-01_run-x_T1w.nii.gz", "run- must be a non-negative integer"),
-    ("sub-01/anat/sub-01_acq_T1w.nii.gz", "not a key-label pair"),
-    ("sub-0_1/anat/sub-0_1_T1w.nii.gz", "not a BIDS sub- folder name"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("sub-01/anat/sub-02_T1w.nii.gz", "does not start with sub-01_"),
+        ("sub-01/ses-1/anat/sub-01_T1w.nii.gz", "does not start with sub-01_ses-1_"),
+        ("sub-01/anat/sub-01_run-x_T1w.nii.gz", "run- must be a non-negative integer"),
+        ("sub-01/anat/sub-01_acq_T1w.nii.gz", "not a key-label pair"),
+        ("sub-0_1/anat/sub-0_1_T1w.nii.gz", "not a BIDS sub- folder name"),
+    ],
+)
 def test_bad_names_are_one_line_errors(tmp_path, bad, match):
     root = make_dataset(tmp_path / "ds", [bad])
     with pytest.raises(UniregError, match=match):
@@ -167,32 +188,54 @@ def test_bad_participants_tsv(tmp_path):
 # Derivative names
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,kwargs,expected", [
-    (("01", "T1w"), {}, "sub-01/anat/sub-01_T1w.nii.gz"),
-    (("01", "T1w"), {"desc": "preproc", "space": "MNI152NLin2009aSym", "session": "2"},
-     "sub-01/ses-2/anat/sub-01_ses-2_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"),
-    (("01", "dseg", ".nii.gz"), {"res": "2", "atlas": "tissue", "space": "MNI152NLin2009aSym"},
-     "sub-01/anat/sub-01_space-MNI152NLin2009aSym_atlas-tissue_res-2_dseg.nii.gz"),
-    (("01", "xfm", ".txt"), {"desc": "affine", "mode": "image", "to": "T1w", "from_": "MNI152NLin2009aSym"},
-     "sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_desc-affine_xfm.txt"),
-    (("{subject}", "metrics", ".tsv"), {"desc": "tissue", "datatype": None},
-     "sub-{subject}/sub-{subject}_desc-tissue_metrics.tsv"),
-    ((None, "dseg", ".tsv"), {"atlas": "tissue"}, "atlas-tissue_dseg.tsv"),
-    (("01", "T1w"), {"run": "2", "acq": "mprage", "ce": "gad", "desc": None},
-     "sub-01/anat/sub-01_acq-mprage_ce-gad_run-2_T1w.nii.gz"),
-])
+
+@pytest.mark.parametrize(
+    "args,kwargs,expected",
+    [
+        (("01", "T1w"), {}, "sub-01/anat/sub-01_T1w.nii.gz"),
+        (
+            ("01", "T1w"),
+            {"desc": "preproc", "space": "MNI152NLin2009aSym", "session": "2"},
+            "sub-01/ses-2/anat/sub-01_ses-2_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
+        ),
+        (
+            ("01", "dseg", ".nii.gz"),
+            {"res": "2", "atlas": "tissue", "space": "MNI152NLin2009aSym"},
+            "sub-01/anat/sub-01_space-MNI152NLin2009aSym_atlas-tissue_res-2_dseg.nii.gz",
+        ),
+        (
+            ("01", "xfm", ".txt"),
+            {"desc": "affine", "mode": "image", "to": "T1w", "from_": "MNI152NLin2009aSym"},
+            "sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_desc-affine_xfm.txt",
+        ),
+        (
+            ("{subject}", "metrics", ".tsv"),
+            {"desc": "tissue", "datatype": None},
+            "sub-{subject}/sub-{subject}_desc-tissue_metrics.tsv",
+        ),
+        ((None, "dseg", ".tsv"), {"atlas": "tissue"}, "atlas-tissue_dseg.tsv"),
+        (
+            ("01", "T1w"),
+            {"run": "2", "acq": "mprage", "ce": "gad", "desc": None},
+            "sub-01/anat/sub-01_acq-mprage_ce-gad_run-2_T1w.nii.gz",
+        ),
+    ],
+)
 def test_derivative_name(args, kwargs, expected):
     assert derivative_name(*args, **kwargs) == expected
     name = parse_bids_name(expected.replace("{subject}", "01"))
     assert name.suffix == args[1] and expected.endswith(name.extension)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"space": "MNI-152"}, "letters and digits"),
-    ({"run": "two"}, "non-negative integer"),
-    ({"colour": "red"}, "unknown BIDS entities"),
-    ({"sub": "02"}, "unknown BIDS entities"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"space": "MNI-152"}, "letters and digits"),
+        ({"run": "two"}, "non-negative integer"),
+        ({"colour": "red"}, "unknown BIDS entities"),
+        ({"sub": "02"}, "unknown BIDS entities"),
+    ],
+)
 def test_derivative_name_refuses_bad_entities(kwargs, match):
     with pytest.raises(UniregError, match=match):
         derivative_name("01", "T1w", **kwargs)
@@ -201,6 +244,7 @@ def test_derivative_name_refuses_bad_entities(kwargs, match):
 # ---------------------------------------------------------------------------------------------
 # dataset_description.json, .bidsignore and the validator
 # ---------------------------------------------------------------------------------------------
+
 
 def test_write_dataset_description(tmp_path, dataset):
     source = json.loads((dataset / "dataset_description.json").read_text())
@@ -215,8 +259,10 @@ def test_write_dataset_description(tmp_path, dataset):
     assert str(tmp_path) not in path.read_text()  # the source's path is private
     assert (out / ".bidsignore").read_text().splitlines() == list(NON_BIDS_PATTERNS)
     assert "SourceDatasets" not in json.loads(write_dataset_description(tmp_path / "r2").read_text())
-    assert not list(out.glob(".*.tmp*")) and sorted(p.name for p in out.iterdir()) == [".bidsignore",
-                                                                                      "dataset_description.json"]
+    assert not list(out.glob(".*.tmp*")) and sorted(p.name for p in out.iterdir()) == [
+        ".bidsignore",
+        "dataset_description.json",
+    ]
 
 
 def _validator_or_skip():
@@ -242,20 +288,25 @@ def derivatives_tree(root: Path, subject: str = "01", session: str | None = None
             (root / json_name).write_text(json.dumps(sidecar))
             names.append(json_name)
 
-    image("T1w", {"SkullStripped": False})                                        # converted input, native
-    image("T1w", {"SkullStripped": True}, space=SPACE, desc="preproc")             # preprocessed, atlas space
-    image("mask", {"Type": "Brain"}, is_label=True, space=SPACE, desc="brain")     # brain mask, atlas space
-    image("T1w", {"SkullStripped": False}, space=SPACE, desc="warpedatlas")        # atlas template warped
-    image("dseg", None, is_label=True, space=SPACE, atlas="tissue")                # atlas labels warped, atlas grid
+    image("T1w", {"SkullStripped": False})  # converted input, native
+    image("T1w", {"SkullStripped": True}, space=SPACE, desc="preproc")  # preprocessed, atlas space
+    image("mask", {"Type": "Brain"}, is_label=True, space=SPACE, desc="brain")  # brain mask, atlas space
+    image("T1w", {"SkullStripped": False}, space=SPACE, desc="warpedatlas")  # atlas template warped
+    image("dseg", None, is_label=True, space=SPACE, atlas="tissue")  # atlas labels warped, atlas grid
     image("dseg", {"Description": "atlas labels in native space"}, is_label=True, atlas="tissue")  # native
-    image("T1w", {"SkullStripped": True, "SpatialReference": "https://example.org/unireg2mm.nii.gz"},
-          space="unireg2mm", desc="preproc")                                       # a custom space label
+    image(
+        "T1w",
+        {"SkullStripped": True, "SpatialReference": "https://example.org/unireg2mm.nii.gz"},
+        space="unireg2mm",
+        desc="preproc",
+    )  # a custom space label
     table = derivative_name(subject, "dseg", ".tsv", session=session, atlas="tissue")
     (root / table).write_text("index\tname\n1\tCSF\n2\tgrey_matter\n3\twhite_matter\n")
     xfm = derivative_name(subject, "xfm", ".txt", session=session, from_=SPACE, to="T1w", mode="image", desc="affine")
     (root / xfm).write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
-    tiny_nifti(root / derivative_name(subject, "xfm", session=session, from_=SPACE, to="T1w", mode="image",
-                                      desc="nonlinear"))
+    tiny_nifti(
+        root / derivative_name(subject, "xfm", session=session, from_=SPACE, to="T1w", mode="image", desc="nonlinear")
+    )
     metrics = derivative_name(subject, "metrics", ".tsv", session=session, desc="tissue")
     (root / metrics).write_text("label\tdice\n1\t0.9\n")
     (root / "atlas-tissue_description.json").write_text(json.dumps({"Name": "MNI 2009a tissue classes"}))
@@ -272,17 +323,22 @@ def test_derivative_names_pass_the_bids_validator(tmp_path, dataset):
         (out / top).write_text("x\n")
     assert validate_derivatives(out) == []
     warnings = validate_derivatives(out, warnings=True)
-    assert warnings and all(line.split(":")[0].split("/")[0] in {
-        "README_FILE_MISSING", "SIDECAR_KEY_RECOMMENDED", "TOO_FEW_AUTHORS"} for line in warnings), warnings
+    assert warnings and all(
+        line.split(":")[0].split("/")[0] in {"README_FILE_MISSING", "SIDECAR_KEY_RECOMMENDED", "TOO_FEW_AUTHORS"}
+        for line in warnings
+    ), warnings
 
 
-@pytest.mark.parametrize("name,code", [
-    ("sub-01/anat/sub-01_desc-preproc_space-MNI152NLin2009aSym_T1w.nii.gz", "FILENAME_MISMATCH"),  # entity order
-    ("sub-01/anat/sub-01_desc-bogus_blah.nii.gz", "NOT_INCLUDED"),                                  # unknown suffix
-    ("sub-01/preproc/preproc.nii.gz", "NOT_INCLUDED"),                                              # the old layout
-    ("sub-01/anat/sub-01_space-unireg2mm_desc-brain_mask.nii.gz", "SIDECAR_KEY_REQUIRED/SpatialReference"),
-    ("sub-01/anat/sub-01_desc-preproc_T1w.nii.gz", "SIDECAR_KEY_REQUIRED/SkullStripped"),
-])
+@pytest.mark.parametrize(
+    "name,code",
+    [
+        ("sub-01/anat/sub-01_desc-preproc_space-MNI152NLin2009aSym_T1w.nii.gz", "FILENAME_MISMATCH"),  # entity order
+        ("sub-01/anat/sub-01_desc-bogus_blah.nii.gz", "NOT_INCLUDED"),  # unknown suffix
+        ("sub-01/preproc/preproc.nii.gz", "NOT_INCLUDED"),  # the old layout
+        ("sub-01/anat/sub-01_space-unireg2mm_desc-brain_mask.nii.gz", "SIDECAR_KEY_REQUIRED/SpatialReference"),
+        ("sub-01/anat/sub-01_desc-preproc_T1w.nii.gz", "SIDECAR_KEY_REQUIRED/SkullStripped"),
+    ],
+)
 def test_invalid_derivative_names_are_reported(tmp_path, name, code):
     _validator_or_skip()
     out = tmp_path / "results"
@@ -311,11 +367,16 @@ def test_unireg_index_and_convert_take_a_bids_dataset(dataset, tmp_path, capsys)
     derivatives dataset; an input without a T1w fails alone with a one-line error."""
     from unireg.cli import main
     from unireg.cohort import read_manifest
+
     results, salt = tmp_path / "results", tmp_path / "uid_salt"
-    (dataset / "sub-01" / "anat" / "sub-01_T1w.json").write_text(json.dumps(
-        {"RepetitionTime": 2.3, "InversionTime": 0.9, "InstitutionName": "Hospital", "AcquisitionTime": "08:58:14"}))
-    assert main(["index", "--input", str(dataset), "--out", str(results / "manifest.tsv"),
-                 "--salt-file", str(salt)]) == 0
+    (dataset / "sub-01" / "anat" / "sub-01_T1w.json").write_text(
+        json.dumps(
+            {"RepetitionTime": 2.3, "InversionTime": 0.9, "InstitutionName": "Hospital", "AcquisitionTime": "08:58:14"}
+        )
+    )
+    assert (
+        main(["index", "--input", str(dataset), "--out", str(results / "manifest.tsv"), "--salt-file", str(salt)]) == 0
+    )
     manifest = read_manifest(results / "manifest.tsv")
     chosen = manifest[manifest["selected"].astype(int) == 1]
     assert sorted(chosen["subject"]) == ["01", "02ses1", "02ses2"]
@@ -326,13 +387,41 @@ def test_unireg_index_and_convert_take_a_bids_dataset(dataset, tmp_path, capsys)
     assert str(dataset) not in (results / "dataset_description.json").read_text()
 
     out = results / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
-    assert main(["convert", "--manifest", str(results / "manifest.tsv"), "--subject", "01", "--out", str(out),
-                 "--salt-file", str(salt)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--manifest",
+                str(results / "manifest.tsv"),
+                "--subject",
+                "01",
+                "--out",
+                str(out),
+                "--salt-file",
+                str(salt),
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads(out.with_name("sub-01_T1w.json").read_text())
     assert sidecar["RepetitionTime"] == 2.3 and sidecar["SkullStripped"] is False
     assert "InstitutionName" not in sidecar and "AcquisitionTime" not in sidecar
     capsys.readouterr()
-    assert main(["convert", "--manifest", str(results / "manifest.tsv"), "--subject", "04", "--out",
-                 str(results / "sub-04" / "anat" / "sub-04_T1w.nii.gz"), "--salt-file", str(salt)]) == 1
+    assert (
+        main(
+            [
+                "convert",
+                "--manifest",
+                str(results / "manifest.tsv"),
+                "--subject",
+                "04",
+                "--out",
+                str(results / "sub-04" / "anat" / "sub-04_T1w.nii.gz"),
+                "--salt-file",
+                str(salt),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("unireg: 04: ") and "no T1w image" in err, err

@@ -7,10 +7,10 @@ import argparse
 import importlib
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from unireg import cli, defaults
@@ -18,8 +18,21 @@ from unireg.cli import build_parser, main
 from unireg.layout import SUBJECT_PATTERN
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["preprocess", "atlas prepare", "atlas import", "index", "convert", "demo", "train", "register",
-         "propagate", "metrics", "report", "weights fetch", "weights list"]
+VERBS = [
+    "preprocess",
+    "atlas prepare",
+    "atlas import",
+    "index",
+    "convert",
+    "demo",
+    "train",
+    "register",
+    "propagate",
+    "metrics",
+    "report",
+    "weights fetch",
+    "weights list",
+]
 
 
 def _subparser(parser: argparse.ArgumentParser, path: str) -> argparse.ArgumentParser:
@@ -45,8 +58,9 @@ def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subparsers:
         return {" ".join(path): parser}
-    return {verb: leaf for name, sub in subparsers[0].choices.items()
-            for verb, leaf in _leaves(sub, (*path, name)).items()}
+    return {
+        verb: leaf for name, sub in subparsers[0].choices.items() for verb, leaf in _leaves(sub, (*path, name)).items()
+    }
 
 
 def test_build_parser_lists_every_verb_each_with_a_run_function():
@@ -71,16 +85,30 @@ def test_every_verb_module_registers_exactly_one_top_level_verb():
 def test_propagate_and_help_do_not_import_torch(tmp_path):
     """`unireg propagate` runs in an env without torch; `unireg --help` stays fast (no numpy either)."""
     import numpy as np
+
     from unireg.io import Image, save_image, write_affine_txt, write_label_table
+
     labels = np.zeros((8, 8, 8), np.int16)
     labels[2:6, 2:6, 2:6] = 1
     save_image(Image(labels, np.eye(4), is_label=True), tmp_path / "atlas_labels.nii.gz")
     save_image(Image(np.zeros((10, 9, 8), np.float32), np.eye(4)), tmp_path / "native.nii.gz")
     write_affine_txt(tmp_path / "affine.txt", np.eye(4))
     write_label_table(tmp_path / "table.tsv", {1: "blob"})
-    argv = ["propagate", "--atlas-labels", str(tmp_path / "atlas_labels.nii.gz"), "--native",
-            str(tmp_path / "native.nii.gz"), "--affine", str(tmp_path / "affine.txt"), "--table",
-            str(tmp_path / "table.tsv"), "--out", str(tmp_path / "sub-x_dseg.nii.gz"), "--subject", "x"]
+    argv = [
+        "propagate",
+        "--atlas-labels",
+        str(tmp_path / "atlas_labels.nii.gz"),
+        "--native",
+        str(tmp_path / "native.nii.gz"),
+        "--affine",
+        str(tmp_path / "affine.txt"),
+        "--table",
+        str(tmp_path / "table.tsv"),
+        "--out",
+        str(tmp_path / "sub-x_dseg.nii.gz"),
+        "--subject",
+        "x",
+    ]
     code = f"""
 import sys
 import unireg.cli
@@ -102,6 +130,7 @@ assert "torch" not in sys.modules, "unireg propagate imported torch"
 @pytest.mark.parametrize("module", ["unireg", "unireg.cli"])
 def test_python_m_version(module):
     from unireg import __version__
+
     proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"unireg {__version__}"
 
@@ -114,8 +143,22 @@ def test_console_script_entry_point_is_main():
 
 def test_a_unireg_error_is_one_line_on_stderr_and_exit_1(tmp_path, capsys):
     missing = tmp_path / "atlas_labels.nii.gz"
-    assert main(["propagate", "--native", str(tmp_path / "native.nii.gz"), "--affine", str(tmp_path / "affine.txt"),
-                 "--atlas-labels", str(missing), "--out", str(tmp_path / "out.nii.gz")]) == 1
+    assert (
+        main(
+            [
+                "propagate",
+                "--native",
+                str(tmp_path / "native.nii.gz"),
+                "--affine",
+                str(tmp_path / "affine.txt"),
+                "--atlas-labels",
+                str(missing),
+                "--out",
+                str(tmp_path / "out.nii.gz"),
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().err == f"unireg: {missing}: file not found\n"
 
 
@@ -125,13 +168,16 @@ def test_top_level_help_lists_every_verb():
         assert verb in out
 
 
-@pytest.mark.parametrize("verb, flag, choices, default", [
-    ("preprocess", "--similarity", defaults.AFFINE_SIMILARITIES, defaults.AFFINE_SIMILARITY),
-    ("preprocess", "--nonfinite", defaults.NONFINITE_POLICIES, defaults.NONFINITE_POLICY),
-    ("register", "--instance-opt-similarity", defaults.INSTANCE_OPT_SIMILARITIES, defaults.INSTANCE_OPT_SIMILARITY),
-    ("register", "--instance-opt", None, defaults.INSTANCE_OPT_STEPS),
-    ("register", "--device", None, defaults.DEVICE),
-])
+@pytest.mark.parametrize(
+    "verb, flag, choices, default",
+    [
+        ("preprocess", "--similarity", defaults.AFFINE_SIMILARITIES, defaults.AFFINE_SIMILARITY),
+        ("preprocess", "--nonfinite", defaults.NONFINITE_POLICIES, defaults.NONFINITE_POLICY),
+        ("register", "--instance-opt-similarity", defaults.INSTANCE_OPT_SIMILARITIES, defaults.INSTANCE_OPT_SIMILARITY),
+        ("register", "--instance-opt", None, defaults.INSTANCE_OPT_STEPS),
+        ("register", "--device", None, defaults.DEVICE),
+    ],
+)
 def test_cli_choices_and_defaults_come_from_defaults(verb, flag, choices, default):
     action = _option(_subparser(build_parser(), verb), flag)
     assert action.default == default
@@ -140,6 +186,7 @@ def test_cli_choices_and_defaults_come_from_defaults(verb, flag, choices, defaul
 
 def test_modules_check_against_the_same_vocabularies():
     from unireg import affine, intensity, losses
+
     assert affine.SIMILARITIES is defaults.AFFINE_SIMILARITIES
     assert intensity.NONFINITE_POLICIES is defaults.NONFINITE_POLICIES
     assert losses.SIMILARITIES is defaults.INSTANCE_OPT_SIMILARITIES
@@ -167,8 +214,9 @@ def test_each_memory_request_has_one_place():
     checked = []
     for rule_file in (REPO / "workflow" / "rules").glob("*.smk"):
         text = rule_file.read_text()
-        for rule in [line.split()[1].rstrip(":") for line in text.splitlines()
-                     if line.startswith(("rule ", "checkpoint "))]:
+        for rule in [
+            line.split()[1].rstrip(":") for line in text.splitlines() if line.startswith(("rule ", "checkpoint "))
+        ]:
             block = text.split(f"{rule}:", 1)[1].split("\nrule ", 1)[0]
             if "mem_mb=" in block:
                 assert "mem_mb" not in (profile.get("set-resources", {}).get(rule) or {}), rule

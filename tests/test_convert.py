@@ -16,8 +16,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import MPRAGE_UID, by_description, copy_series, mprage_files, shared_file
+
 from unireg.cli import main
 from unireg.cohort import anonymous_subject_id, files_path, hashed_uid, read_manifest, read_uid_salt, series_key
 from unireg.convert import SIDECAR_ADDED, SIDECAR_KEYS, convert_command, convert_series, sidecar_path
@@ -28,13 +28,39 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Sidecar keys compared with dcm_qa_ts/Ref: kept by our scrubbing and stable across dcm2niix versions
 # (v1.0.20260724 rounds ImagingFrequency differently, adds "MAGNITUDE" to ImageType and no longer
 # writes PartialFourier for this file).
-QA_SIDECAR_KEYS = ("Modality", "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName", "MRAcquisitionType",
-                   "SeriesDescription", "ProtocolName", "ScanningSequence", "SequenceVariant", "ScanOptions",
-                   "SequenceName", "SeriesNumber", "SliceThickness", "SpacingBetweenSlices", "EchoTime",
-                   "RepetitionTime", "FlipAngle", "PhaseEncodingSteps", "AcquisitionMatrixPE",
-                   "ReconMatrixPE", "PixelBandwidth", "InPlanePhaseEncodingDirectionDICOM", "ConversionSoftware")
-PLANTED = {"PatientName": "PHI^PLANTED", "PatientID": "PHIID123", "PatientBirthDate": "19010101",
-           "AccessionNumber": "PHIACC", "InstitutionName": "PHIHOSPITAL", "StudyDate": "19020202"}
+QA_SIDECAR_KEYS = (
+    "Modality",
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "ManufacturersModelName",
+    "MRAcquisitionType",
+    "SeriesDescription",
+    "ProtocolName",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "SequenceName",
+    "SeriesNumber",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "EchoTime",
+    "RepetitionTime",
+    "FlipAngle",
+    "PhaseEncodingSteps",
+    "AcquisitionMatrixPE",
+    "ReconMatrixPE",
+    "PixelBandwidth",
+    "InPlanePhaseEncodingDirectionDICOM",
+    "ConversionSoftware",
+)
+PLANTED = {
+    "PatientName": "PHI^PLANTED",
+    "PatientID": "PHIID123",
+    "PatientBirthDate": "19010101",
+    "AccessionNumber": "PHIACC",
+    "InstitutionName": "PHIHOSPITAL",
+    "StudyDate": "19020202",
+}
 PLANTED_DATE_TIME = "2010072308581490"  # YYYYMMDDhhmmssff, as Siemens writes it into its UIDs
 PLANTED_DATES = {"SeriesDate": "20100723", "AcquisitionDate": "20100723", "ContentDate": "20100723"}
 
@@ -42,6 +68,7 @@ PLANTED_DATES = {"SeriesDate": "20100723", "AcquisitionDate": "20100723", "Conte
 # ---------------------------------------------------------------------------------------------
 # dcm_qa_ts: nine transfer syntaxes against dcm2niix's reference output
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("number", range(1, 10))
 def test_transfer_syntax_converts_like_reference(number, tmp_path):
@@ -59,8 +86,9 @@ def test_transfer_syntax_converts_like_reference(number, tmp_path):
     assert set(sidecar) <= set(SIDECAR_KEYS) | set(SIDECAR_ADDED)
     for key in QA_SIDECAR_KEYS:
         assert sidecar[key] == pytest.approx(reference[key], abs=1e-6), key
-    np.testing.assert_allclose(sidecar["ImageOrientationPatientDICOM"], reference["ImageOrientationPatientDICOM"],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        sidecar["ImageOrientationPatientDICOM"], reference["ImageOrientationPatientDICOM"], atol=1e-5
+    )
     assert sidecar["ImagingFrequency"] == pytest.approx(reference["ImagingFrequency"], abs=1e-3)
     assert set(reference["ImageType"]) <= set(sidecar["ImageType"])
 
@@ -68,6 +96,7 @@ def test_transfer_syntax_converts_like_reference(number, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A real 120-slice MPRAGE: convert, geometry from the DICOM tags
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def mprage(mprage_index):
@@ -105,10 +134,11 @@ def test_mprage_geometry_matches_dicom_tags(mprage):
         corner = LPS_TO_RAS @ np.asarray(ds.ImagePositionPatient, float)  # centre of pixel (row 0, column 0)
         assert np.abs(apply_affine(img.affine, [511, 511, k]) - corner).max() < 0.01
         pixels = pydicom.dcmread(Path(ds.filename)).pixel_array
-        r, c = np.mgrid[0:ds.Rows, 0:ds.Columns]
+        r, c = np.mgrid[0 : ds.Rows, 0 : ds.Columns]
         spacing_r, spacing_c = (float(v) for v in ds.PixelSpacing)
-        world = (np.asarray(ds.ImagePositionPatient, float) + c[..., None] * spacing_c * row
-                 + r[..., None] * spacing_r * col) @ LPS_TO_RAS
+        world = (
+            np.asarray(ds.ImagePositionPatient, float) + c[..., None] * spacing_c * row + r[..., None] * spacing_r * col
+        ) @ LPS_TO_RAS
         voxel = apply_affine(np.linalg.inv(img.affine), world)
         index = np.rint(voxel).astype(int)
         assert np.abs(apply_affine(img.affine, index) - world).max() < 0.01
@@ -129,6 +159,7 @@ def test_mprage_outputs_carry_no_free_text(mprage):
 # Privacy: planted identifiers never reach an output
 # ---------------------------------------------------------------------------------------------
 
+
 def siemens_uid(kind: int, n: int = 0) -> str:
     """A Siemens-style UID with the acquisition date and time inside (as real Siemens UIDs have)."""
     return f"1.3.12.2.1107.5.2.32.35162.{kind}.{PLANTED_DATE_TIME}{n:05d}"
@@ -140,39 +171,111 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
     including the one-line error of a patient without an anatomical series."""
     dicom = tmp_path / "dicom"
     uids = {"StudyInstanceUID": siemens_uid(1), "FrameOfReferenceUID": siemens_uid(2)}
-    copy_series(mprage_files(1, 12), dicom / "deep" / "er", "IM{:04d}", **PLANTED, **uids, **PLANTED_DATES,
-                SeriesInstanceUID=siemens_uid(3), SOPInstanceUID=lambda n: siemens_uid(4, n))
-    copy_series(mprage_files(60, 3), dicom / "deep" / "loc", "IM{:04d}", **PLANTED, **uids, **PLANTED_DATES,
-                SeriesInstanceUID=siemens_uid(5), SOPInstanceUID=lambda n: siemens_uid(6, n),
-                SeriesDescription="localizer", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
-    copy_series(mprage_files(60, 3), dicom / "other", "IM{:04d}", **{**PLANTED, "PatientID": "PHIID999"},
-                **PLANTED_DATES, StudyInstanceUID=siemens_uid(7), SeriesInstanceUID=siemens_uid(8),
-                SOPInstanceUID=lambda n: siemens_uid(9, n), SeriesDescription="localizer")
+    copy_series(
+        mprage_files(1, 12),
+        dicom / "deep" / "er",
+        "IM{:04d}",
+        **PLANTED,
+        **uids,
+        **PLANTED_DATES,
+        SeriesInstanceUID=siemens_uid(3),
+        SOPInstanceUID=lambda n: siemens_uid(4, n),
+    )
+    copy_series(
+        mprage_files(60, 3),
+        dicom / "deep" / "loc",
+        "IM{:04d}",
+        **PLANTED,
+        **uids,
+        **PLANTED_DATES,
+        SeriesInstanceUID=siemens_uid(5),
+        SOPInstanceUID=lambda n: siemens_uid(6, n),
+        SeriesDescription="localizer",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+    )
+    copy_series(
+        mprage_files(60, 3),
+        dicom / "other",
+        "IM{:04d}",
+        **{**PLANTED, "PatientID": "PHIID999"},
+        **PLANTED_DATES,
+        StudyInstanceUID=siemens_uid(7),
+        SeriesInstanceUID=siemens_uid(8),
+        SOPInstanceUID=lambda n: siemens_uid(9, n),
+        SeriesDescription="localizer",
+    )
     out = tmp_path / "out"
     salt_file = tmp_path / "work" / "uid_salt"
-    assert main(["index", "--input", str(dicom), "--out", str(out / "manifest.tsv"), "--salt-file",
-                 str(salt_file)]) == 0
+    assert (
+        main(["index", "--input", str(dicom), "--out", str(out / "manifest.tsv"), "--salt-file", str(salt_file)]) == 0
+    )
     manifest = read_manifest(out / "manifest.tsv")
     subject, lonely = anonymous_subject_id("PHIID123"), anonymous_subject_id("PHIID999")
     assert sorted(manifest["subject"]) == sorted([subject, subject, lonely])
     nifti = out / f"sub-{subject}" / "anat" / "T1w.nii.gz"
-    assert main(["convert", "--manifest", str(out / "manifest.tsv"), "--subject", subject, "--out", str(nifti),
-                 "--salt-file", str(salt_file)]) == 0
-    assert main(["convert", "--manifest", str(out / "manifest.tsv"), "--subject", lonely, "--out",
-                 str(out / "lonely.nii.gz"), "--salt-file", str(salt_file)]) == 1
+    assert (
+        main(
+            [
+                "convert",
+                "--manifest",
+                str(out / "manifest.tsv"),
+                "--subject",
+                subject,
+                "--out",
+                str(nifti),
+                "--salt-file",
+                str(salt_file),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "--manifest",
+                str(out / "manifest.tsv"),
+                "--subject",
+                lonely,
+                "--out",
+                str(out / "lonely.nii.gz"),
+                "--salt-file",
+                str(salt_file),
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr()
     assert printed.err.startswith(f"unireg: {lonely}: no anatomical series to register among 1: 2.25.")
     produced = [p for p in out.rglob("*") if p.is_file()]
-    assert {p.name for p in produced} == {"manifest.tsv", "manifest.files.json", "T1w.nii.gz", "T1w.json",
-                                          "dataset_description.json", ".bidsignore"}
+    assert {p.name for p in produced} == {
+        "manifest.tsv",
+        "manifest.files.json",
+        "T1w.nii.gz",
+        "T1w.json",
+        "dataset_description.json",
+        ".bidsignore",
+    }
     blobs = {str(p): p.read_bytes() for p in produced}
     blobs["T1w.nii (gunzipped)"] = gzip.decompress(nifti.read_bytes())
     blobs["printed (the rules' logs)"] = (printed.out + printed.err).encode()
     # planted values, the original dates, the acquisition time (dcm2niix puts it into descrip/JSON), the
     # original UIDs and the date-time strings inside them
-    forbidden = [*PLANTED.values(), "PHI PLANTED", "PLANTED", "19940904", "84338", "08:43:38", *PLANTED_DATES.values(),
-                 *uids.values(), MPRAGE_UID, PLANTED_DATE_TIME, PLANTED_DATE_TIME[:8],
-                 *(siemens_uid(k) for k in range(1, 10)), "1.3.12.2.1107"]
+    forbidden = [
+        *PLANTED.values(),
+        "PHI PLANTED",
+        "PLANTED",
+        "19940904",
+        "84338",
+        "08:43:38",
+        *PLANTED_DATES.values(),
+        *uids.values(),
+        MPRAGE_UID,
+        PLANTED_DATE_TIME,
+        PLANTED_DATE_TIME[:8],
+        *(siemens_uid(k) for k in range(1, 10)),
+        "1.3.12.2.1107",
+    ]
     for name, blob in blobs.items():
         for value in forbidden:
             assert value.encode() not in blob, f"{value} found in {name}"
@@ -184,6 +287,7 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # Broken and unselected series, a missing file list
 # ---------------------------------------------------------------------------------------------
+
 
 def test_convert_truncated_series_is_one_line_error(dicom_cohort):
     root, manifest, truncated = dicom_cohort

@@ -12,8 +12,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from unireg.demo import (SliceStack, make_demo_cohort, mni_tissue_labels, plane_directions, predicted_nifti_grid,
-                         write_dicom_series)
+from unireg.demo import (
+    SliceStack,
+    make_demo_cohort,
+    mni_tissue_labels,
+    plane_directions,
+    predicted_nifti_grid,
+    write_dicom_series,
+)
 from unireg.errors import UniregError
 from unireg.io import Image, load_image
 from unireg.metrics import dice_per_label
@@ -24,8 +30,11 @@ CSF, GM, WM = 1, 2, 3
 
 def run_dcm2niix(folder: Path, out: Path) -> Path:
     out.mkdir(parents=True)
-    subprocess.run([dcm2niix.bin, "-z", "y", "-b", "y", "-ba", "y", "-f", "%j", "-o", str(out), str(folder)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [dcm2niix.bin, "-z", "y", "-b", "y", "-ba", "y", "-f", "%j", "-o", str(out), str(folder)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -39,8 +48,11 @@ def read_series(folder: Path) -> dict[str, list[pydicom.Dataset]]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +126,10 @@ def test_localizer_is_a_separate_three_plane_series(cohort):
     series = read_series(out_dir / "dicom" / "demo01")
     localizer = [s for s in series.values() if "LOCALIZER" in s[0].ImageType]
     assert len(localizer) == 1 and len(series) == 2
-    normals = {tuple(np.round(np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3))), 3))
-               for ds in localizer[0]}
+    normals = {
+        tuple(np.round(np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3))), 3))
+        for ds in localizer[0]
+    }
     assert len(localizer[0]) == 3 and len(normals) == 3
 
 
@@ -209,8 +223,10 @@ def test_real_subject_converts_back_to_the_nibabel_file(tmp_path):
     np.testing.assert_array_equal(converted.data, original.data)
 
 
-@pytest.mark.parametrize("plane, tilt", [("axial", 0.0), ("axial", 15.0), ("coronal", 0.0), ("coronal", -12.0),
-                                         ("sagittal", 0.0), ("sagittal", 8.0)])
+@pytest.mark.parametrize(
+    "plane, tilt",
+    [("axial", 0.0), ("axial", 15.0), ("coronal", 0.0), ("coronal", -12.0), ("sagittal", 0.0), ("sagittal", 8.0)],
+)
 @pytest.mark.parametrize("acquisition", ["2D", "3D"])
 def test_stack_grid_prediction_matches_dcm2niix(tmp_path, plane, tilt, acquisition):
     """Random voxels in every slice plane: dcm2niix puts each one where the predicted grid says."""
@@ -218,8 +234,12 @@ def test_stack_grid_prediction_matches_dcm2niix(tmp_path, plane, tilt, acquisiti
     stack = SliceStack(tuple(row), tuple(col), (2.0, 1.5), 12, 10, 5, (-20.3, 10.7, 5.1), 3.0, 3.0).as_written()
     grid = stack.nifti_grid()
     data = np.random.default_rng(7).integers(0, 4096, grid.shape).astype(np.uint16)
-    tags = {"SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.1234", "SeriesNumber": 1, "Modality": "MR",
-            "MRAcquisitionType": acquisition}
+    tags = {
+        "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.1234",
+        "SeriesNumber": 1,
+        "Modality": "MR",
+        "MRAcquisitionType": acquisition,
+    }
     paths = write_dicom_series(tmp_path / "dicom", Image(data, grid.affine), stack, tags)
     assert len(paths) == 5
     predicted = predicted_nifti_grid([pydicom.dcmread(p) for p in paths])

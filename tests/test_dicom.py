@@ -10,25 +10,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 from pydicom.uid import generate_uid
 
-from conftest import shared_file
 from unireg.cohort import index_dicom, series_key
 from unireg.dicom import orientation_label
-
 
 # ---------------------------------------------------------------------------------------------
 # Orientation labels
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("iop, label", [
-    ([1, 0, 0, 0, 1, 0], "axial"),
-    ([0, 1, 0, 0, 0, -1], "sagittal"),
-    ([1, 0, 0, 0, 0, -1], "coronal"),
-    ([1, 0, 0, 0, np.cos(0.35), -np.sin(0.35)], "axial"),  # 20 degrees tilted: still axial
-    ([1, 0, 0, 0, np.cos(0.8), -np.sin(0.8)], "oblique"),  # 46 degrees
-    (None, "unknown"),
-])
+
+@pytest.mark.parametrize(
+    "iop, label",
+    [
+        ([1, 0, 0, 0, 1, 0], "axial"),
+        ([0, 1, 0, 0, 0, -1], "sagittal"),
+        ([1, 0, 0, 0, 0, -1], "coronal"),
+        ([1, 0, 0, 0, np.cos(0.35), -np.sin(0.35)], "axial"),  # 20 degrees tilted: still axial
+        ([1, 0, 0, 0, np.cos(0.8), -np.sin(0.8)], "oblique"),  # 46 degrees
+        (None, "unknown"),
+    ],
+)
 def test_orientation_label(iop, label):
     assert orientation_label(iop) == label
 
@@ -37,15 +40,23 @@ def test_orientation_label(iop, label):
 # Reading headers: odd files, enhanced multi-frame, nine transfer syntaxes
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore")  # pydicom warns about the odd files it ships on purpose
 def test_index_survives_pydicom_test_files():
     """pydicom's own test files: malformed values, deflate, RLE/JPEG, a deliberately truncated MR."""
     from pydicom.data import get_testdata_file
+
     manifest = index_dicom(Path(get_testdata_file("CT_small.dcm")).parent)
     truncated = {Path(p).name for p in manifest.attrs["skipped"]["truncated"]}
     assert "MR_truncated.dcm" in truncated
-    assert not truncated & {"CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                            "SC_rgb_jpeg.dcm", "image_dfl.dcm"}
+    assert not truncated & {
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "SC_rgb_jpeg.dcm",
+        "image_dfl.dcm",
+    }
     assert manifest.attrs["skipped"]["not_dicom"] > 0 and len(manifest) > 10
     cine = manifest[manifest["sop_class"] == "Ultrasound Multi-frame Image Storage"]
     assert len(cine) == 1 and cine["n_slices"].iloc[0] > 1  # frames without positions: NumberOfFrames
@@ -72,11 +83,15 @@ def test_index_enhanced_multiframe(tmp_path):
     ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 4, 6
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.SharedFunctionalGroupsSequence = [item(
-        PlaneOrientationSequence=[item(ImageOrientationPatient=[0, 1, 0, 0, 0, -1])],
-        PixelMeasuresSequence=[item(PixelSpacing=[0.5, 0.5], SliceThickness=2)])]
+    ds.SharedFunctionalGroupsSequence = [
+        item(
+            PlaneOrientationSequence=[item(ImageOrientationPatient=[0, 1, 0, 0, 0, -1])],
+            PixelMeasuresSequence=[item(PixelSpacing=[0.5, 0.5], SliceThickness=2)],
+        )
+    ]
     ds.PerFrameFunctionalGroupsSequence = [  # 3 slices x 2 time points
-        item(PlanePositionSequence=[item(ImagePositionPatient=[2.0 * (n % 3), 0, 0])]) for n in range(6)]
+        item(PlanePositionSequence=[item(ImagePositionPatient=[2.0 * (n % 3), 0, 0])]) for n in range(6)
+    ]
     ds.PixelData = bytes(4 * 4 * 6 * 2)
     ds.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
     row = index_dicom(tmp_path).iloc[0]

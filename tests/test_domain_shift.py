@@ -6,7 +6,6 @@ No timing is asserted: the machine may be shared.
 import math
 
 import pytest
-
 from conftest import read_commented_csv, run_benchmark_smoke
 
 METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch")

@@ -16,8 +16,13 @@ from unireg.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "unireg"
 # import name -> conda/pip package name where they differ
-DISTRIBUTION = {"torch": "pytorch", "yaml": "pyyaml", "skimage": "scikit-image", "sklearn": "scikit-learn",
-                "PIL": "pillow"}
+DISTRIBUTION = {
+    "torch": "pytorch",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
+}
 
 
 def _rules():
@@ -27,7 +32,7 @@ def _rules():
         text = smk.read_text()
         for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", text):
             head = re.match(r"(?:rule|checkpoint) (\w+):", block.strip())
-            shell = re.search(r'\{params\.unireg\} ((?:[a-z]+ ?)+)', block)
+            shell = re.search(r"\{params\.unireg\} ((?:[a-z]+ ?)+)", block)
             if not head or not shell:
                 continue
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
@@ -83,7 +88,7 @@ def _env_packages(path: Path) -> set[str]:
     spec = yaml.safe_load(path.read_text())
     names = set()
     for dep in spec["dependencies"]:
-        for item in (dep["pip"] if isinstance(dep, dict) else [dep]):
+        for item in dep["pip"] if isinstance(dep, dict) else [dep]:
             names.add(re.split(r"[=<>! \[]", item.strip())[0].lower())
     return names
 
@@ -120,7 +125,7 @@ def _pins(path: Path) -> list[tuple[str, str]]:
     spec = yaml.safe_load(path.read_text())
     pins = []
     for dep in spec["dependencies"]:
-        for item in (dep["pip"] if isinstance(dep, dict) else [dep]):
+        for item in dep["pip"] if isinstance(dep, dict) else [dep]:
             if m := re.fullmatch(r"([A-Za-z0-9_.\-]+)==?([0-9][^=]*)(=.*)?", item.strip()):
                 pins.append((m.group(1).lower(), m.group(2)))
     return pins
@@ -129,8 +134,12 @@ def _pins(path: Path) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("path", sorted((REPO / "envs").glob("*.yaml")), ids=lambda p: p.name)
 def test_envs_pin_the_versions_the_tests_run_with(path):
     from importlib.metadata import PackageNotFoundError, version
-    unpinned = [d for d in yaml.safe_load(path.read_text())["dependencies"]
-                if isinstance(d, str) and not re.search(r"=\d", d) and d != "pip"]
+
+    unpinned = [
+        d
+        for d in yaml.safe_load(path.read_text())["dependencies"]
+        if isinstance(d, str) and not re.search(r"=\d", d) and d != "pip"
+    ]
     assert not unpinned, f"{path.name}: unpinned {unpinned}"
     for name, pinned in _pins(path):
         if name == "python":

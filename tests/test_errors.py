@@ -4,8 +4,9 @@ from unireg.errors import UniregError
 
 
 def test_message_is_one_line_with_subject_and_file_first():
-    err = UniregError("cannot read image\n  (truncated gzip)\tstream;  re-copy it", subject="sub-003",
-                      path="data/sub-003.nii.gz")
+    err = UniregError(
+        "cannot read image\n  (truncated gzip)\tstream;  re-copy it", subject="sub-003", path="data/sub-003.nii.gz"
+    )
     assert str(err) == "sub-003: data/sub-003.nii.gz: cannot read image (truncated gzip) stream; re-copy it"
     assert "\n" not in str(err)
     assert str(UniregError("no atlas")) == "no atlas"

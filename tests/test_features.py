@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import write_torchvision_file
+
 from unireg import features
 from unireg.errors import UniregError
 from unireg.weights import MOBILENET_SHA256, WEIGHT_SOURCES
@@ -44,6 +44,7 @@ def make(torchvision_files):
     def build(name: str) -> features.FeatureExtractor:
         torch.manual_seed(0)
         return features.build_extractor(name, torchvision_files.get(name))
+
     return build
 
 
@@ -53,6 +54,7 @@ def real_t1() -> torch.Tensor:
     if not IXI_T1:
         pytest.skip("real-data test: /work/shared/data/ixi_t1_dlmuse/t1/*.nii.gz is not available here")
     import nibabel as nib
+
     data = np.asarray(nib.load(IXI_T1[0]).dataobj, dtype=np.float32)
     starts = [(n - 80) // 2 for n in data.shape]
     crop = data[tuple(slice(s, s + 80) for s in starts)]
@@ -72,6 +74,7 @@ def random_volume(shape=(1, 1, 32, 32, 32), seed=0) -> torch.Tensor:
 # Registry and the extractor contract
 # ---------------------------------------------------------------------------------------------
 
+
 def test_registry_lists_every_extractor_default_first():
     assert features.available_extractors() == list(EXPECTED)
     assert features.available_extractors()[0] == features.DEFAULT_EXTRACTOR == "mobilenet_v1_025"
@@ -87,8 +90,12 @@ def test_unknown_extractor_names_the_valid_ones():
 def test_output_shape_stride_channels(make, name, shape):
     extractor = make(name)
     channels, stride, offset = EXPECTED[name]
-    assert (extractor.name, extractor.out_channels, extractor.stride, extractor.grid_offset) == \
-        (name, channels, stride, offset)
+    assert (extractor.name, extractor.out_channels, extractor.stride, extractor.grid_offset) == (
+        name,
+        channels,
+        stride,
+        offset,
+    )
     out = extractor(random_volume(shape))
     assert out.shape == (shape[0], channels, *(n // stride for n in shape[2:]))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -120,6 +127,7 @@ def test_wrong_input_shape_is_refused(make, name):
 # ---------------------------------------------------------------------------------------------
 # Frozen vs trainable
 # ---------------------------------------------------------------------------------------------
+
 
 def training_step(extractor: features.FeatureExtractor) -> torch.nn.Module:
     """One SGD step of a model whose trainable first layer feeds the extractor inside the loss."""
@@ -170,8 +178,9 @@ def test_scratch_is_seeded_trainable_and_learns(make):
     assert all(p.requires_grad for p in first.parameters()) and len(list(first.parameters())) == 9  # 3 convs, 3 BNs
     # the same architecture as the pretrained encoder
     pretrained = make("mobilenet_v1_025")
-    assert {k: v.shape for k, v in first.state_dict().items()} == \
-        {k: v.shape for k, v in pretrained.state_dict().items()}
+    assert {k: v.shape for k, v in first.state_dict().items()} == {
+        k: v.shape for k, v in pretrained.state_dict().items()
+    }
 
     before = [p.clone() for p in first.parameters()]
     training_step(first)
@@ -199,6 +208,7 @@ def test_reinit_ablation_redraws_only_the_first_layer_reproducibly():
 # The full MobileNet classifier; extractors without weights
 # ---------------------------------------------------------------------------------------------
 
+
 def test_full_mobilenet_recognises_a_cat():
     """The whole classifier loads strictly and, with our ImageNet normalisation, calls
     scikit-image's cat photo a cat: architecture, weights and input scaling are right."""
@@ -223,6 +233,7 @@ def test_weight_free_extractors_refuse_a_weight_file(tmp_path, name):
 # MIND-SSC
 # ---------------------------------------------------------------------------------------------
 
+
 def test_mind_is_invariant_to_intensity_rescaling(real_t1):
     mind = features.build_extractor("mind")
     reference = mind(real_t1)
@@ -239,8 +250,9 @@ def test_mind_tells_a_volume_from_its_shifted_copy():
     original, shifted = mind(volume), mind(torch.roll(volume, 2, dims=3))
     assert (original - shifted).abs().mean() > 0.05
     # ... and the shifted copy's descriptor is the shifted descriptor (away from the border)
-    torch.testing.assert_close(torch.roll(original, 2, dims=3)[..., 8:-8, 8:-8, 8:-8],
-                               shifted[..., 8:-8, 8:-8, 8:-8], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.roll(original, 2, dims=3)[..., 8:-8, 8:-8, 8:-8], shifted[..., 8:-8, 8:-8, 8:-8], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_mind_pairs_are_the_12_orthogonal_neighbour_pairs():
@@ -253,8 +265,10 @@ def test_mind_pairs_are_the_12_orthogonal_neighbour_pairs():
 # Real data: the three views line up (translation equivariance on every axis)
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, margin", [("mobilenet_v1_025", 4), ("mind", 6), ("resnet18", 7),
-                                          ("vgg16", 6), ("scratch", 4)])
+
+@pytest.mark.parametrize(
+    "name, margin", [("mobilenet_v1_025", 4), ("mind", 6), ("resnet18", 7), ("vgg16", 6), ("scratch", 4)]
+)
 def test_shifting_the_volume_by_one_stride_shifts_the_features_by_one_voxel(make, real_t1, name, margin):
     """Shift a real T1 by ``stride`` voxels along each axis: the features move by one voxel
     along that axis, away from the borders. A view fused along the wrong axis, or a slice
@@ -267,5 +281,6 @@ def test_shifting_the_volume_by_one_stride_shifts_the_features_by_one_voxel(make
         assert reference[interior].std() > 1e-3
         for axis in (2, 3, 4):
             moved = extractor(torch.roll(volume, extractor.stride, dims=axis))
-            torch.testing.assert_close(moved[interior], torch.roll(reference, 1, dims=axis)[interior],
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                moved[interior], torch.roll(reference, 1, dims=axis)[interior], rtol=1e-4, atol=1e-5
+            )

@@ -5,8 +5,21 @@ import pytest
 import torch
 from monai.networks.blocks import DVF2DDF, Warp
 
-from unireg.fields import (foreground_box, from_world_mm, integrate, jacobian_stats, resize_field, sample,
-                           sampling_grid, sampling_matrix, to_world_mm, voxel_grid, warp, warp_affine, warp_in_box)
+from unireg.fields import (
+    foreground_box,
+    from_world_mm,
+    integrate,
+    jacobian_stats,
+    resize_field,
+    sample,
+    sampling_grid,
+    sampling_matrix,
+    to_world_mm,
+    voxel_grid,
+    warp,
+    warp_affine,
+    warp_in_box,
+)
 
 SHAPE = (32, 32, 32)
 
@@ -113,8 +126,9 @@ def test_foreground_box_keeps_every_nonzero_voxel_with_margin():
 def test_world_mm_round_trip_on_an_oblique_grid():
     affine = np.eye(4)
     angle = np.deg2rad(20)
-    affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) \
-        @ np.diag([2.0, 1.5, 3.0])
+    affine[:3, :3] = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    ) @ np.diag([2.0, 1.5, 3.0])
     ddf = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64)
     mm = to_world_mm(ddf, affine)
     # a one-voxel step along i is the first column of the affine, in mm

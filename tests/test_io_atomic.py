@@ -42,9 +42,11 @@ def test_rewrite_replaces_whole_file_and_keeps_umask_permissions(tmp_path):
 def test_process_killed_while_writing_an_image_leaves_no_output(tmp_path):
     """SIGKILL (what SLURM or the OOM killer sends) in the middle of writing a 64 MB NIfTI."""
     target = tmp_path / "warped.nii.gz"
-    script = ("import numpy as np; from unireg.io import Image, save_image; "
-              "rng = np.random.default_rng(0); "
-              f"save_image(Image(rng.random((256, 256, 256), dtype=np.float32), np.eye(4)), {str(target)!r})")
+    script = (
+        "import numpy as np; from unireg.io import Image, save_image; "
+        "rng = np.random.default_rng(0); "
+        f"save_image(Image(rng.random((256, 256, 256), dtype=np.float32), np.eye(4)), {str(target)!r})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".warped.nii.gz.*")):

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from unireg.errors import UniregError
-from unireg.layout import (PLAIN_NAMES, atlas_entities, find_all, find_subject_file, sibling, stage_names,
-                           subject_files)
+from unireg.layout import PLAIN_NAMES, atlas_entities, find_all, find_subject_file, sibling, stage_names, subject_files
 
 
 def test_every_file_is_in_the_subject_anat_folder_and_named_once():
@@ -17,14 +16,20 @@ def test_every_file_is_in_the_subject_anat_folder_and_named_once():
     assert files["labels_tsv"] == "sub-01/anat/sub-01_atlas-tissue_dseg.tsv"
     assert files["preproc"] == "sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"
     assert files["preproc_json"] == "sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-preproc_T1w.json"
-    assert files["displacement"] == ("sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_"
-                                     "desc-nonlinear_xfm.nii.gz")
+    assert files["displacement"] == (
+        "sub-01/anat/sub-01_from-MNI152NLin2009aSym_to-T1w_mode-image_desc-nonlinear_xfm.nii.gz"
+    )
     assert subject_files("{subject}", "S", "A")["metrics"] == "sub-{subject}/anat/sub-{subject}_atlas-A_metrics.tsv"
 
 
-@pytest.mark.parametrize("atlas, expected", [("mni2009a", ("MNI152NLin2009aSym", "tissue")),
-                                             ("work/atlas/mni2009a", ("MNI152NLin2009aSym", "tissue")),
-                                             ("/data/my_atlas-1mm/", ("myatlas1mm", "myatlas1mm"))])
+@pytest.mark.parametrize(
+    "atlas, expected",
+    [
+        ("mni2009a", ("MNI152NLin2009aSym", "tissue")),
+        ("work/atlas/mni2009a", ("MNI152NLin2009aSym", "tissue")),
+        ("/data/my_atlas-1mm/", ("myatlas1mm", "myatlas1mm")),
+    ],
+)
 def test_atlas_entities(atlas, expected):
     assert atlas_entities(atlas) == expected
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import blobs
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-from conftest import blobs
 from unireg.losses import box_sum, lncc_loss
 
 

@@ -19,7 +19,7 @@ from unireg.metrics import dice_per_label, find_reference, regenerate_metrics, s
 
 def _cubes(shape, side, shift, axis):
     a = np.zeros(shape, bool)
-    a[10:10 + side, 10:10 + side, 10:10 + side] = True
+    a[10 : 10 + side, 10 : 10 + side, 10 : 10 + side] = True
     return a, np.roll(a, shift, axis=axis)
 
 
@@ -35,7 +35,7 @@ def test_offset_cubes_have_exact_dice_and_hd95(spacing, axis, shift):
     assert row["dice"] == pytest.approx((side - shift) / side, abs=1e-12)
     # the far faces (1/6 of the surface, more than 5 %) sit exactly `shift` voxels apart
     assert row["hd95_mm"] == pytest.approx(shift * spacing[axis], abs=1e-6)
-    volume = side ** 3 * np.prod(spacing) / 1000.0
+    volume = side**3 * np.prod(spacing) / 1000.0
     assert row["volume_reference_ml"] == pytest.approx(volume) and row["volume_propagated_ml"] == pytest.approx(volume)
     assert 0 < row["msd_mm"] < row["hd95_mm"] and row["reason"] == ""
 
@@ -43,12 +43,16 @@ def test_offset_cubes_have_exact_dice_and_hd95(spacing, axis, shift):
 def test_empty_labels_are_nan_with_a_reason():
     ref = np.zeros((10, 10, 10), np.int32)
     pred = np.zeros((10, 10, 10), np.int32)
-    ref[2:5, 2:5, 2:5] = 1      # 1: only in the reference
-    pred[6:9, 6:9, 6:9] = 2     # 2: only in the prediction
+    ref[2:5, 2:5, 2:5] = 1  # 1: only in the reference
+    pred[6:9, 6:9, 6:9] = 2  # 2: only in the prediction
     ref[0:2, 0:2, 0:2] = pred[0:2, 0:2, 0:2] = 4  # 4: in both, identical
     table = {1: "a", 2: "b", 3: "c", 4: "d"}  # 3: in neither
-    rows = {r["label"]: r for r in subject_metrics(Image(pred, np.eye(4), is_label=True),
-                                                   Image(ref, np.eye(4), is_label=True), table, "s1")}
+    rows = {
+        r["label"]: r
+        for r in subject_metrics(
+            Image(pred, np.eye(4), is_label=True), Image(ref, np.eye(4), is_label=True), table, "s1"
+        )
+    }
     assert rows[1]["reason"] == "empty in propagated labels"
     assert rows[2]["reason"] == "empty in reference"
     assert rows[3]["reason"] == "empty in both"
@@ -62,8 +66,10 @@ def test_empty_labels_are_nan_with_a_reason():
 
 def _scipy_surface_distances(ref: np.ndarray, pred: np.ndarray, spacing) -> tuple[float, float]:
     """An independent implementation: boundary voxels and Euclidean distance transforms."""
+
     def boundary(mask):
         return mask & ~ndimage.binary_erosion(mask)
+
     ref_b, pred_b = boundary(ref), boundary(pred)
     to_ref = ndimage.distance_transform_edt(~ref_b, sampling=spacing)[pred_b]
     to_pred = ndimage.distance_transform_edt(~pred_b, sampling=spacing)[ref_b]
@@ -76,11 +82,17 @@ def test_hd95_and_msd_agree_with_scipy_on_real_masks(default_atlas):
     """MNI GM/WM labels against a copy deformed by a smooth diffeomorphism, anisotropic grid."""
     g = torch.Generator().manual_seed(0)
     shape = default_atlas.grid.shape
-    velocity = torch.nn.functional.interpolate(torch.randn(1, 3, *(s // 16 for s in shape), generator=g) * 3,
-                                               size=shape, mode="trilinear", align_corners=True)
+    velocity = torch.nn.functional.interpolate(
+        torch.randn(1, 3, *(s // 16 for s in shape), generator=g) * 3, size=shape, mode="trilinear", align_corners=True
+    )
     with torch.no_grad():
-        moved = warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(),
-                     integrate(velocity, 7), label=True)[0, 0].long().numpy()
+        moved = (
+            warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(), integrate(velocity, 7), label=True)[
+                0, 0
+            ]
+            .long()
+            .numpy()
+        )
     spacing = (2.0, 2.0, 3.0)  # pretend anisotropic voxels: both implementations get the same
     for label in (2, 3):
         ref, pred = default_atlas.labels.data == label, moved == label
@@ -95,7 +107,9 @@ def test_dice_per_label_matches_definition():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 4, (20, 20, 20)), rng.integers(0, 4, (20, 20, 20))
     for label, value in dice_per_label(a, b).items():
-        assert value == pytest.approx(2 * ((a == label) & (b == label)).sum() / ((a == label).sum() + (b == label).sum()))
+        assert value == pytest.approx(
+            2 * ((a == label) & (b == label)).sum() / ((a == label).sum() + (b == label).sum())
+        )
 
 
 def test_metrics_cli_finds_reference_through_manifest(tmp_path, capsys):
@@ -106,8 +120,24 @@ def test_metrics_cli_finds_reference_through_manifest(tmp_path, capsys):
     (tmp_path / "table.tsv").write_text("index\tname\n1\tbox\n")
     (tmp_path / "manifest.tsv").write_text(f"subject\treference\nab1\t{tmp_path / 'ref.nii.gz'}\n")
     assert find_reference("ab1", tmp_path / "manifest.tsv") == str(tmp_path / "ref.nii.gz")
-    assert main(["metrics", "--labels", str(tmp_path / "labels.nii.gz"), "--manifest", str(tmp_path / "manifest.tsv"),
-                 "--table", str(tmp_path / "table.tsv"), "--subject", "ab1", "--out", str(tmp_path / "m.tsv")]) == 0
+    assert (
+        main(
+            [
+                "metrics",
+                "--labels",
+                str(tmp_path / "labels.nii.gz"),
+                "--manifest",
+                str(tmp_path / "manifest.tsv"),
+                "--table",
+                str(tmp_path / "table.tsv"),
+                "--subject",
+                "ab1",
+                "--out",
+                str(tmp_path / "m.tsv"),
+            ]
+        )
+        == 0
+    )
     header, row = (tmp_path / "m.tsv").read_text().splitlines()
     values = dict(zip(header.split("\t"), row.split("\t")))
     assert float(values["dice"]) == pytest.approx(5 / 6) and float(values["hd95_mm"]) == pytest.approx(1.0)
@@ -119,7 +149,7 @@ def test_metrics_cli_finds_reference_through_manifest(tmp_path, capsys):
 def _box(shift: int = 0) -> Image:
     """Label 1: six planes of a 12^3 grid, moved by ``shift`` planes along the first axis."""
     labels = np.zeros((12, 12, 12), np.int16)
-    labels[2 + shift:8 + shift, 2:8, 2:8] = 1
+    labels[2 + shift : 8 + shift, 2:8, 2:8] = 1
     return Image(labels, np.eye(4), is_label=True)
 
 
@@ -134,17 +164,20 @@ def test_regenerate_metrics_with_new_references_leaves_registration_alone(tmp_pa
     new reference folder that overrides it; registration records only read; a broken subject fails alone."""
     results, new_refs = tmp_path / "results", tmp_path / "new_refs"
     write_label_table(tmp_path / "table.tsv", {1: "box"})
-    files = {subject: {key: results / name
-                       for key, name in subject_files(subject, "MNI152NLin2009aSym", "tissue").items()}
-             for subject in ("a1", "b2", "c3")}
+    files = {
+        subject: {key: results / name for key, name in subject_files(subject, "MNI152NLin2009aSym", "tissue").items()}
+        for subject in ("a1", "b2", "c3")
+    }
     manifest = ["subject\treference"]
     for subject, folding in (("a1", 0.0), ("b2", 0.8)):
         save_image(_box(), files[subject]["labels"])
         save_image(_box(shift=1), tmp_path / f"{subject}_reference.nii.gz")  # 5 of 6 planes overlap
         manifest.append(f"{subject}\t{tmp_path / f'{subject}_reference.nii.gz'}")
         save_image(_box(shift=3), new_refs / f"sub-{subject}_labels.nii.gz")  # 3 of 6 planes overlap
-        write_text_atomic(files[subject]["displacement_json"],
-                          json.dumps({"jacobian": {"folding_percent": folding, "log_jacobian_std": 0.1}}))
+        write_text_atomic(
+            files[subject]["displacement_json"],
+            json.dumps({"jacobian": {"folding_percent": folding, "log_jacobian_std": 0.1}}),
+        )
     (tmp_path / "manifest.tsv").write_text("\n".join(manifest) + "\n")
     assert regenerate_metrics(results, tmp_path / "table.tsv", manifest_path=tmp_path / "manifest.tsv") == []
     assert _dice_and_folding(files["a1"]["metrics"]) == (pytest.approx(10 / 12, abs=1e-5), 0.0)

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from unireg.errors import UniregError
-from unireg.io import load_displacement, save_displacement
-from unireg.fields import warp
-from unireg.model import build_model, load_checkpoint, save_checkpoint
 from unireg.features import build_extractor
+from unireg.fields import warp
+from unireg.io import load_displacement, save_displacement
+from unireg.model import build_model, load_checkpoint, save_checkpoint
 from unireg.weights import sha256_file
 
 SHAPE = (32, 32, 32)
@@ -25,6 +25,7 @@ def test_displacement_nifti_is_world_mm_and_itk_is_lps(tmp_path):
     np.testing.assert_allclose(itk[:2], -field[:2])
     np.testing.assert_allclose(itk[2], field[2])
     import nibabel as nib
+
     assert nib.load(str(tmp_path / "d.nii.gz")).header.get_intent()[0] == "vector"
 
 
@@ -50,7 +51,7 @@ def test_training_step_changes_unet_but_not_frozen_extractor():
     for _ in range(2):
         opt.zero_grad()
         ddf = model(fixed, moving)
-        loss = ((warp(moving, ddf) - fixed) ** 2).mean() + (ddf ** 2).mean()
+        loss = ((warp(moving, ddf) - fixed) ** 2).mean() + (ddf**2).mean()
         loss.backward()
         opt.step()
     assert all(torch.equal(frozen[k], v) for k, v in model.extractor.state_dict().items())

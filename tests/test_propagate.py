@@ -1,6 +1,6 @@
 import numpy as np
-
 from conftest import shared_file
+
 from unireg.affine import write_affine_txt
 from unireg.cli import main
 from unireg.io import Grid, Image, load_image, save_displacement, save_image
@@ -45,9 +45,24 @@ def test_propagation_composes_affine_and_displacement_in_one_resampling(default_
     save_image(default_atlas.labels, tmp_path / "atlas_labels.nii.gz")
     write_affine_txt(tmp_path / "affine.txt", matrix)
     save_displacement(field, default_atlas.grid.affine, tmp_path / "disp.nii.gz")
-    assert main(["propagate", "--atlas-labels", str(tmp_path / "atlas_labels.nii.gz"), "--native",
-                 str(tmp_path / "native.nii.gz"), "--affine", str(tmp_path / "affine.txt"), "--displacement",
-                 str(tmp_path / "disp.nii.gz"), "--out", str(tmp_path / "labels.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "propagate",
+                "--atlas-labels",
+                str(tmp_path / "atlas_labels.nii.gz"),
+                "--native",
+                str(tmp_path / "native.nii.gz"),
+                "--affine",
+                str(tmp_path / "affine.txt"),
+                "--displacement",
+                str(tmp_path / "disp.nii.gz"),
+                "--out",
+                str(tmp_path / "labels.nii.gz"),
+            ]
+        )
+        == 0
+    )
     written = load_image(tmp_path / "labels.nii.gz", label=True)
     np.testing.assert_array_equal(written.data, out.data)
     np.testing.assert_allclose(written.affine, grid.affine)

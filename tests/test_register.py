@@ -5,16 +5,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_file
+
 from unireg.affine import read_affine_txt
 from unireg.cli import main
+from unireg.fields import integrate, warp
 from unireg.io import load_displacement, load_image, save_image
 from unireg.metrics import mean_dice
-from unireg.fields import integrate, warp
 from unireg.model import load_checkpoint
 from unireg.preprocess import OUTPUT_FILES, preprocess_file
-from unireg.register import InstanceOptOptions, register_images, OUTPUT_FILES as REG_FILES
+from unireg.register import OUTPUT_FILES as REG_FILES
+from unireg.register import InstanceOptOptions, register_images
 from unireg.transforms import resample
 
 INSTANCE_OPT_STEPS = 30
@@ -38,8 +39,9 @@ def ixi_validation_subjects(default_model, default_atlas, tmp_path_factory):
         preprocess_file(t1, default_atlas, out / sid, subject=sid)
         matrix = read_affine_txt(out / sid / OUTPUT_FILES["affine"])
         lab = resample(load_image(labels, label=True), default_atlas.grid, matrix)
-        records.append({"id": sid, "image": load_image(out / sid / OUTPUT_FILES["image"]), "labels": lab,
-                        "dir": out / sid})
+        records.append(
+            {"id": sid, "image": load_image(out / sid / OUTPUT_FILES["image"]), "labels": lab, "dir": out / sid}
+        )
     return records
 
 
@@ -50,15 +52,27 @@ def test_default_model_beats_affine_and_instance_opt_improves_it(default_model, 
         f, m = ixi_validation_subjects[fixed], ixi_validation_subjects[moving]
         affine = mean_dice(f["labels"].data, m["labels"].data)
         net = register_images(f["image"], m["image"], model, moving_labels=m["labels"])
-        opt = register_images(f["image"], m["image"], model, moving_labels=m["labels"],
-                              instance_opt=InstanceOptOptions.schedule(INSTANCE_OPT_STEPS))
-        rows.append((affine, mean_dice(f["labels"].data, net.warped_labels.data),
-                     mean_dice(f["labels"].data, opt.warped_labels.data)))
+        opt = register_images(
+            f["image"],
+            m["image"],
+            model,
+            moving_labels=m["labels"],
+            instance_opt=InstanceOptOptions.schedule(INSTANCE_OPT_STEPS),
+        )
+        rows.append(
+            (
+                affine,
+                mean_dice(f["labels"].data, net.warped_labels.data),
+                mean_dice(f["labels"].data, opt.warped_labels.data),
+            )
+        )
         assert net.info["jacobian"]["folding_percent"] < 0.5
         assert set(np.unique(net.warped_labels.data)) <= set(np.unique(m["labels"].data))
     affine, net, opt = np.mean(rows, axis=0)
-    print(f"mean label Dice over {len(rows)} IXI validation pairs (148 DLMUSE labels): "
-          f"affine {affine:.3f}, UniReg {net:.3f}, UniReg + {INSTANCE_OPT_STEPS} instance-opt steps {opt:.3f}")
+    print(
+        f"mean label Dice over {len(rows)} IXI validation pairs (148 DLMUSE labels): "
+        f"affine {affine:.3f}, UniReg {net:.3f}, UniReg + {INSTANCE_OPT_STEPS} instance-opt steps {opt:.3f}"
+    )
     assert net > affine + 0.04
     assert opt > net + 0.005
 
@@ -73,8 +87,11 @@ def test_recovers_known_smooth_deformation_of_mni_template(default_model, defaul
     truth = integrate(velocity, 7)
     with torch.no_grad():
         fixed_t = warp(torch.from_numpy(default_atlas.image.data)[None, None], truth)
-        fixed_lab = warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(), truth,
-                         label=True)[0, 0].long().numpy()
+        fixed_lab = (
+            warp(torch.from_numpy(default_atlas.labels.data)[None, None].float(), truth, label=True)[0, 0]
+            .long()
+            .numpy()
+        )
     fixed = default_atlas.image.with_data(fixed_t[0, 0].numpy())
     result = register_images(fixed, default_atlas.image, model, moving_labels=default_atlas.labels)
     before = mean_dice(fixed_lab, default_atlas.labels.data)
@@ -82,8 +99,10 @@ def test_recovers_known_smooth_deformation_of_mni_template(default_model, defaul
     brain = torch.from_numpy(default_atlas.mask.data > 0)
     err_before = truth[0].norm(dim=0)[brain].mean()
     err_after = (result.ddf[0] - truth[0]).norm(dim=0)[brain].mean()
-    print(f"MNI known field: tissue Dice {before:.3f} -> {after:.3f}; mean endpoint error "
-          f"{float(err_before) * 2:.2f} -> {float(err_after) * 2:.2f} mm")
+    print(
+        f"MNI known field: tissue Dice {before:.3f} -> {after:.3f}; mean endpoint error "
+        f"{float(err_before) * 2:.2f} -> {float(err_after) * 2:.2f} mm"
+    )
     assert truth[0].norm(dim=0)[brain].max() > 2.5  # a real deformation (> 5 mm somewhere)
     assert after > before + 0.05
     assert err_after < 0.75 * err_before
@@ -93,10 +112,28 @@ def test_register_cli_writes_outputs(ixi_validation_subjects, tmp_path, capsys):
     f, m = ixi_validation_subjects[0], ixi_validation_subjects[1]
     save_image(m["labels"], tmp_path / "moving_labels.nii.gz")
     out = tmp_path / "reg"
-    assert main(["register", "--fixed", str(f["dir"] / OUTPUT_FILES["image"]), "--moving",
-                 str(m["dir"] / OUTPUT_FILES["image"]), "--moving-labels", str(tmp_path / "moving_labels.nii.gz"),
-                 "--fixed-mask", str(f["dir"] / OUTPUT_FILES["mask"]),
-                 "--moving-mask", str(m["dir"] / OUTPUT_FILES["mask"]), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "register",
+                "--fixed",
+                str(f["dir"] / OUTPUT_FILES["image"]),
+                "--moving",
+                str(m["dir"] / OUTPUT_FILES["image"]),
+                "--moving-labels",
+                str(tmp_path / "moving_labels.nii.gz"),
+                "--fixed-mask",
+                str(f["dir"] / OUTPUT_FILES["mask"]),
+                "--moving-mask",
+                str(m["dir"] / OUTPUT_FILES["mask"]),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "on cpu" in printed and "QC similarity" in printed
     assert all((out / name).is_file() for name in REG_FILES.values())
@@ -116,6 +153,7 @@ def test_register_cli_writes_outputs(ixi_validation_subjects, tmp_path, capsys):
 
 def _smooth_noise(shape=(32, 32, 32), seed=0) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
+
     return gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0).astype(np.float32)
 
 
@@ -125,6 +163,7 @@ def _t(array: np.ndarray) -> torch.Tensor:
 
 def test_masked_local_ncc2_scores_alignment_also_for_inverted_contrast():
     from unireg.register import masked_local_ncc2
+
     image = _smooth_noise()
     mask = np.zeros(image.shape, np.float32)
     mask[8:24, 8:24, 8:24] = 1
@@ -141,6 +180,7 @@ def test_masked_local_ncc2_scores_alignment_also_for_inverted_contrast():
 def test_registration_qc_before_and_after_a_known_shift_and_mask_fallbacks():
     from unireg.io import Image
     from unireg.register import RegistrationResult, mask_dice, registration_qc
+
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     fixed = Image(_smooth_noise(), affine)
     fixed_mask = np.zeros(fixed.shape, np.int32)
@@ -150,10 +190,14 @@ def test_registration_qc_before_and_after_a_known_shift_and_mask_fallbacks():
     moving_mask = np.roll(fixed_mask, 4, axis=0)  # 12 of 16 planes overlap: Dice 0.75
     ddf = torch.zeros(1, 3, *fixed.shape)
     ddf[:, 0] = 4.0
-    result = RegistrationResult(warped=Image(fixed.data, affine), displacement_mm=np.zeros((3, *fixed.shape)),
-                                ddf=ddf)
-    qc = registration_qc(fixed, moving, result, fixed_mask=Image(fixed_mask, affine, is_label=True),
-                         moving_mask=Image(moving_mask, affine, is_label=True))
+    result = RegistrationResult(warped=Image(fixed.data, affine), displacement_mm=np.zeros((3, *fixed.shape)), ddf=ddf)
+    qc = registration_qc(
+        fixed,
+        moving,
+        result,
+        fixed_mask=Image(fixed_mask, affine, is_label=True),
+        moving_mask=Image(moving_mask, affine, is_label=True),
+    )
     assert qc["similarity_before"] < 0.5 and qc["similarity_after"] == 1.0
     assert qc["brain_mask_dice_before"] == 0.75 and qc["brain_mask_dice_after"] == 1.0
     assert qc["fixed_mask"] == "fixed mask" and qc["moving_mask"] == "moving mask"

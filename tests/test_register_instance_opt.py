@@ -4,13 +4,12 @@ its box-restricted warp in test_fields."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-
 from conftest import blobs
+
 from unireg.errors import UniregError
 from unireg.features import build_extractor
-from unireg.losses import ImageSimilarity
 from unireg.fields import jacobian_stats, warp
+from unireg.losses import ImageSimilarity
 from unireg.model import UniRegNet
 from unireg.register import InstanceOptOptions, instance_optimise
 
@@ -52,15 +51,25 @@ def test_unknown_integrate_mode_is_refused():
     model = _model()
     image = blobs(6)
     with pytest.raises(UniregError, match="integrate"):
-        instance_optimise(model, image, image, torch.zeros(1, 3, *model.flow_shape(SHAPE)),
-                          InstanceOptOptions(steps=1, integrate="sometimes"))
+        instance_optimise(
+            model,
+            image,
+            image,
+            torch.zeros(1, 3, *model.flow_shape(SHAPE)),
+            InstanceOptOptions(steps=1, integrate="sometimes"),
+        )
 
 
 def test_mind_similarity_also_runs():
     moving = blobs(7)
     fixed = torch.roll(moving, shifts=1, dims=3)
     model = _model()
-    ddf = instance_optimise(model, fixed, moving, torch.zeros(1, 3, *model.flow_shape(SHAPE)),
-                            InstanceOptOptions(steps=3, coarse_steps=3, similarity="mind"))
+    ddf = instance_optimise(
+        model,
+        fixed,
+        moving,
+        torch.zeros(1, 3, *model.flow_shape(SHAPE)),
+        InstanceOptOptions(steps=3, coarse_steps=3, similarity="mind"),
+    )
     assert ddf.shape == (1, 3, *SHAPE) and torch.isfinite(ddf).all()
     assert np.isfinite(jacobian_stats(ddf)["folding_percent"])

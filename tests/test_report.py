@@ -30,14 +30,25 @@ def _at(results: Path, subject: str, key: str) -> Path:
 
 
 def _write_metrics(results: Path, subject: str, rows: list[dict], columns=METRIC_COLUMNS) -> None:
-    pd.DataFrame(rows).reindex(columns=columns).to_csv(_at(results, subject, "metrics"), sep="\t",
-                                                       index=False, float_format="%.6g")
+    pd.DataFrame(rows).reindex(columns=columns).to_csv(
+        _at(results, subject, "metrics"), sep="\t", index=False, float_format="%.6g"
+    )
 
 
 def _row(subject, label, dice, hd95, folding=0.1, reason=""):
-    return {"subject": subject, "label": label, "name": f"region_{label}", "dice": dice, "hd95_mm": hd95,
-            "msd_mm": hd95 / 3, "volume_reference_ml": 1.0, "volume_propagated_ml": 1.1, "reason": reason,
-            "folding_percent": folding, "log_jacobian_std": 0.2}
+    return {
+        "subject": subject,
+        "label": label,
+        "name": f"region_{label}",
+        "dice": dice,
+        "hd95_mm": hd95,
+        "msd_mm": hd95 / 3,
+        "volume_reference_ml": 1.0,
+        "volume_propagated_ml": 1.1,
+        "reason": reason,
+        "folding_percent": folding,
+        "log_jacobian_std": 0.2,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +76,8 @@ def cohort(tmp_path_factory):
     (logs / "atlas" / "atlas.log").write_text("unireg: atlas folder not found\n")
     (logs / "register" / f"{FAILED}.log").write_text(
         "Traceback (most recent call last):\n  File x\nunireg: s9: earlier warning\n"
-        f"some output\nunireg: s9: {root}/results/sub-s9/sub-s9_T1w.nii.gz: cannot read as NIfTI\n")
+        f"some output\nunireg: s9: {root}/results/sub-s9/sub-s9_T1w.nii.gz: cannot read as NIfTI\n"
+    )
     return results, logs
 
 
@@ -136,7 +148,7 @@ TABLE = {1: "left_blob", 2: "right_blob"}
 
 def _blobs(shape=(20, 20, 20), shift=0) -> np.ndarray:
     labels = np.zeros(shape, np.int32)
-    labels[4 + shift:10 + shift, 6:14, 6:14] = 1
+    labels[4 + shift : 10 + shift, 6:14, 6:14] = 1
     labels[11:17, 6:14, 6:14] = 2
     return labels
 
@@ -167,12 +179,14 @@ def tiny_results(tmp_path):
         save_image(Image(_blobs(shift=1), affine, is_label=True), refs / f"sub-{subject}_labels.nii.gz")
         manifest.append(f"{subject}\t{refs / f'sub-{subject}_labels.nii.gz'}")
         _at(results, subject, "displacement_json").write_text(
-            json.dumps({"jacobian": {"folding_percent": 0.8 if flip else 0.0, "log_jacobian_std": 0.1}}))
+            json.dumps({"jacobian": {"folding_percent": 0.8 if flip else 0.0, "log_jacobian_std": 0.1}})
+        )
     (tmp_path / "manifest.tsv").write_text("\n".join(manifest) + "\n")
     assert regenerate_metrics(results, tmp_path / "table.tsv", manifest_path=tmp_path / "manifest.tsv") == []
     (tmp_path / "work" / "logs" / "metrics").mkdir(parents=True)
     (tmp_path / "work" / "logs" / "metrics" / "c3.log").write_text(
-        f"unireg: c3: {tmp_path}/in/c3.nii.gz: expected a 3-D image, got shape (4, 4); extract one volume first\n")
+        f"unireg: c3: {tmp_path}/in/c3.nii.gz: expected a 3-D image, got shape (4, 4); extract one volume first\n"
+    )
     return tmp_path
 
 
@@ -228,6 +242,7 @@ def test_report_is_self_contained_with_plots_qc_table_and_subject_images(tiny_re
 
 def test_report_cli_keeps_working(tiny_results):
     from unireg.cli import main
+
     results = tiny_results / "results"
     assert main(["report", str(results)]) == 0
     assert (results / "report.html").is_file() and (results / "cohort_metrics.tsv").is_file()
@@ -237,7 +252,7 @@ def test_report_cli_keeps_working(tiny_results):
 
 BLOCK, BLOCKS = 6, 5  # label maps: a 5 x 5 x 5 grid of 6^3-voxel blocks, one label each
 SPACING = (1.5, 1.5, 1.5)
-VOXEL_ML = 1.5 ** 3 / 1000
+VOXEL_ML = 1.5**3 / 1000
 BIG_LABEL, MERGED_LABEL, ODD_SUBJECT = 7, 8, "s03"  # in sub-s03 label 8 is taken over by label 7
 
 
@@ -249,38 +264,49 @@ def _block_labels(n_labels: int, index: int, merge: bool = False) -> np.ndarray:
     labels = np.zeros((size, size, size), np.int32)
     for label in range(1, n_labels + 1):
         i, j, k = np.unravel_index(label - 1, (BLOCKS,) * 3)
-        block = labels[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK, k * BLOCK:(k + 1) * BLOCK]
+        block = labels[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK, k * BLOCK : (k + 1) * BLOCK]
         block[...] = label
         missing = 2 * ((3 * index + label) % 8)  # the first voxels of the block's first plane, row by row
-        block[0, :missing // BLOCK, :] = 0
-        block[0, missing // BLOCK, :missing % BLOCK] = 0
+        block[0, : missing // BLOCK, :] = 0
+        block[0, missing // BLOCK, : missing % BLOCK] = 0
     if merge:
         labels[labels == MERGED_LABEL] = BIG_LABEL
     return labels
 
 
 def _registration_info(similarity=(0.40, 0.75), mask_dice=(0.96, 0.97), folding=0.0, log_jac=0.45) -> dict:
-    return {"qc": {"similarity_before": similarity[0], "similarity_after": similarity[1],
-                   "brain_mask_dice_before": mask_dice[0], "brain_mask_dice_after": mask_dice[1]},
-            "jacobian": {"folding_percent": folding, "log_jacobian_std": log_jac}}
+    return {
+        "qc": {
+            "similarity_before": similarity[0],
+            "similarity_after": similarity[1],
+            "brain_mask_dice_before": mask_dice[0],
+            "brain_mask_dice_after": mask_dice[1],
+        },
+        "jacobian": {"folding_percent": folding, "log_jacobian_std": log_jac},
+    }
 
 
 #: registration.json of the subjects that should be flagged (the others get the default)
-ODD_REGISTRATIONS = {"s01": _registration_info(similarity=(0.41, 0.38)),     # did not improve
-                     "s05": _registration_info(mask_dice=(0.80, 0.86)),      # brain masks disagree
-                     "s06": _registration_info(folding=0.9, log_jac=0.95)}   # folds
+ODD_REGISTRATIONS = {
+    "s01": _registration_info(similarity=(0.41, 0.38)),  # did not improve
+    "s05": _registration_info(mask_dice=(0.80, 0.86)),  # brain masks disagree
+    "s06": _registration_info(folding=0.9, log_jac=0.95),
+}  # folds
 
 
-def make_cohort(root: Path, n_subjects: int = 8, n_labels: int = 120, references: bool = False,
-                manifest: bool = True) -> Path:
+def make_cohort(
+    root: Path, n_subjects: int = 8, n_labels: int = 120, references: bool = False, manifest: bool = True
+) -> Path:
     """A results tree of ``n_subjects`` real NIfTI subjects (T1w, propagated labels of
     :func:`_block_labels`), registration.json files, metrics measured by
     :func:`regenerate_metrics` (against references shifted by one voxel when ``references``),
     a failed subject's log and, with ``manifest``, a manifest.tsv with series selection."""
     results, refs = root / "results", root / "refs"
     refs.mkdir(parents=True)
-    names = {label: f"{'Left' if label % 2 else 'Right'}-region-{label:03d}-{'gyrus' if label % 3 else 'nucleus'}"
-             for label in range(1, n_labels + 1)}
+    names = {
+        label: f"{'Left' if label % 2 else 'Right'}-region-{label:03d}-{'gyrus' if label % 3 else 'nucleus'}"
+        for label in range(1, n_labels + 1)
+    }
     write_label_table(root / "table.tsv", names)
     affine = np.diag([*SPACING, 1.0])
     rng = np.random.default_rng(3)
@@ -294,15 +320,19 @@ def make_cohort(root: Path, n_subjects: int = 8, n_labels: int = 120, references
         if references:
             save_image(Image(np.roll(labels, 1, axis=0), affine, is_label=True), refs / f"sub-{subject}_labels.nii.gz")
         _at(results, subject, "displacement_json").write_text(
-            json.dumps(ODD_REGISTRATIONS.get(subject, _registration_info())))
-        rows += [f"{subject}\tt1_mprage_sag_p2_iso\t1\t3-D T1-weighted (MPRAGE), 176 slices\t"
-                 f"{root}/dicom/{subject}/a\t176",
-                 f"{subject}\tlocalizer\t0\tnot a candidate: a localiser\t{root}/dicom/{subject}/b\t3"]
+            json.dumps(ODD_REGISTRATIONS.get(subject, _registration_info()))
+        )
+        rows += [
+            f"{subject}\tt1_mprage_sag_p2_iso\t1\t3-D T1-weighted (MPRAGE), 176 slices\t{root}/dicom/{subject}/a\t176",
+            f"{subject}\tlocalizer\t0\tnot a candidate: a localiser\t{root}/dicom/{subject}/b\t3",
+        ]
     if manifest:
         (results / "manifest.tsv").write_text("\n".join(rows) + "\n")
     assert regenerate_metrics(results, root / "table.tsv", refs if references else None) == []
     (root / "work" / "logs" / "convert").mkdir(parents=True)
-    (root / "work" / "logs" / "convert" / "s99.log").write_text(f"unireg: s99: {root}/dicom/s99: no DICOM series found\n")
+    (root / "work" / "logs" / "convert" / "s99.log").write_text(
+        f"unireg: s99: {root}/dicom/s99: no DICOM series found\n"
+    )
     return results
 
 
@@ -342,8 +372,15 @@ def test_report_without_references_shows_volumes_registration_qc_and_series_not_
     # 120 labels: volume plots of at most 40 labels (3), one QC image per subject (8)
     assert len(page.images) == 3 + 8 and text.count("Propagated volume per label") == 3
     assert "2 more figures (80 more labels)" in text
-    assert {"qc-failed", "qc-flags", "volume-outliers-by-subject", "registration-qc", "input-series",
-            "label-volumes", "per-subject"} <= set(page.tables)
+    assert {
+        "qc-failed",
+        "qc-flags",
+        "volume-outliers-by-subject",
+        "registration-qc",
+        "input-series",
+        "label-volumes",
+        "per-subject",
+    } <= set(page.tables)
     # attention first: failed, flagged and outliers come before the registration table and the volumes
     assert text.index("Needs attention") < text.index("Registration QC") < text.index("Label volumes")
     # volumes: medians per label from the subjects' tables
@@ -368,8 +405,9 @@ def test_report_without_references_shows_volumes_registration_qc_and_series_not_
     registration = out["registration"].set_index("subject")
     assert list(out["registration"]["subject"][:3]) == ["s01", "s05", "s06"]
     assert registration.loc["s01", "reasons"] == "similarity not improved (0.410 -> 0.380)"
-    assert registration.loc["s05", "reasons"] == ("brain-mask Dice before 0.800 < 0.9; "
-                                                  "brain-mask Dice after 0.860 < 0.9")
+    assert registration.loc["s05", "reasons"] == (
+        "brain-mask Dice before 0.800 < 0.9; brain-mask Dice after 0.860 < 0.9"
+    )
     assert registration.loc["s06", "reasons"] == "folding 0.9 % > 0.5 %; std log det(J) 0.950 > 0.7"
     assert list(out["qc"]["subject"]) == ["s01", "s05", "s06"]
     assert list(out["failed"]["subject"]) == ["s99"] and "no DICOM series found" in text
@@ -400,26 +438,33 @@ def test_volume_outliers_need_five_subjects(tmp_path):
     out = write_report(results, results / "report.html", results / "cohort_metrics.tsv")
     text = (results / "report.html").read_text()
     assert len(out["volume_outliers"]) == 0 and out["series"] is None
-    assert "Volume outliers not assessed: the robust z-score needs propagated volumes from at least 5 subjects " \
-           "(here at most 4)" in text
+    assert (
+        "Volume outliers not assessed: the robust z-score needs propagated volumes from at least 5 subjects "
+        "(here at most 4)" in text
+    )
     assert "Input series" not in text
 
 
 def test_manifest_without_selection_columns_is_skipped(tmp_path):
     from unireg.report import selected_series
+
     (tmp_path / "old.tsv").write_text("subject\tseries_description\tsource\na\tT1\t/x/y\n")
     assert selected_series(tmp_path / "old.tsv") is None
     assert selected_series(tmp_path / "absent.tsv") is None
-    (tmp_path / "m.tsv").write_text("subject\tseries_description\tselected\tselection_reason\n"
-                                    "a\tT2 tse\t0\tnot T1-weighted\nb\tMPRAGE\t1\tonly candidate\n")
+    (tmp_path / "m.tsv").write_text(
+        "subject\tseries_description\tselected\tselection_reason\n"
+        "a\tT2 tse\t0\tnot T1-weighted\nb\tMPRAGE\t1\tonly candidate\n"
+    )
     series = selected_series(tmp_path / "m.tsv")
     assert series.to_dict("records") == [
         {"subject": "a", "series_description": "", "selection_reason": "not T1-weighted", "n_series": 1},
-        {"subject": "b", "series_description": "MPRAGE", "selection_reason": "only candidate", "n_series": 1}]
+        {"subject": "b", "series_description": "MPRAGE", "selection_reason": "only candidate", "n_series": 1},
+    ]
 
 
 def test_robust_z_is_the_modified_z_score():
     from unireg.report import robust_z
+
     values = np.array([10.0, 11.0, 12.0, 13.0, 40.0, np.nan])
     # median 12, absolute deviations 2, 1, 0, 1, 28: MAD 1
     np.testing.assert_allclose(robust_z(values)[:5], 0.6745 * np.array([-2, -1, 0, 1, 28]))
@@ -432,6 +477,7 @@ def test_robust_z_is_the_modified_z_score():
 
 def test_registration_qc_without_qc_entry_and_unreadable_json(tiny_results):
     from unireg.report import read_registration_qc, registration_flags
+
     results = tiny_results / "results"
     _at(results, "b2", "displacement_json").write_text("{not json")
     frame = registration_flags(read_registration_qc(results))
@@ -449,10 +495,23 @@ WINDOW = (1400, 3000)  # width, height in CSS pixels (device scale 1)
 def screenshot(html_path: Path, png: Path, profile: Path, window: tuple[int, int] = WINDOW) -> None:
     """Render ``html_path`` with headless Chromium (offline: no network features) into ``png``."""
     import subprocess
-    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}",
-               f"--window-size={window[0]},{window[1]}", html_path.resolve().as_uri()]
+
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        f"--window-size={window[0]},{window[1]}",
+        html_path.resolve().as_uri(),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
 
@@ -465,6 +524,7 @@ def test_report_renders_in_headless_chromium(cohort_fixture, request, tmp_path):
     import shutil
 
     from matplotlib.image import imread
+
     results, _ = request.getfixturevalue(cohort_fixture)
     png = tmp_path / f"report_{cohort_fixture}.png"
     screenshot(results / "report.html", png, tmp_path / "profile")
@@ -473,8 +533,8 @@ def test_report_renders_in_headless_chromium(cohort_fixture, request, tmp_path):
     pixels = imread(png)[..., :3]  # floats in [0, 1]
     assert pixels.shape[:2] == (WINDOW[1], WINDOW[0])
     assert pixels.std() > 0.05 and (pixels.min(axis=2) < 0.9).mean() > 0.03  # ink on much of the page
-    red_edge = (np.abs(pixels - np.array([0xc0, 0x39, 0x2b]) / 255).max(axis=2) < 0.03)
+    red_edge = np.abs(pixels - np.array([0xC0, 0x39, 0x2B]) / 255).max(axis=2) < 0.03
     assert red_edge[:800].sum() > 200  # the "Needs attention" box's left border, near the top
     # the box plots' orange median lines: the data-URI PNGs were decoded and drawn
-    orange = (np.abs(pixels - np.array([0xff, 0x7f, 0x0e]) / 255).max(axis=2) < 0.15)
+    orange = np.abs(pixels - np.array([0xFF, 0x7F, 0x0E]) / 255).max(axis=2) < 0.15
     assert orange.sum() > 100

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import shared_file
+
 from unireg import runtime
 from unireg.errors import UniregError
 from unireg.io import load_image, save_image
@@ -40,12 +40,31 @@ def test_cuda_requested_without_gpu_is_a_clear_error(tmp_path):
         pytest.skip("a GPU is visible here")
     img = tmp_path / "x.nii.gz"
     save_image(load_image(shared_file("ixi_t1_dlmuse", "t1", "IXI012-HH-1211_T1.nii.gz")), img)
-    proc = subprocess.run([sys.executable, "-m", "unireg.cli", "register", "--fixed", str(img), "--moving", str(img),
-                           "--out", str(tmp_path / "o"), "--device", "cuda", "--subject", "s01"],
-                          capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unireg.cli",
+            "register",
+            "--fixed",
+            str(img),
+            "--moving",
+            str(img),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cuda",
+            "--subject",
+            "s01",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"},
+    )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("unireg: s01: a GPU was requested (device cuda) but torch sees none "
-                                  "(CUDA_VISIBLE_DEVICES='0'")
+    assert proc.stderr.startswith(
+        "unireg: s01: a GPU was requested (device cuda) but torch sees none (CUDA_VISIBLE_DEVICES='0'"
+    )
     assert "register.device: cpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
@@ -60,25 +79,35 @@ def test_execution_environment_records_host_device_and_scheduler_variables(monke
     monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
     monkeypatch.setenv("SLURM_NTASKS", "1")  # not a variable that says where the job runs
     assert runtime.execution_environment(torch.device("cpu")) == {
-        "host": socket.gethostname(), "device": "cpu", "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "slurm_job_id": "4242", "slurm_job_partition": "gpu"}
+        "host": socket.gethostname(),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "slurm_job_id": "4242",
+        "slurm_job_partition": "gpu",
+    }
 
 
 # --------------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize("files, expected", [
-    ({"/proc/meminfo": MEMINFO}, 8000000 * 1024.0),
-    ({"/sys/fs/cgroup/memory.max": "max\n", "/proc/meminfo": MEMINFO}, 8000000 * 1024.0),  # no cgroup limit
-    ({"/sys/fs/cgroup/memory.max": "4000000000\n", "/proc/meminfo": MEMINFO}, 4e9),
-    ({"/sys/fs/cgroup/memory/memory.limit_in_bytes": "2000000000\n", "/proc/meminfo": MEMINFO}, 2e9),  # cgroup v1
-    ({}, float("inf")),
-], ids=["meminfo", "cgroup-max", "cgroup-v2", "cgroup-v1", "nothing-readable"])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"/proc/meminfo": MEMINFO}, 8000000 * 1024.0),
+        ({"/sys/fs/cgroup/memory.max": "max\n", "/proc/meminfo": MEMINFO}, 8000000 * 1024.0),  # no cgroup limit
+        ({"/sys/fs/cgroup/memory.max": "4000000000\n", "/proc/meminfo": MEMINFO}, 4e9),
+        ({"/sys/fs/cgroup/memory/memory.limit_in_bytes": "2000000000\n", "/proc/meminfo": MEMINFO}, 2e9),  # cgroup v1
+        ({}, float("inf")),
+    ],
+    ids=["meminfo", "cgroup-max", "cgroup-v2", "cgroup-v1", "nothing-readable"],
+)
 def test_available_memory_is_the_smaller_of_cgroup_limit_and_memavailable(monkeypatch, files, expected):
     def fake_open(path, *args, **kwargs):
         if path not in files:
             raise FileNotFoundError(path)
         return io.StringIO(files[path])
+
     monkeypatch.setattr(runtime, "open", fake_open, raising=False)
     assert runtime.available_memory_bytes() == expected
 
@@ -86,8 +115,7 @@ def test_available_memory_is_the_smaller_of_cgroup_limit_and_memavailable(monkey
 def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atlas, monkeypatch):
     monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 0.5e9)
     with pytest.raises(UniregError) as err:
-        register_images(default_atlas.image, default_atlas.image, None,
-                        instance_opt=InstanceOptOptions.schedule(5))
+        register_images(default_atlas.image, default_atlas.image, None, instance_opt=InstanceOptOptions.schedule(5))
     message = str(err.value)
     assert "80x96x96 atlas grid with instance optimisation needs about" in message
     assert "register.instance_opt: 0" in message and "atlas_spacing" in message

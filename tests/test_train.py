@@ -39,16 +39,35 @@ def tiny_dataset(tmp_path_factory):
     nib.save(nib.Nifti1Image(atlas_img, affine), root / "atlas.nii.gz")
     nib.save(nib.Nifti1Image(atlas_lab, affine), root / "atlas_labels.nii.gz")
     (root / "atlas.tsv").write_text("index\tname\n1\touter\n2\tinner\n")
-    assert main(["atlas", "import", "--image", str(root / "atlas.nii.gz"), "--labels",
-                 str(root / "atlas_labels.nii.gz"), "--table", str(root / "atlas.tsv"), "--out", str(root / "atlas")]) == 0
+    assert (
+        main(
+            [
+                "atlas",
+                "import",
+                "--image",
+                str(root / "atlas.nii.gz"),
+                "--labels",
+                str(root / "atlas_labels.nii.gz"),
+                "--table",
+                str(root / "atlas.tsv"),
+                "--out",
+                str(root / "atlas"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def _config(root, steps, **extra):
-    cfg = {"data": {"images": "images", "labels": "labels", "n_train": 3, "n_val": 2},
-           "atlas": str(root / "atlas"), "preprocess": {"brain_extraction": False},
-           "model": {"extractor": "mobilenet_v1_025", "channels": [8, 16, 16]},
-           "train": {"steps": steps, "validate_every": 2, "val_pairs": 2}, "output": "run"}
+    cfg = {
+        "data": {"images": "images", "labels": "labels", "n_train": 3, "n_val": 2},
+        "atlas": str(root / "atlas"),
+        "preprocess": {"brain_extraction": False},
+        "model": {"extractor": "mobilenet_v1_025", "channels": [8, 16, 16]},
+        "train": {"steps": steps, "validate_every": 2, "val_pairs": 2},
+        "output": "run",
+    }
     cfg.update(extra)
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -68,7 +87,9 @@ def test_train_writes_log_checkpoint_card_and_resumes(tiny_dataset):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert rows[1]["val_dice"] != "" and float(rows[1]["val_dice_affine"]) > 0
     card = json.loads((run / "model_card.json").read_text())
-    assert card["steps"] == 4 and card["extractor"] == "mobilenet_v1_025" and len(card["extractor_weights_sha256"]) == 64
+    assert (
+        card["steps"] == 4 and card["extractor"] == "mobilenet_v1_025" and len(card["extractor_weights_sha256"]) == 64
+    )
     assert sorted(card["train_subjects"] + card["val_subjects"]) == [f"s{k}_T1" for k in range(5)]
     model, payload = load_checkpoint(run / "model.pt")
     assert payload["grid"]["shape"] == [32, 32, 32] and payload["train_config"]["train"]["steps"] == 4
@@ -93,6 +114,7 @@ def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
     cfg["train"]["augment"] = {"gamma": 0.5}
     path.write_text(yaml.safe_dump(cfg))
     from unireg.train import Trainer
+
     trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
     assert not trainer.cache_features
     image = trainer._image(trainer.train_set[0])

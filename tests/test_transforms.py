@@ -1,17 +1,23 @@
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
 from unireg.io import Grid, Image, apply_affine, load_image
-from unireg.transforms import (DisplacementField, crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras,
-                               resample)
+from unireg.transforms import (
+    DisplacementField,
+    crop_or_pad,
+    crop_to_multiple,
+    grid_with_spacing,
+    reorient_to_ras,
+    resample,
+)
 
 BLOB_CENTRE = np.array([3.7, -5.2, 9.1])  # world mm
 
 
 def _blob(grid: Grid, sigma=5.0) -> Image:
     world = grid.world_coordinates()
-    data = np.exp(-((world - BLOB_CENTRE) ** 2).sum(-1) / (2 * sigma ** 2))
+    data = np.exp(-((world - BLOB_CENTRE) ** 2).sum(-1) / (2 * sigma**2))
     return Image(data.astype(np.float32), grid.affine)
 
 
@@ -24,9 +30,9 @@ def _centroid_world(image: Image) -> np.ndarray:
 def _odd_grid() -> Grid:
     """Flipped, permuted, anisotropic (0.9 x 0.9 x 3 mm) and shifted relative to RAS."""
     affine = np.zeros((4, 4))
-    affine[:3, 0] = [0, -0.9, 0]   # i -> posterior
-    affine[:3, 1] = [0, 0, 3.0]    # j -> superior, 3 mm
-    affine[:3, 2] = [-0.9, 0, 0]   # k -> left
+    affine[:3, 0] = [0, -0.9, 0]  # i -> posterior
+    affine[:3, 1] = [0, 0, 3.0]  # j -> superior, 3 mm
+    affine[:3, 2] = [-0.9, 0, 0]  # k -> left
     affine[:3, 3] = [31.3, 38.7, -27.4]
     affine[3, 3] = 1
     return Grid((80, 20, 70), affine)

@@ -10,20 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TORCHVISION_EXTRA_KEYS, write_torchvision_file
+
 from unireg import features, weights
 from unireg.errors import UniregError
-
 
 # ---------------------------------------------------------------------------------------------
 # Packaged MobileNet weights
 # ---------------------------------------------------------------------------------------------
 
+
 def test_mobilenet_uses_packaged_weights_with_known_hash():
     packaged = weights.WEIGHTS_DIR / weights.MOBILENET_FILE
-    assert weights.sha256_file(packaged) == weights.MOBILENET_SHA256 == \
-        "1a73859ca67b1d1753f5e01af050d660880dc6a97b4b346905356d65f3ee8755"
+    assert (
+        weights.sha256_file(packaged)
+        == weights.MOBILENET_SHA256
+        == "1a73859ca67b1d1753f5e01af050d660880dc6a97b4b346905356d65f3ee8755"
+    )
     assert (weights.WEIGHTS_DIR / "Pytorch_Retinaface_LICENSE.MIT").is_file()
     assert "non-commercial" in (weights.WEIGHTS_DIR / "README.md").read_text()
 
@@ -52,6 +55,7 @@ def test_corrupted_mobilenet_weights_are_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # torchvision-format weights: explicit file, hub cache, wrong keys, missing file, fetching
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(weights.WEIGHT_SOURCES))
 def test_torchvision_weights_load_from_a_file(tmp_path, name):
@@ -91,8 +95,9 @@ def test_torchvision_file_with_wrong_keys_is_refused(tmp_path, name, key):
 def accept_stand_in(monkeypatch, name, path):
     """Let a stand-in state dict pass as torchvision's file: its name's hash prefix becomes the stand-in's."""
     source = weights.WEIGHT_SOURCES[name]
-    monkeypatch.setitem(weights.WEIGHT_SOURCES, name, dataclasses.replace(
-        source, sha256_prefix=weights.sha256_file(path)[:8]))
+    monkeypatch.setitem(
+        weights.WEIGHT_SOURCES, name, dataclasses.replace(source, sha256_prefix=weights.sha256_file(path)[:8])
+    )
 
 
 @pytest.mark.parametrize("name", list(weights.WEIGHT_SOURCES))
@@ -121,6 +126,7 @@ def test_missing_torchvision_weights_say_which_file_and_how(tmp_path, monkeypatc
 def test_fetch_weights_failure_names_the_file_to_place_by_hand(tmp_path, monkeypatch):
     def offline(url, dst, hash_prefix=None, progress=True):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UniregError) as err:
@@ -136,6 +142,7 @@ def test_fetch_weights_downloads_into_the_cache_once(tmp_path, monkeypatch):
     def fake_download(url, dst, hash_prefix=None, progress=True):
         calls.append((url, hash_prefix))
         write_torchvision_file("resnet18", Path(dst))
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     path = weights.fetch_weights("resnet18")
@@ -154,8 +161,12 @@ def test_fetch_weights_downloads_into_the_cache_once(tmp_path, monkeypatch):
 
 def test_weights_cli_lists_where_each_file_is_looked_for_and_fetches(tmp_path, monkeypatch, capsys):
     from unireg.cli import main
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda url, dst, hash_prefix=None, progress=True: write_torchvision_file("vgg16", Path(dst)))
+
+    monkeypatch.setattr(
+        torch.hub,
+        "download_url_to_file",
+        lambda url, dst, hash_prefix=None, progress=True: write_torchvision_file("vgg16", Path(dst)),
+    )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     assert main(["weights", "list"]) == 0

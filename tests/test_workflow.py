@@ -27,9 +27,21 @@ def _at(results: Path, subject: str, key: str) -> Path:
 
 def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(workdir / "config.yaml"), *args],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -57,8 +69,9 @@ def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run)
     for subject in ("demo01", "demo02"):
         labels = load_image(_at(results, subject, "labels"), label=True)
         native = load_image(_at(results, subject, "image"))
-        reference = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
-                               label=True)
+        reference = load_image(
+            finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz", label=True
+        )
         assert labels.shape == native.shape and np.allclose(labels.affine, native.affine, atol=1e-4)
         dice = dice_per_label(reference.data, labels.data, [1, 2, 3])
         print(subject, {k: round(v, 3) for k, v in dice.items()})
@@ -76,6 +89,7 @@ def _readable_bytes(path: Path) -> bytes:
         return gzip.decompress(path.read_bytes())
     if path.suffix == ".parquet":
         import pandas as pd
+
         return pd.read_parquet(path).to_csv().encode()
     return path.read_bytes()
 
@@ -85,19 +99,35 @@ def test_no_patient_information_reaches_any_output(finished_run):
     date and study/series UIDs: none may appear in any path or file the workflow wrote (results, logs, benchmarks,
     Snakemake's own logs)."""
     from unireg.demo import _common_tags
+
     phi = set()
     for number in (1, 2):
         tags = _common_tags(0, number, f"demo{number:02d}")
-        phi |= {tags[k] for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                                  "InstitutionName", "StudyDate", "ReferringPhysicianName", "OperatorsName")}
+        phi |= {
+            tags[k]
+            for k in (
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "AccessionNumber",
+                "InstitutionName",
+                "StudyDate",
+                "ReferringPhysicianName",
+                "OperatorsName",
+            )
+        }
     phi |= {value.replace("^", " ") for value in phi}
     # study, series and frame-of-reference UIDs identify the study in its PACS: hashed or absent
     demo = json.loads((finished_run / "work" / "demo" / "demo.json").read_text())
     phi |= {series["series_uid"] for subject in demo["subjects"] for series in subject["series"]}
     for number, subject in ((1, "demo01"), (2, "demo02")):
         phi |= {_common_tags(0, number, subject)[k] for k in ("StudyInstanceUID", "FrameOfReferenceUID")}
-    written = [p for folder in ("results", "work/logs", "work/benchmarks", ".snakemake/log")
-               for p in (finished_run / folder).rglob("*") if p.is_file()]
+    written = [
+        p
+        for folder in ("results", "work/logs", "work/benchmarks", ".snakemake/log")
+        for p in (finished_run / folder).rglob("*")
+        if p.is_file()
+    ]
     assert len(written) > 30
     for path in written:
         relative = str(path.relative_to(finished_run))
@@ -142,11 +172,11 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
     new_refs = finished_run / "new_refs"
     new_refs.mkdir(exist_ok=True)
     for subject in ("demo01", "demo02"):
-        ref = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz",
-                         label=True)
+        ref = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz", label=True)
         data = ref.data.copy()
         data[data == 1] = 0  # a "new segmentation" without CSF
         from unireg.io import save_image
+
         save_image(ref.with_data(data), new_refs / f"sub-{subject}_labels.nii.gz")
     registration = _at(finished_run / "results", "demo01", "displacement")
     before = registration.stat().st_mtime_ns
@@ -154,8 +184,13 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
     assert registration.stat().st_mtime_ns == before
     metrics = _at(finished_run / "results", "demo01", "metrics").read_text()
     assert "empty in reference" in metrics  # CSF is gone from the new references
-    _snakemake(finished_run, "--report", str(finished_run / "snakemake_report.html"),
-               "--config", f"reference_labels={new_refs}")
+    _snakemake(
+        finished_run,
+        "--report",
+        str(finished_run / "snakemake_report.html"),
+        "--config",
+        f"reference_labels={new_refs}",
+    )
     assert (finished_run / "snakemake_report.html").stat().st_size > 10_000
 
 
@@ -182,8 +217,9 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     results = tmp_path / "results"
     for subject in ("demo01", "demo02"):
         name = subject_files(subject, "MNI152NLin2009aSym", "tissue")["labels"]
-        assert np.array_equal(load_image(results / name, label=True).data,
-                              load_image(finished_run / "results" / name, label=True).data), subject
+        assert np.array_equal(
+            load_image(results / name, label=True).data, load_image(finished_run / "results" / name, label=True).data
+        ), subject
         assert (_at(results, subject, "metrics")).is_file()
     errors = {"bad01": "cannot read as NIfTI", "bad02": "truncated"}
     for subject, message in errors.items():
@@ -205,6 +241,7 @@ def test_results_are_a_valid_bids_derivatives_dataset(finished_run):
     files (unireg.layout), a derivatives description naming unireg, sidecars with SkullStripped."""
     from unireg.bids import validate_derivatives, validator_command
     from unireg.errors import UniregError
+
     try:
         validator_command()
     except UniregError as err:
@@ -213,5 +250,9 @@ def test_results_are_a_valid_bids_derivatives_dataset(finished_run):
     assert json.loads((results / "dataset_description.json").read_text())["GeneratedBy"][0]["Name"] == "unireg"
     assert validate_derivatives(results) == []
     files = {p.name for p in (results / "sub-demo01" / "anat").iterdir()}
-    assert {"sub-demo01_T1w.nii.gz", "sub-demo01_atlas-tissue_dseg.nii.gz", "sub-demo01_atlas-tissue_dseg.tsv",
-            "sub-demo01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"} <= files, files
+    assert {
+        "sub-demo01_T1w.nii.gz",
+        "sub-demo01_atlas-tissue_dseg.nii.gz",
+        "sub-demo01_atlas-tissue_dseg.tsv",
+        "sub-demo01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
+    } <= files, files

@@ -26,9 +26,18 @@ from scipy import ndimage
 from .defaults import AFFINE_SIMILARITIES
 from .errors import UniregError
 from .fields import ALIGN_CORNERS, sampling_matrix
-from .io import Grid, Image, apply_affine
+
 # the matrix file formats live in io (no torch needed to read them); part of this module's API too
-from .io import LPS_FLIP, read_affine_txt, read_itk_affine, write_affine_txt, write_itk_affine  # noqa: F401
+from .io import (  # noqa: F401
+    LPS_FLIP,
+    Grid,
+    Image,
+    apply_affine,
+    read_affine_txt,
+    read_itk_affine,
+    write_affine_txt,
+    write_itk_affine,
+)
 
 SIMILARITIES = AFFINE_SIMILARITIES
 
@@ -78,18 +87,22 @@ class _AffineSampler(torch.nn.Module):
     translation in mm. Rotation is about ``center`` (the fixed image's centre of mass).
     """
 
-    def __init__(self, moving: torch.Tensor, moving_affine: np.ndarray, center: np.ndarray,
-                 init: np.ndarray, radius: float):
+    def __init__(
+        self, moving: torch.Tensor, moving_affine: np.ndarray, center: np.ndarray, init: np.ndarray, radius: float
+    ):
         super().__init__()
         self.moving = moving
         self.radius = radius
         self.register_buffer("center", torch.tensor(center, dtype=torch.float64))
-        self.register_buffer("moving_to_grid", torch.tensor(
-            sampling_matrix(moving.shape[2:]) @ np.linalg.inv(moving_affine), dtype=torch.float64))
+        self.register_buffer(
+            "moving_to_grid",
+            torch.tensor(sampling_matrix(moving.shape[2:]) @ np.linalg.inv(moving_affine), dtype=torch.float64),
+        )
         lin0 = init[:3, :3]
         trans0 = init[:3, 3] + lin0 @ center - center
-        self.theta = torch.nn.Parameter(torch.tensor(
-            np.concatenate([((lin0 - np.eye(3)) * radius).ravel(), trans0]), dtype=torch.float64))
+        self.theta = torch.nn.Parameter(
+            torch.tensor(np.concatenate([((lin0 - np.eye(3)) * radius).ravel(), trans0]), dtype=torch.float64)
+        )
 
     def matrix(self) -> torch.Tensor:
         lin = torch.eye(3, dtype=torch.float64) + self.theta[:9].reshape(3, 3) / self.radius
@@ -103,8 +116,7 @@ class _AffineSampler(torch.nn.Module):
         coords = fixed_world @ to_grid[:3].T
         if coords.dim() == 4:
             coords = coords[None]
-        return F.grid_sample(self.moving, coords, mode="bilinear", padding_mode="zeros",
-                             align_corners=ALIGN_CORNERS)
+        return F.grid_sample(self.moving, coords, mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)
 
 
 def _similarity_loss(name: str) -> torch.nn.Module:
@@ -115,10 +127,19 @@ def _similarity_loss(name: str) -> torch.nn.Module:
     raise UniregError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
 
 
-def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None = None,
-                 fixed_mask: np.ndarray | None = None, similarity: str = "mi",
-                 levels: tuple[int, ...] = (4, 2, 1), iterations: tuple[int, ...] = (120, 80, 40),
-                 learning_rate: float = 2.0, samples: int = 20000, seed: int = 0) -> AffineResult:
+def align_affine(
+    moving: Image,
+    fixed: Image,
+    *,
+    moving_mask: np.ndarray | None = None,
+    fixed_mask: np.ndarray | None = None,
+    similarity: str = "mi",
+    levels: tuple[int, ...] = (4, 2, 1),
+    iterations: tuple[int, ...] = (120, 80, 40),
+    learning_rate: float = 2.0,
+    samples: int = 20000,
+    seed: int = 0,
+) -> AffineResult:
     """Find the affine ``T`` (fixed world -> moving world) that best aligns ``moving`` to ``fixed``.
 
     Both images should be intensity-normalised to [0, 1] (see :mod:`unireg.preprocess`), with
@@ -145,16 +166,20 @@ def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None 
     for level, (factor, n_iter) in enumerate(zip(levels, iterations)):
         grid = _level_grid(fixed.grid, factor)
         fixed_t = F.avg_pool3d(_to_tensor(fixed.data), factor) if factor > 1 else _to_tensor(fixed.data)
-        sigma = 0.5 * np.sqrt(np.maximum((factor * np.asarray(fixed.spacing) / np.asarray(moving.spacing)) ** 2
-                                         - 1.0, 0.0))
-        moving_t = _to_tensor(ndimage.gaussian_filter(moving.data.astype(np.float32), sigma)
-                              if np.any(sigma > 0) else moving.data)
-        world = torch.tensor(np.concatenate([grid.world_coordinates(), np.ones((*grid.shape, 1))], axis=-1),
-                             dtype=torch.float32)
+        sigma = 0.5 * np.sqrt(
+            np.maximum((factor * np.asarray(fixed.spacing) / np.asarray(moving.spacing)) ** 2 - 1.0, 0.0)
+        )
+        moving_t = _to_tensor(
+            ndimage.gaussian_filter(moving.data.astype(np.float32), sigma) if np.any(sigma > 0) else moving.data
+        )
+        world = torch.tensor(
+            np.concatenate([grid.world_coordinates(), np.ones((*grid.shape, 1))], axis=-1), dtype=torch.float32
+        )
         sampler = _AffineSampler(moving_t, moving.affine, fixed_com, current, radius)
-        optimiser = torch.optim.Adam(sampler.parameters(), lr=learning_rate / 2 ** level)
+        optimiser = torch.optim.Adam(sampler.parameters(), lr=learning_rate / 2**level)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda step, n=n_iter: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(n, 1))))
+            optimiser, lambda step, n=n_iter: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(n, 1)))
+        )
         # MI is a histogram statistic: a fresh random subset of voxels per step estimates it well
         # at a fraction of the cost (as ITK's MI metrics do); LNCC needs whole neighbourhoods
         stochastic = similarity == "mi" and fixed_t.numel() > samples
@@ -168,8 +193,10 @@ def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None 
             else:
                 loss = loss_fn(sampler(world), fixed_t)
             if not torch.isfinite(loss):
-                raise UniregError("affine alignment diverged (non-finite similarity); "
-                                  "check the image's intensities and affine", path=moving.path)
+                raise UniregError(
+                    "affine alignment diverged (non-finite similarity); check the image's intensities and affine",
+                    path=moving.path,
+                )
             start = float(loss.detach()) if start is None else start
             loss.backward()
             optimiser.step()
@@ -179,6 +206,11 @@ def align_affine(moving: Image, fixed: Image, *, moving_mask: np.ndarray | None 
         history.append({"factor": factor, "iterations": n_iter, "loss_start": start, "loss_end": end})
         current = sampler.matrix().detach().numpy()
     matrix = current
-    return AffineResult(matrix=matrix, initial_matrix=init, similarity=similarity,
-                        loss_before=history[0]["loss_start"] if history else float("nan"),
-                        loss_after=history[-1]["loss_end"] if history else float("nan"), history=history)
+    return AffineResult(
+        matrix=matrix,
+        initial_matrix=init,
+        similarity=similarity,
+        loss_before=history[0]["loss_start"] if history else float("nan"),
+        loss_after=history[-1]["loss_end"] if history else float("nan"),
+        history=history,
+    )

@@ -29,12 +29,19 @@ from .io import Image, load_image, read_label_table, save_image, write_label_tab
 from .transforms import crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras, resample
 
 DEFAULT_ATLAS = "mni2009a"
-ATLAS_FILES = {"image": "atlas.nii.gz", "labels": "atlas_labels.nii.gz", "table": "atlas_labels.tsv",
-               "mask": "atlas_brainmask.nii.gz", "info": "atlas.json"}
+ATLAS_FILES = {
+    "image": "atlas.nii.gz",
+    "labels": "atlas_labels.nii.gz",
+    "table": "atlas_labels.tsv",
+    "mask": "atlas_brainmask.nii.gz",
+    "info": "atlas.json",
+}
 MNI_TISSUE_TABLE = {1: "CSF", 2: "grey_matter", 3: "white_matter"}
-_NILEARN_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                  "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-                  "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+_NILEARN_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,11 @@ def load_atlas(path: str | Path) -> Atlas:
             prepare_default_atlas(path)
     path = Path(path)
     if not path.is_dir():
-        raise UniregError(f"atlas folder not found (use '{DEFAULT_ATLAS}' for the default, "
-                          "or build one with 'unireg atlas prepare' / 'unireg atlas import')", path=path)
+        raise UniregError(
+            f"atlas folder not found (use '{DEFAULT_ATLAS}' for the default, "
+            "or build one with 'unireg atlas prepare' / 'unireg atlas import')",
+            path=path,
+        )
     image = load_image(path / ATLAS_FILES["image"])
     labels = load_image(path / ATLAS_FILES["labels"], label=True)
     mask = load_image(path / ATLAS_FILES["mask"], label=True)
@@ -69,8 +79,9 @@ def load_atlas(path: str | Path) -> Atlas:
             raise UniregError(f"atlas {name} are not on the template's grid", path=other.path)
     missing = sorted(set(np.unique(labels.data).tolist()) - {0} - set(table))
     if missing:
-        raise UniregError(f"label ids {missing[:10]} are in the label map but not in the table",
-                          path=path / ATLAS_FILES["table"])
+        raise UniregError(
+            f"label ids {missing[:10]} are in the label map but not in the table", path=path / ATLAS_FILES["table"]
+        )
     return Atlas(image=image, labels=labels, mask=mask, table=table, path=str(path))
 
 
@@ -91,15 +102,18 @@ def _nilearn_file(key: str) -> Path:
     return path
 
 
-def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table: dict[int, str],
-                 info: dict) -> Atlas:
+def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table: dict[int, str], info: dict) -> Atlas:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_image(image, out_dir / ATLAS_FILES["image"])
     save_image(labels, out_dir / ATLAS_FILES["labels"])
     save_image(mask, out_dir / ATLAS_FILES["mask"])
     write_label_table(out_dir / ATLAS_FILES["table"], table)
-    info = dict(info, shape=list(image.shape), spacing_mm=list(image.spacing),
-                labels={str(k): v for k, v in sorted(table.items())})
+    info = dict(
+        info,
+        shape=list(image.shape),
+        spacing_mm=list(image.spacing),
+        labels={str(k): v for k, v in sorted(table.items())},
+    )
     write_text_atomic(out_dir / ATLAS_FILES["info"], json.dumps(info, indent=2) + "\n")
     return load_atlas(out_dir)
 
@@ -135,17 +149,25 @@ def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
     image, start = crop_to_multiple(normalise_intensity(t1_r, mask=brain), brain, multiple=16)
     labels = crop_or_pad(tissue_labels(t1_r, gm_r, wm_r), start, image.shape)
     mask = crop_or_pad(mask, start, image.shape)
-    info = {"name": DEFAULT_ATLAS,
-            "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "
-                      "as shipped in the nilearn package (datasets/data)",
-            "licence": "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
-                       "Montreal Neurological Institute, McGill University; free use with attribution",
-            "labels_from": "argmax of (255 - GM - WM, GM, WM) probabilities inside the template brain"}
+    info = {
+        "name": DEFAULT_ATLAS,
+        "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "
+        "as shipped in the nilearn package (datasets/data)",
+        "licence": "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
+        "Montreal Neurological Institute, McGill University; free use with attribution",
+        "labels_from": "argmax of (255 - GM - WM, GM, WM) probabilities inside the template brain",
+    }
     return _write_atlas(Path(out_dir), image, labels, mask, dict(MNI_TISSUE_TABLE), info)
 
 
-def import_atlas(image_path: str | Path, labels_path: str | Path, table_path: str | Path,
-                 out_dir: str | Path, spacing: float | None = None, mask_path: str | Path | None = None) -> Atlas:
+def import_atlas(
+    image_path: str | Path,
+    labels_path: str | Path,
+    table_path: str | Path,
+    out_dir: str | Path,
+    spacing: float | None = None,
+    mask_path: str | Path | None = None,
+) -> Atlas:
     """Bring a user atlas into the atlas layout: RAS, optional new spacing, shape divisible by 16.
 
     The template should be brain-only (skull-stripped) when subjects are brain-extracted.
@@ -167,6 +189,8 @@ def import_atlas(image_path: str | Path, labels_path: str | Path, table_path: st
     image, start = crop_to_multiple(normalise_intensity(image, mask=brain), brain, multiple=16)
     labels = crop_or_pad(labels, start, image.shape)
     mask = crop_or_pad(mask, start, image.shape)
-    info = {"name": Path(out_dir).name, "source": {"image": str(image_path), "labels": str(labels_path),
-                                                   "table": str(table_path)}}
+    info = {
+        "name": Path(out_dir).name,
+        "source": {"image": str(image_path), "labels": str(labels_path), "table": str(table_path)},
+    }
     return _write_atlas(Path(out_dir), image, labels, mask, table, info)

@@ -58,13 +58,20 @@ SELECTION_COLUMNS = ("selected", "selection_reason", "problem")
 BIDS_COLUMNS = ("bids_subject", "bids_session", "bids_run", "bids_acq")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 # Files the pipeline keeps that BIDS 1.11 has no name for (.bidsignore, gitignore syntax).
-NON_BIDS_PATTERNS = ("*_xfm.*", "*_metrics.tsv", "/manifest.tsv", "/manifest.files.json", "/report.html",
-                     "/cohort_metrics*")
+NON_BIDS_PATTERNS = (
+    "*_xfm.*",
+    "*_metrics.tsv",
+    "/manifest.tsv",
+    "/manifest.files.json",
+    "/report.html",
+    "/cohort_metrics*",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Names
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BidsName:
@@ -90,8 +97,10 @@ def parse_bids_name(name: str | Path) -> BidsName:
     for part in parts[:-1]:
         key, dash, label = part.partition("-")
         if not dash or not LABEL.match(key) or not LABEL.match(label) or key in entities:
-            raise UniregError(f"not a BIDS file name: {part!r} is not a key-label pair of letters and digits "
-                              "(each key once)", path=name)
+            raise UniregError(
+                f"not a BIDS file name: {part!r} is not a key-label pair of letters and digits (each key once)",
+                path=name,
+            )
         entities[key] = label
     return BidsName(entities, parts[-1], dot + rest)
 
@@ -105,11 +114,15 @@ def unit_id(subject: str, session: str | None = None) -> str:
 # Input: index a raw BIDS dataset
 # ---------------------------------------------------------------------------------------------
 
+
 def is_bids_root(path: str | Path) -> bool:
     """True for a folder with a ``dataset_description.json`` and at least one ``sub-*`` folder."""
     path = Path(path)
-    return (path.is_dir() and (path / "dataset_description.json").is_file()
-            and any(child.is_dir() for child in path.glob("sub-*")))
+    return (
+        path.is_dir()
+        and (path / "dataset_description.json").is_file()
+        and any(child.is_dir() for child in path.glob("sub-*"))
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ def _participants(root: Path) -> list[str]:
 
 
 def _label_of(folder: Path, key: str) -> str:
-    label = folder.name[len(key) + 1:]
+    label = folder.name[len(key) + 1 :]
     if not LABEL.match(label):
         raise UniregError(f"not a BIDS {key}- folder name: the label must be letters and digits", path=folder)
     return label
@@ -180,11 +193,17 @@ def _blank_row(columns: list[str]) -> dict:
     return {**{c: "" for c in columns}, **{c: 0 for c in INT_COLUMNS if c in columns}}
 
 
-def _rows_of_input(unit: str, subject: str, session: str | None, found: list[_Candidate], suffix: str,
-                   columns: list[str]) -> list[dict]:
+def _rows_of_input(
+    unit: str, subject: str, session: str | None, found: list[_Candidate], suffix: str, columns: list[str]
+) -> list[dict]:
     """Manifest rows of one input (a subject, or one session of it), with the selection made."""
-    base = {**_blank_row(columns), "subject": unit, "kind": "nifti", "bids_subject": subject,
-            "bids_session": session or ""}
+    base = {
+        **_blank_row(columns),
+        "subject": unit,
+        "kind": "nifti",
+        "bids_subject": subject,
+        "bids_session": session or "",
+    }
     where = f"session ses-{session}" if session else "subject"
     if not found:
         what = f"no {suffix} image in the BIDS dataset"
@@ -193,11 +212,17 @@ def _rows_of_input(unit: str, subject: str, session: str | None, found: list[_Ca
     best = ranked[0]
     rows = []
     for candidate in found:
-        row = {**base, "n_files": 1, "source": str(candidate.path), "bids_run": candidate.name.entities.get("run", ""),
-               "bids_acq": candidate.name.entities.get("acq", "")}
+        row = {
+            **base,
+            "n_files": 1,
+            "source": str(candidate.path),
+            "bids_run": candidate.name.entities.get("run", ""),
+            "bids_acq": candidate.name.entities.get("acq", ""),
+        }
         if candidate.broken:
-            row["selection_reason"] = ("not chosen: a broken link (annexed content not fetched? run 'datalad get' "
-                                       "or 'git annex get')")
+            row["selection_reason"] = (
+                "not chosen: a broken link (annexed content not fetched? run 'datalad get' or 'git annex get')"
+            )
         elif candidate is best:
             row["selected"] = 1
             row["selection_reason"] = _chosen_reason(best, [c for c in found if not c.broken], where, suffix)
@@ -255,8 +280,11 @@ def index_bids(root: str | Path, suffix: str = "T1w") -> pd.DataFrame:
         unit = unit_id(subject, session)
         if unit in inputs:
             other = inputs[unit]
-            raise UniregError(f"BIDS {_where(*other[:2])} and {_where(subject, session)} both become the workflow "
-                              f"id {unit!r}; rename one subject or session", path=root)
+            raise UniregError(
+                f"BIDS {_where(*other[:2])} and {_where(subject, session)} both become the workflow "
+                f"id {unit!r}; rename one subject or session",
+                path=root,
+            )
         inputs[unit] = (subject, session, found)
 
     subject_dirs = {_label_of(d, "sub"): d for d in sorted(root.glob("sub-*")) if d.is_dir()}
@@ -293,8 +321,12 @@ def _where(subject: str, session: str | None) -> str:
 # Output: the derivatives dataset
 # ---------------------------------------------------------------------------------------------
 
-def write_dataset_description(results_dir: str | Path, source_dataset: str | Path | None = None,
-                              ignore: tuple[str, ...] | list[str] = NON_BIDS_PATTERNS) -> Path:
+
+def write_dataset_description(
+    results_dir: str | Path,
+    source_dataset: str | Path | None = None,
+    ignore: tuple[str, ...] | list[str] = NON_BIDS_PATTERNS,
+) -> Path:
     """Write ``dataset_description.json`` (a BIDS derivatives dataset) and ``.bidsignore`` into ``results_dir``.
 
     ``source_dataset``: the raw BIDS dataset the cohort came from, if any. Its path is private and
@@ -307,10 +339,15 @@ def write_dataset_description(results_dir: str | Path, source_dataset: str | Pat
         "Name": "unireg derivatives",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "unireg", "Version": __version__,
-                         "Description": "Atlas registration with frozen pretrained features (UniReg): "
-                                        "preprocessing, deformable registration of an atlas template, "
-                                        "atlas label propagation into native space"}],
+        "GeneratedBy": [
+            {
+                "Name": "unireg",
+                "Version": __version__,
+                "Description": "Atlas registration with frozen pretrained features (UniReg): "
+                "preprocessing, deformable registration of an atlas template, "
+                "atlas label propagation into native space",
+            }
+        ],
     }
     if source_dataset is not None:
         source = _source_description(Path(source_dataset))
@@ -366,8 +403,13 @@ def validate_derivatives(root: str | Path, *, warnings: bool = False, timeout_s:
         problems.append('DATASET_TYPE: /dataset_description.json: DatasetType must be "derivative"')
     env = {**os.environ, "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
     try:
-        proc = subprocess.run(validator_command() + ["--format", "json", str(root)], capture_output=True, text=True,
-                              timeout=timeout_s, env=env)
+        proc = subprocess.run(
+            validator_command() + ["--format", "json", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
     except subprocess.TimeoutExpired as exc:
         raise UniregError(f"{VALIDATOR} did not finish in {timeout_s:g} s", path=root) from exc
     try:

@@ -91,14 +91,53 @@ UID_SALT_FILE = "uid_salt"  # in $UNIREG_HOME (default ~/.cache/unireg): see def
 UID_SALT = re.compile(r"^[0-9a-f]{64}$")  # secrets.token_hex(32)
 MIN_SLICES = 10  # fewer slices: a localiser / scout, never a registration input
 THIN_SLICE_MM = 2.0  # a 2-D series with slices at most this thick is "thin-slice" (volumetric enough)
-MANIFEST_COLUMNS = ["subject", "study_uid", "series_uid", "series_number", "modality", "series_description",
-                    "protocol_name", "n_files", "n_slices", "n_temporal", "orientation", "rows", "columns",
-                    "pixel_spacing", "slice_thickness", "mr_acquisition_type", "scanning_sequence",
-                    "sequence_variant", "sequence_name", "echo_time", "repetition_time", "inversion_time", "b_value",
-                    "contrast_agent", "transfer_syntax", "sop_class", "image_type", "n_truncated", "kind", "source",
-                    "reference", "selected", "selection_reason", "problem"]
-INT_COLUMNS = ("series_number", "n_files", "n_slices", "n_temporal", "rows", "columns", "contrast_agent",
-               "n_truncated", "selected")
+MANIFEST_COLUMNS = [
+    "subject",
+    "study_uid",
+    "series_uid",
+    "series_number",
+    "modality",
+    "series_description",
+    "protocol_name",
+    "n_files",
+    "n_slices",
+    "n_temporal",
+    "orientation",
+    "rows",
+    "columns",
+    "pixel_spacing",
+    "slice_thickness",
+    "mr_acquisition_type",
+    "scanning_sequence",
+    "sequence_variant",
+    "sequence_name",
+    "echo_time",
+    "repetition_time",
+    "inversion_time",
+    "b_value",
+    "contrast_agent",
+    "transfer_syntax",
+    "sop_class",
+    "image_type",
+    "n_truncated",
+    "kind",
+    "source",
+    "reference",
+    "selected",
+    "selection_reason",
+    "problem",
+]
+INT_COLUMNS = (
+    "series_number",
+    "n_files",
+    "n_slices",
+    "n_temporal",
+    "rows",
+    "columns",
+    "contrast_agent",
+    "n_truncated",
+    "selected",
+)
 ANATOMICAL_MODALITIES = ("MR", "CT")
 # Selection vocabulary (searched case-insensitively in SeriesDescription + ProtocolName; ImageType
 # values compared exactly): see the module docstring for the rule that uses them.
@@ -107,8 +146,15 @@ LOCALISER_TYPES = {"LOCALIZER", "LOCALISER", "SCOUT"}
 FIELD_MAP_NAME = re.compile(r"field_?map|fmap|b[01]_?map|phase_?diff|sefm|topup", re.I)
 FIELD_MAP_SEQUENCE = re.compile(r"^\*?fm\d", re.I)  # Siemens gre_field_mapping: *fm2d2r
 FIELD_MAP_TYPES = {"FIELDMAP", "FIELD_MAP", "B0", "B0MAP", "B1", "B1MAP"}
-PHASE_TYPES = {"P": "phase", "PHASE": "phase", "PHASE MAP": "phase", "R": "real", "REAL": "real", "I": "imaginary",
-               "IMAGINARY": "imaginary"}
+PHASE_TYPES = {
+    "P": "phase",
+    "PHASE": "phase",
+    "PHASE MAP": "phase",
+    "R": "real",
+    "REAL": "real",
+    "I": "imaginary",
+    "IMAGINARY": "imaginary",
+}
 DIFFUSION_NAME = re.compile(r"dwi|dti|diffusion|tensor|(?<![a-z])dw(?![a-z])|ep_b\d", re.I)
 DIFFUSION_TYPES = {"DIFFUSION", "TRACEW", "TRACE", "ADC", "EADC", "FA", "TENSOR"}
 EPI_NAME = re.compile(r"bold|fmri|(?<![a-z])(epi|asl|pcasl|pasl|dsc)(?![a-z])|resting|ep2d", re.I)
@@ -116,14 +162,18 @@ EPI_SEQUENCE = re.compile(r"^\*?ep", re.I)  # Siemens *epfid2d1_64, *ep_b1000
 REFORMAT_TYPES = {"MPR", "MIP", "MINIP", "MNIP", "REFORMATTED", "PROJECTION IMAGE", "CSA MPR", "CSAPARALLEL"}
 T1_NAME = re.compile(r"t1(?![0-9])|mp-?rage|mp2rage|spgr|bravo|tfe|tfl|(?<![a-z])mpr(?![a-z])", re.I)
 MP2RAGE_INVERSION_NAME = re.compile(r"inv[-_ ]?[12](?![0-9])", re.I)
-OTHER_CONTRAST_NAME = re.compile(r"t2|flair|(?<![a-z])(pd|pdw|swi|swan|tof|dir|stir|space|cube|vista|ciss|fiesta|"
-                                 r"medic|haste)(?![a-z])|angio", re.I)
+OTHER_CONTRAST_NAME = re.compile(
+    r"t2|flair|(?<![a-z])(pd|pdw|swi|swan|tof|dir|stir|space|cube|vista|ciss|fiesta|"
+    r"medic|haste)(?![a-z])|angio",
+    re.I,
+)
 POST_CONTRAST_NAME = re.compile(r"(?<![a-z])(post|gad|gd|ce|c\+)(?![a-z])|\+c(?![a-z])|contrast|kontrast", re.I)
 
 
 # ---------------------------------------------------------------------------------------------
 # Subject ids, hashed UIDs and their salt
 # ---------------------------------------------------------------------------------------------
+
 
 def validate_subject_id(subject: str) -> str:
     """Subject ids are letters and digits only (no ``/``, ``..``, ``-``, spaces): safe in any path."""
@@ -166,8 +216,10 @@ def read_uid_salt(path: str | Path | None = None, *, create: bool = False) -> st
     path = Path(path) if path else default_salt_file()
     if not path.is_file():
         if not create:
-            raise UniregError("UID salt file not found: pass the --salt-file that 'unireg index' used (or run "
-                              "'unireg index' again)", path=path)
+            raise UniregError(
+                "UID salt file not found: pass the --salt-file that 'unireg index' used (or run 'unireg index' again)",
+                path=path,
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".uid_salt.", dir=path.parent)
         try:
@@ -190,8 +242,10 @@ def read_uid_salt(path: str | Path | None = None, *, create: bool = False) -> st
     except (OSError, UnicodeDecodeError) as exc:
         raise UniregError(f"cannot read the UID salt file ({type(exc).__name__})", path=path) from exc
     if not UID_SALT.fullmatch(salt):
-        raise UniregError("UID salt file holds no salt (64 hex digits); delete it to make a new one, then run "
-                          "'unireg index' again", path=path)
+        raise UniregError(
+            "UID salt file holds no salt (64 hex digits); delete it to make a new one, then run 'unireg index' again",
+            path=path,
+        )
     return salt
 
 
@@ -216,22 +270,39 @@ def read_subject_map(source: dict | str | Path | None) -> dict[str, str] | None:
 # Indexing
 # ---------------------------------------------------------------------------------------------
 
+
 def _series_row(subject: str, headers: list, n_truncated: int, salt: str) -> dict:
     """One manifest row from the headers of a series' files (:func:`unireg.dicom.series_fields`), UIDs
     hashed with ``salt``."""
     fields = series_fields(headers)
-    return {"subject": subject, **fields, "study_uid": hashed_uid(fields["study_uid"], salt),
-            "series_uid": hashed_uid(fields["series_uid"], salt), "n_truncated": n_truncated, "kind": "dicom",
-            "source": "", "reference": "", "selected": 0, "selection_reason": "", "problem": ""}
+    return {
+        "subject": subject,
+        **fields,
+        "study_uid": hashed_uid(fields["study_uid"], salt),
+        "series_uid": hashed_uid(fields["series_uid"], salt),
+        "n_truncated": n_truncated,
+        "kind": "dicom",
+        "source": "",
+        "reference": "",
+        "selected": 0,
+        "selection_reason": "",
+        "problem": "",
+    }
 
 
-def _manifest_frame(rows: list[dict], files: dict[str, list[str]], skipped: dict, modality: str | None = None,
-                    description_regex: str | None = None) -> pd.DataFrame:
+def _manifest_frame(
+    rows: list[dict],
+    files: dict[str, list[str]],
+    skipped: dict,
+    modality: str | None = None,
+    description_regex: str | None = None,
+) -> pd.DataFrame:
     """The manifest of ``rows``, sorted, with every subject's series selected (:func:`choose_series`)."""
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     if len(frame):
-        frame = frame.sort_values(["subject", "series_number", "series_description", "series_uid"],
-                                  kind="stable").reset_index(drop=True)
+        frame = frame.sort_values(
+            ["subject", "series_number", "series_description", "series_uid"], kind="stable"
+        ).reset_index(drop=True)
     frame.attrs["files"] = files
     frame.attrs["skipped"] = skipped
     for subject in frame["subject"].unique():
@@ -243,9 +314,15 @@ def _manifest_frame(rows: list[dict], files: dict[str, list[str]], skipped: dict
     return frame
 
 
-def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, *, subject: str | None = None,
-                salt: str | None = None, modality: str | None = None,
-                description_regex: str | None = None) -> pd.DataFrame:
+def index_dicom(
+    root: str | Path,
+    subject_map: dict | str | Path | None = None,
+    *,
+    subject: str | None = None,
+    salt: str | None = None,
+    modality: str | None = None,
+    description_regex: str | None = None,
+) -> pd.DataFrame:
     """One manifest row per series (PatientID and SeriesInstanceUID) of the DICOM files below ``root``.
 
     Args:
@@ -306,8 +383,9 @@ def index_dicom(root: str | Path, subject_map: dict | str | Path | None = None, 
         row["problem"] = problems.get(key, "")
         rows.append(row)
     listing = {series_key(key[0], hashed_uid(key[1], salt)): paths for key, paths in files.items()}
-    frame = _manifest_frame(rows, listing, {**skipped, "truncated": truncated, "corrupt": corrupt}, modality,
-                            description_regex)
+    frame = _manifest_frame(
+        rows, listing, {**skipped, "truncated": truncated, "corrupt": corrupt}, modality, description_regex
+    )
     frame.attrs["duplicates"] = duplicates
     return frame
 
@@ -318,8 +396,11 @@ def _patient_subject(ds, mapping: dict[str, str] | None, root: Path, salt: str) 
     if mapping is None:
         return anonymous_subject_id(patient or str(ds.get("StudyInstanceUID", "")))
     if patient not in mapping:
-        raise UniregError(f"series {hashed_uid(ds.SeriesInstanceUID, salt)}: its PatientID is not in the subject "
-                          "map; add it (the manifest will not show it)", path=root)
+        raise UniregError(
+            f"series {hashed_uid(ds.SeriesInstanceUID, salt)}: its PatientID is not in the subject "
+            "map; add it (the manifest will not show it)",
+            path=root,
+        )
     return mapping[patient]
 
 
@@ -343,24 +424,33 @@ def _duplicate_image_problems(headers: dict[tuple[str, str], list], salt: str) -
     for group in groups:
         for subject in group:
             shared.setdefault(subject, set()).update(set(group) - {subject})
-    warnings = [f"subjects {', '.join(group[:-1])} and {group[-1]} hold the same images (SOPInstanceUID): the same "
-                "scan exported under two PatientIDs? none of them will convert; remove one copy and run 'unireg "
-                "index' again" for group in groups]
+    warnings = [
+        f"subjects {', '.join(group[:-1])} and {group[-1]} hold the same images (SOPInstanceUID): the same "
+        "scan exported under two PatientIDs? none of them will convert; remove one copy and run 'unireg "
+        "index' again"
+        for group in groups
+    ]
     problems = {}
     for key in headers:
         parts = []
         others = sorted(shared.get(key[0], ()))
         if others:
-            parts.append(f"the same images (SOPInstanceUID) also appear under subject{'s' if len(others) > 1 else ''} "
-                         f"{', '.join(others)}: the same scan exported under two PatientIDs? remove one copy and run "
-                         "'unireg index' again")
+            parts.append(
+                f"the same images (SOPInstanceUID) also appear under subject{'s' if len(others) > 1 else ''} "
+                f"{', '.join(others)}: the same scan exported under two PatientIDs? remove one copy and run "
+                "'unireg index' again"
+            )
         if repeated[key]:
-            warnings.append(f"{key[0]}: series {hashed_uid(key[1], salt)}: {repeated[key]} images are stored in "
-                            "more than one file (the same SOPInstanceUID): the subject will not convert; remove the "
-                            "copies and run 'unireg index' again")
-            parts.append(f"series {hashed_uid(key[1], salt)}: {repeated[key]} images are stored in more than one "
-                         "file (the same SOPInstanceUID): the export copied twice? remove the copies and run "
-                         "'unireg index' again")
+            warnings.append(
+                f"{key[0]}: series {hashed_uid(key[1], salt)}: {repeated[key]} images are stored in "
+                "more than one file (the same SOPInstanceUID): the subject will not convert; remove the "
+                "copies and run 'unireg index' again"
+            )
+            parts.append(
+                f"series {hashed_uid(key[1], salt)}: {repeated[key]} images are stored in more than one "
+                "file (the same SOPInstanceUID): the export copied twice? remove the copies and run "
+                "'unireg index' again"
+            )
         if parts:
             problems[key] = "; ".join(parts)
     return problems, warnings
@@ -373,8 +463,14 @@ def series_key(subject: str, series_uid: str) -> str:
     return f"{subject}/{series_uid}"
 
 
-def index_cohort(cohort: str | Path, subject_map: dict | str | Path | None = None, *, salt: str | None = None,
-                 modality: str | None = None, description_regex: str | None = None) -> pd.DataFrame:
+def index_cohort(
+    cohort: str | Path,
+    subject_map: dict | str | Path | None = None,
+    *,
+    salt: str | None = None,
+    modality: str | None = None,
+    description_regex: str | None = None,
+) -> pd.DataFrame:
     """The manifest of a DICOM folder, or of a cohort TSV (``subject``, ``dicom`` or ``nifti``, ``reference``).
 
     Paths in the TSV are relative to its folder. A ``nifti`` row becomes one manifest row of
@@ -383,7 +479,8 @@ def index_cohort(cohort: str | Path, subject_map: dict | str | Path | None = Non
     """
     cohort = Path(cohort)
     salt = read_uid_salt(create=True) if salt is None else salt
-    from .bids import is_bids_root, index_bids  # bids builds on this module: imported here, not at the top
+    from .bids import index_bids, is_bids_root  # bids builds on this module: imported here, not at the top
+
     if is_bids_root(cohort):
         manifest = index_bids(cohort)
         manifest.attrs["skipped"] = {"not_dicom": 0, "not_image": 0, "truncated": [], "corrupt": []}
@@ -410,9 +507,17 @@ def index_cohort(cohort: str | Path, subject_map: dict | str | Path | None = Non
             for key, value in found.attrs["skipped"].items():
                 skipped[key] += value
         elif record.get("nifti", "").strip():
-            rows.append({**{c: "" for c in MANIFEST_COLUMNS}, **{c: 0 for c in INT_COLUMNS},
-                         "subject": subject, "kind": "nifti", "n_files": 1,
-                         "source": str((cohort.parent / record["nifti"].strip()).resolve()), "reference": reference})
+            rows.append(
+                {
+                    **{c: "" for c in MANIFEST_COLUMNS},
+                    **{c: 0 for c in INT_COLUMNS},
+                    "subject": subject,
+                    "kind": "nifti",
+                    "n_files": 1,
+                    "source": str((cohort.parent / record["nifti"].strip()).resolve()),
+                    "reference": reference,
+                }
+            )
         else:
             raise UniregError("cohort row has neither a dicom folder nor a nifti file", subject=subject, path=cohort)
     frame = _manifest_frame(rows, files, skipped, modality, description_regex)
@@ -447,8 +552,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UniregError(f"cannot read the manifest ({type(exc).__name__}); run 'unireg index' again",
-                          path=path) from exc
+        raise UniregError(
+            f"cannot read the manifest ({type(exc).__name__}); run 'unireg index' again", path=path
+        ) from exc
     missing = [c for c in ("subject", "series_uid", "kind") if c not in frame.columns]
     if missing:
         raise UniregError(f"not a unireg manifest (missing columns {', '.join(missing)})", path=path)
@@ -460,9 +566,15 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def index_command(dicom_root: str | Path, manifest_out: str | Path, subject_map: dict | str | Path | None = None, *,
-                  modality: str | None = None, description_regex: str | None = None,
-                  salt_file: str | Path | None = None) -> pd.DataFrame:
+def index_command(
+    dicom_root: str | Path,
+    manifest_out: str | Path,
+    subject_map: dict | str | Path | None = None,
+    *,
+    modality: str | None = None,
+    description_regex: str | None = None,
+    salt_file: str | Path | None = None,
+) -> pd.DataFrame:
     """``unireg index``: index a DICOM folder or cohort TSV, select each subject's series, write the
     manifest, print a summary (and one warning line per problem).
 
@@ -470,30 +582,38 @@ def index_command(dicom_root: str | Path, manifest_out: str | Path, subject_map:
     the UID salt (default :func:`default_salt_file`), created when missing.
     """
     salt = read_uid_salt(salt_file, create=True)
-    manifest = index_cohort(dicom_root, subject_map, salt=salt, modality=modality,
-                            description_regex=description_regex)
+    manifest = index_cohort(dicom_root, subject_map, salt=salt, modality=modality, description_regex=description_regex)
     if not len(manifest):
         raise UniregError("no DICOM image series or NIfTI files found in the cohort", path=dicom_root)
     write_manifest(manifest, manifest_out)
     from .bids import is_bids_root, write_dataset_description
+
     # the results folder the manifest lies in is a BIDS derivatives dataset (README "Outputs")
     write_dataset_description(Path(manifest_out).parent, dicom_root if is_bids_root(dicom_root) else None)
     skipped = manifest.attrs["skipped"]
-    print(f"unireg index: {manifest['subject'].nunique()} subjects, {len(manifest)} series/files; skipped "
-          f"{skipped['not_dicom']} non-DICOM or unreadable and {skipped['not_image']} non-image files")
+    print(
+        f"unireg index: {manifest['subject'].nunique()} subjects, {len(manifest)} series/files; skipped "
+        f"{skipped['not_dicom']} non-DICOM or unreadable and {skipped['not_image']} non-image files"
+    )
     unselected = sorted(set(manifest["subject"]) - set(manifest.loc[manifest["selected"] == 1, "subject"]))
     if unselected:
-        print(f"unireg index: warning: {len(unselected)} subjects have no anatomical series to register (they will "
-              f"not convert; the manifest's selection_reason says why): {_first_few(unselected, 10)}")
+        print(
+            f"unireg index: warning: {len(unselected)} subjects have no anatomical series to register (they will "
+            f"not convert; the manifest's selection_reason says why): {_first_few(unselected, 10)}"
+        )
     for line in manifest.attrs.get("duplicates", []):
         print(f"unireg index: warning: {line}")
     if skipped["truncated"]:
-        print(f"unireg index: warning: {len(skipped['truncated'])} truncated DICOM files (their series will not "
-              f"convert): {_first_few(skipped['truncated'])}")
+        print(
+            f"unireg index: warning: {len(skipped['truncated'])} truncated DICOM files (their series will not "
+            f"convert): {_first_few(skipped['truncated'])}"
+        )
     if skipped["corrupt"]:
-        print(f"unireg index: warning: {len(skipped['corrupt'])} corrupt DICOM files (header unreadable or "
-              f"without a SOP class; skipped, so their series each lack a slice; copy or export them again): "
-              f"{_first_few(skipped['corrupt'])}")
+        print(
+            f"unireg index: warning: {len(skipped['corrupt'])} corrupt DICOM files (header unreadable or "
+            f"without a SOP class; skipped, so their series each lack a slice; copy or export them again): "
+            f"{_first_few(skipped['corrupt'])}"
+        )
     return manifest
 
 
@@ -504,6 +624,7 @@ def _first_few(paths: list[str], n: int = 5) -> str:
 # ---------------------------------------------------------------------------------------------
 # Selection
 # ---------------------------------------------------------------------------------------------
+
 
 def _field(row, column: str) -> str:
     """A manifest field as text ('' when the column is missing: a manifest from an older version)."""
@@ -542,13 +663,15 @@ def _not_anatomical(row) -> str | None:
         return f"{phase} image (ImageType {_field(row, 'image_type')}), not a magnitude image"
     if (_float(row, "b_value") or 0) > 0 or DIFFUSION_TYPES & set(types) or DIFFUSION_NAME.search(names):
         return "diffusion-weighted"
-    if ("EP" in scanning or "MOSAIC" in types or EPI_SEQUENCE.search(sequence) or EPI_NAME.search(names)):
+    if "EP" in scanning or "MOSAIC" in types or EPI_SEQUENCE.search(sequence) or EPI_NAME.search(names):
         return "EPI (fMRI, diffusion or perfusion), not an anatomical image"
     if n_temporal > 1:
         return f"{n_temporal} images per slice position (echoes, repetitions or time points: 4-D)"
     if (types[:1] == ["DERIVED"] and "UNI" not in types) or REFORMAT_TYPES & set(types):
-        return (f"derived image (ImageType {_field(row, 'image_type')}): a reformat, projection or computed map, "
-                "not an acquisition")
+        return (
+            f"derived image (ImageType {_field(row, 'image_type')}): a reformat, projection or computed map, "
+            "not an acquisition"
+        )
     orientation = _field(row, "orientation")
     if orientation == "unknown":
         return "no slice geometry (a screenshot or secondary capture)"
@@ -587,11 +710,18 @@ def _rank(row) -> tuple:
     thickness = _float(row, "slice_thickness")
     is_3d = _field(row, "mr_acquisition_type").upper() == "3D"
     spacing = [_number(v) for v in _field(row, "pixel_spacing").split("x")]
-    voxel = (float(np.prod(spacing)) * thickness if thickness and len(spacing) == 2 and None not in spacing
-             else float("inf"))
+    voxel = (
+        float(np.prod(spacing)) * thickness if thickness and len(spacing) == 2 and None not in spacing else float("inf")
+    )
     post_contrast = int(_float(row, "contrast_agent") or 0) > 0 or bool(POST_CONTRAST_NAME.search(_names(row)))
-    return (is_3d or (thickness is not None and thickness <= THIN_SLICE_MM), _t1_evidence(row) is not None,
-            not post_contrast, is_3d, int(_float(row, "n_slices") or 0), -round(voxel, 4))
+    return (
+        is_3d or (thickness is not None and thickness <= THIN_SLICE_MM),
+        _t1_evidence(row) is not None,
+        not post_contrast,
+        is_3d,
+        int(_float(row, "n_slices") or 0),
+        -round(voxel, 4),
+    )
 
 
 def _describe(row) -> str:
@@ -599,12 +729,18 @@ def _describe(row) -> str:
     is_3d = _field(row, "mr_acquisition_type").upper() == "3D"
     thickness = _field(row, "slice_thickness")
     evidence = _t1_evidence(row)
-    what = " ".join(part for part in (
-        "post-contrast" if not _rank(row)[2] else "",
-        "3-D" if is_3d else "2-D" if _field(row, "mr_acquisition_type") else "",
-        "MP2RAGE UNI" if "UNI" in _image_types(row) else "",
-        "T1-weighted" if evidence else "non-T1" if _field(row, "modality").upper() == "MR" else "",
-        f"{_field(row, 'modality') or 'unknown-modality'} series", f"(T1 {evidence})" if evidence else "") if part)
+    what = " ".join(
+        part
+        for part in (
+            "post-contrast" if not _rank(row)[2] else "",
+            "3-D" if is_3d else "2-D" if _field(row, "mr_acquisition_type") else "",
+            "MP2RAGE UNI" if "UNI" in _image_types(row) else "",
+            "T1-weighted" if evidence else "non-T1" if _field(row, "modality").upper() == "MR" else "",
+            f"{_field(row, 'modality') or 'unknown-modality'} series",
+            f"(T1 {evidence})" if evidence else "",
+        )
+        if part
+    )
     size = "x".join(filter(None, (_field(row, "pixel_spacing"), thickness)))
     return f"{what}, {int(_float(row, 'n_slices') or 0)} slices" + (f" of {size} mm" if size else "")
 
@@ -623,13 +759,16 @@ def _filter_reason(row, modality: str | None, pattern: re.Pattern | None) -> str
     if pattern is not None and not pattern.search(_field(row, "series_description")):
         return f"description does not match series_filter {pattern.pattern!r}"
     if not modality and _field(row, "modality").upper() not in ANATOMICAL_MODALITIES:
-        return (f"modality {_field(row, 'modality') or 'unknown'} is not an anatomical modality "
-                f"({' or '.join(ANATOMICAL_MODALITIES)}; name another with series_filter)")
+        return (
+            f"modality {_field(row, 'modality') or 'unknown'} is not an anatomical modality "
+            f"({' or '.join(ANATOMICAL_MODALITIES)}; name another with series_filter)"
+        )
     return None
 
 
-def choose_series(manifest: pd.DataFrame, subject: str, modality: str | None = None,
-                  description_regex: str | None = None) -> SeriesChoice:
+def choose_series(
+    manifest: pd.DataFrame, subject: str, modality: str | None = None, description_regex: str | None = None
+) -> SeriesChoice:
     """The selection rule (module docstring) applied to one subject's rows: chosen row + every reason.
 
     This is the one implementation of the rule: ``unireg index`` records its outcome in the
@@ -654,8 +793,10 @@ def choose_series(manifest: pd.DataFrame, subject: str, modality: str | None = N
         try:
             pattern = re.compile(description_regex, re.IGNORECASE)
         except re.error as exc:
-            raise UniregError(f"series_filter description {description_regex!r} is not a valid regular "
-                              f"expression ({exc})", subject=subject) from exc
+            raise UniregError(
+                f"series_filter description {description_regex!r} is not a valid regular expression ({exc})",
+                subject=subject,
+            ) from exc
     reasons = pd.Series("", index=mine.index, dtype=object)
     candidates = []
     for label, row in mine.iterrows():
@@ -667,18 +808,28 @@ def choose_series(manifest: pd.DataFrame, subject: str, modality: str | None = N
     if not candidates:
         return SeriesChoice(None, reasons, nothing_chosen(mine, reasons, modality, description_regex))
     # best first: the six criteria, then the highest series number, then the hashed series uid
-    ordered = sorted(candidates, key=lambda k: (_rank(mine.loc[k]), int(_float(mine.loc[k], "series_number") or 0),
-                                                _field(mine.loc[k], "series_uid")), reverse=True)
+    ordered = sorted(
+        candidates,
+        key=lambda k: (
+            _rank(mine.loc[k]),
+            int(_float(mine.loc[k], "series_number") or 0),
+            _field(mine.loc[k], "series_uid"),
+        ),
+        reverse=True,
+    )
     best = mine.loc[ordered[0]]
     tied = [k for k in ordered[1:] if _rank(mine.loc[k]) == _rank(best)]
     reason = f"chosen: {_describe(best)}"
     others = len(ordered) - 1
     if tied:
-        same_number = any(int(_float(mine.loc[k], "series_number") or 0) == int(_float(best, "series_number") or 0)
-                          for k in tied)
-        reason += (f"; tie with {len(tied)} other{'s' if len(tied) > 1 else ''} of the same rank (a repeat?) broken "
-                   + ("by the series uid order (the same series number)" if same_number else
-                      "by the highest series number (the later repeat)"))
+        same_number = any(
+            int(_float(mine.loc[k], "series_number") or 0) == int(_float(best, "series_number") or 0) for k in tied
+        )
+        reason += f"; tie with {len(tied)} other{'s' if len(tied) > 1 else ''} of the same rank (a repeat?) broken " + (
+            "by the series uid order (the same series number)"
+            if same_number
+            else "by the highest series number (the later repeat)"
+        )
     if others > len(tied):
         reason += f"; ranked above {others - len(tied)} other candidate{'s' if others - len(tied) > 1 else ''}"
     elif not others:
@@ -690,45 +841,57 @@ def choose_series(manifest: pd.DataFrame, subject: str, modality: str | None = N
     for label in ordered[1:]:
         row = mine.loc[label]
         if label in tied:
-            why = ("the same rank, lower series number (an earlier repeat)"
-                   if int(_float(row, "series_number") or 0) < number else
-                   "the same rank and series number, lower in series uid order")
+            why = (
+                "the same rank, lower series number (an earlier repeat)"
+                if int(_float(row, "series_number") or 0) < number
+                else "the same rank and series number, lower in series uid order"
+            )
         else:
             criterion = next(i for i, (a, b) in enumerate(zip(_rank(row), _rank(best))) if a != b)
-            why = {0: f"ranked below: 2-D with slices thicker than {THIN_SLICE_MM:g} mm, the chosen series is "
-                      "volumetric",
-                   1: "ranked below: not T1-weighted, the chosen series is",
-                   2: "ranked below: post-contrast, the chosen series is not",
-                   3: "ranked below: 2-D, the chosen series is 3-D",
-                   4: f"ranked below: fewer slices than the chosen series ({int(_float(best, 'n_slices') or 0)})",
-                   5: "ranked below: coarser voxels than the chosen series"}[criterion]
+            why = {
+                0: f"ranked below: 2-D with slices thicker than {THIN_SLICE_MM:g} mm, the chosen series is volumetric",
+                1: "ranked below: not T1-weighted, the chosen series is",
+                2: "ranked below: post-contrast, the chosen series is not",
+                3: "ranked below: 2-D, the chosen series is 3-D",
+                4: f"ranked below: fewer slices than the chosen series ({int(_float(best, 'n_slices') or 0)})",
+                5: "ranked below: coarser voxels than the chosen series",
+            }[criterion]
         reasons[label] = f"not chosen: {_describe(row)}; {why}"
     return SeriesChoice(best, reasons, None)
 
 
-def nothing_chosen(rows: pd.DataFrame, reasons: pd.Series, modality: str | None,
-                    description_regex: str | None) -> str:
+def nothing_chosen(rows: pd.DataFrame, reasons: pd.Series, modality: str | None, description_regex: str | None) -> str:
     """The one-line error for a subject whose rows hold no candidate (``reasons`` as recorded)."""
     listing = "; ".join(
         f"{_field(row, 'series_uid')} '{_field(row, 'series_description')}' {_field(row, 'modality')} "
         f"(series {int(_float(row, 'series_number') or 0)}, {int(_float(row, 'n_slices') or 0)} slices): "
-        f"{str(reasons[label]).removeprefix('not chosen: ')}" for label, row in rows.iterrows())
+        f"{str(reasons[label]).removeprefix('not chosen: ')}"
+        for label, row in rows.iterrows()
+    )
     filtered = modality or description_regex
     if filtered and all("series_filter" in str(reasons[label]) for label in rows.index):
-        what = (f"no series matches the series filter (modality={modality or 'any'}, description="
-                f"{description_regex or 'any'})")
+        what = (
+            f"no series matches the series filter (modality={modality or 'any'}, description="
+            f"{description_regex or 'any'})"
+        )
     else:
         what = "no anatomical series to register" + (
             f" (series filter modality={modality or 'any'}, description={description_regex or 'any'})"
-            if filtered else "")
-    todo = ("widen or remove series_filter (modality / description regex)" if filtered else
-            "export an original 3-D or thin-slice anatomical series (a T1 for the default atlas) and run 'unireg "
-            "index' again")
+            if filtered
+            else ""
+        )
+    todo = (
+        "widen or remove series_filter (modality / description regex)"
+        if filtered
+        else "export an original 3-D or thin-slice anatomical series (a T1 for the default atlas) and run 'unireg "
+        "index' again"
+    )
     return f"{what} among {len(rows)}: {listing}; {todo}"
 
 
-def select_series(manifest: pd.DataFrame, subject: str, modality: str | None = None,
-                  description_regex: str | None = None) -> pd.Series:
+def select_series(
+    manifest: pd.DataFrame, subject: str, modality: str | None = None, description_regex: str | None = None
+) -> pd.Series:
     """The manifest row of ``subject`` that the selection rule (module docstring) chooses.
 
     ``modality`` compares case-insensitively with Modality; ``description_regex`` is searched
@@ -741,4 +904,3 @@ def select_series(manifest: pd.DataFrame, subject: str, modality: str | None = N
     if choice.row is None:
         raise UniregError(choice.error, subject=subject)
     return choice.row
-

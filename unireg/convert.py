@@ -56,23 +56,85 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from .cohort import (files_path, hashed_uid, nothing_chosen, read_manifest, read_uid_salt, select_series, series_key,
-                     validate_subject_id)
-from .dicom import (POSITION_TOLERANCE_MM, _orientations, _stack, is_image, mosaic_slices, phi_values, read_header,
-                    slice_normal)
+from .cohort import (
+    files_path,
+    hashed_uid,
+    nothing_chosen,
+    read_manifest,
+    read_uid_salt,
+    select_series,
+    series_key,
+    validate_subject_id,
+)
+from .dicom import (
+    POSITION_TOLERANCE_MM,
+    _orientations,
+    _stack,
+    is_image,
+    mosaic_slices,
+    phi_values,
+    read_header,
+    slice_normal,
+)
 from .errors import UniregError
 from .io import write_atomic, write_text_atomic
 
-SIDECAR_KEYS = ("Modality", "MagneticFieldStrength", "ImagingFrequency", "Manufacturer", "ManufacturersModelName",
-                "MRAcquisitionType", "SeriesDescription", "ProtocolName", "ScanningSequence", "SequenceVariant",
-                "ScanOptions", "SequenceName", "ImageType", "SeriesNumber", "SliceThickness",
-                "SpacingBetweenSlices", "EchoTime", "RepetitionTime", "InversionTime", "FlipAngle",
-                "PartialFourier", "PhaseEncodingSteps", "AcquisitionMatrixPE", "ReconMatrixPE",
-                "PixelBandwidth", "ImageOrientationPatientDICOM", "InPlanePhaseEncodingDirectionDICOM",
-                "ConversionSoftware", "ConversionSoftwareVersion")
+SIDECAR_KEYS = (
+    "Modality",
+    "MagneticFieldStrength",
+    "ImagingFrequency",
+    "Manufacturer",
+    "ManufacturersModelName",
+    "MRAcquisitionType",
+    "SeriesDescription",
+    "ProtocolName",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "SequenceName",
+    "ImageType",
+    "SeriesNumber",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "EchoTime",
+    "RepetitionTime",
+    "InversionTime",
+    "FlipAngle",
+    "PartialFourier",
+    "PhaseEncodingSteps",
+    "AcquisitionMatrixPE",
+    "ReconMatrixPE",
+    "PixelBandwidth",
+    "ImageOrientationPatientDICOM",
+    "InPlanePhaseEncodingDirectionDICOM",
+    "ConversionSoftware",
+    "ConversionSoftwareVersion",
+)
 SIDECAR_ADDED = {"SkullStripped": False}  # a scanner's image; a BIDS derivatives T1w sidecar requires the key
-DCM2NIIX_FLAGS = ("-g", "i", "-b", "y", "-ba", "y", "-f", "%j", "-z", "n", "-i", "n", "-x", "n", "-l", "o",
-                  "-p", "y", "-d", "0", "-w", "1")
+DCM2NIIX_FLAGS = (
+    "-g",
+    "i",
+    "-b",
+    "y",
+    "-ba",
+    "y",
+    "-f",
+    "%j",
+    "-z",
+    "n",
+    "-i",
+    "n",
+    "-x",
+    "n",
+    "-l",
+    "o",
+    "-p",
+    "y",
+    "-d",
+    "0",
+    "-w",
+    "1",
+)
 DCM2NIIX_TIMEOUT_S = 1800
 NIFTI_FREE_TEXT = ("descrip", "aux_file", "db_name", "intent_name", "data_type")
 UID_TEXT = re.compile(r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d.])")  # a UID in a message: 1.2.840.113619...
@@ -86,6 +148,7 @@ def dcm2niix_binary() -> str:
     """The dcm2niix executable: the PyPI wheel's (``dcm2niix.bin``), else the one on ``PATH``."""
     try:
         import dcm2niix
+
         candidate = Path(dcm2niix.bin)
     except (ImportError, AttributeError):
         candidate = None
@@ -132,8 +195,9 @@ def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: 
             header = header_class(binaryblock=block, endianness=endian, check=False)
             shape = header.get_data_shape()
             if len(shape) < 3 or int(np.prod(shape[3:], dtype=np.int64)) > 1:
-                raise UniregError(f"expected one 3-D volume, got shape {shape}; choose a 3-D series",
-                                  subject=subject, path=source)
+                raise UniregError(
+                    f"expected one 3-D volume, got shape {shape}; choose a 3-D series", subject=subject, path=source
+                )
             for name in NIFTI_FREE_TEXT:
                 if name in header:
                     header[name] = b""
@@ -146,11 +210,14 @@ def write_scrubbed_nifti(source: str | Path, out_nifti: str | Path, *, subject: 
             fin.read(vox_offset - sizeof_hdr)  # extension flag and extensions: dropped
 
             def write_gzip(tmp):
-                with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                           compresslevel=6, mtime=0) as gz:
+                with (
+                    open(tmp, "wb") as raw,
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz,
+                ):
                     gz.write(header.binaryblock)
                     gz.write(b"\0" * (vox_offset - sizeof_hdr))
                     shutil.copyfileobj(fin, gz, 1 << 20)
+
             write_atomic(out_nifti, write_gzip, ".nii.gz")
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise UniregError(f"cannot read as NIfTI ({type(exc).__name__})", subject=subject, path=source) from exc
@@ -178,16 +245,19 @@ def _slice_geometry_problem(headers: list) -> str | None:
     """
     orientations = _orientations(headers)
     if not orientations:
-        return ("has no slice geometry (no ImageOrientationPatient): a screenshot or secondary capture, not an "
-                "acquisition")
+        return (
+            "has no slice geometry (no ImageOrientationPatient): a screenshot or secondary capture, not an acquisition"
+        )
     if len(orientations) > 1:
         return None
     _, positions, counts = _stack(headers, next(iter(orientations)))
     if len(set(counts.tolist())) > 1:
         values, how_many = np.unique(counts, return_counts=True)
         detail = ", ".join(f"{n} with {v}" for v, n in zip(values.tolist(), how_many.tolist()))
-        return (f"has an unequal number of images per slice position ({len(positions)} positions: {detail}): an "
-                "incomplete repetition or echo, or missing files")
+        return (
+            f"has an unequal number of images per slice position ({len(positions)} positions: {detail}): an "
+            "incomplete repetition or echo, or missing files"
+        )
     if len(positions) < 3:
         return None
     gaps = np.diff(positions)
@@ -196,8 +266,10 @@ def _slice_geometry_problem(headers: list) -> str | None:
     if not uneven.size:
         return None
     first = int(uneven[0])
-    where = (f"{gaps[first]:.4g} mm between the slices at {positions[first]:.2f} and {positions[first + 1]:.2f} mm "
-             f"along the slice normal, {step:.4g} mm elsewhere")
+    where = (
+        f"{gaps[first]:.4g} mm between the slices at {positions[first]:.2f} and {positions[first + 1]:.2f} mm "
+        f"along the slice normal, {step:.4g} mm elsewhere"
+    )
     missing = gaps[first] / step
     if abs(missing - round(missing)) < SPACING_TOLERANCE and round(missing) >= 2:
         what = f"{round(missing) - 1} slice{'s' if round(missing) > 2 else ''} missing"
@@ -239,9 +311,11 @@ def _misplaced_slices(headers: list, nifti_path: Path) -> str | None:
     mean_step = (along[-1] - along[0]) / (len(along) - 1)
     if errors.max() <= SPACING_TOLERANCE * mean_step:
         return None
-    return (f"converts to a volume that puts a slice {errors.max():.2f} mm from where its header says (slices "
-            f"{np.linalg.norm(affine[:3, axis]):.4g} mm apart in the NIfTI, {mean_step:.4g} mm on average in the "
-            "headers): its slice positions are uneven")
+    return (
+        f"converts to a volume that puts a slice {errors.max():.2f} mm from where its header says (slices "
+        f"{np.linalg.norm(affine[:3, axis]):.4g} mm apart in the NIfTI, {mean_step:.4g} mm on average in the "
+        "headers): its slice positions are uneven"
+    )
 
 
 def _why_not_one_volume(headers: list, n_outputs: int) -> str:
@@ -263,8 +337,9 @@ def _why_not_one_volume(headers: list, n_outputs: int) -> str:
     return f"{n_outputs} volumes{because}"
 
 
-def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str, series_uid: str = "", *,
-                   salt: str | None = None) -> Path:
+def convert_series(
+    files: list[str | Path], out_nifti: str | Path, subject: str, series_uid: str = "", *, salt: str | None = None
+) -> Path:
     """Convert one series' files with dcm2niix into ``out_nifti`` (.nii.gz) + a de-identified ``.json``.
 
     The files are linked into a private folder, so dcm2niix sees that series only, and
@@ -291,17 +366,25 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
         if ds is None or not is_image(ds):
             raise UniregError(f"{label}: not a readable DICOM image", subject=subject, path=path)
         if pixels != "complete":
-            raise UniregError(f"{label}: file is truncated (its pixel data is cut short or missing); copy or "
-                              "export the series again", subject=subject, path=path)
+            raise UniregError(
+                f"{label}: file is truncated (its pixel data is cut short or missing); copy or export the series again",
+                subject=subject,
+                path=path,
+            )
         if series_uid and hashed_uid(ds.SeriesInstanceUID, salt) != series_uid:
-            raise UniregError(f"{label}: file belongs to another series (changed since 'unireg index', or a UID "
-                              "salt other than the one index used: pass the same --salt-file); run 'unireg index' "
-                              "again", subject=subject, path=path)
+            raise UniregError(
+                f"{label}: file belongs to another series (changed since 'unireg index', or a UID "
+                "salt other than the one index used: pass the same --salt-file); run 'unireg index' "
+                "again",
+                subject=subject,
+                path=path,
+            )
         headers.append(ds)
     problem = _slice_geometry_problem(headers)
     if problem:
-        raise UniregError(f"{label} {problem}; copy or export the series again, or choose another with "
-                          "series_filter", subject=subject)
+        raise UniregError(
+            f"{label} {problem}; copy or export the series again, or choose another with series_filter", subject=subject
+        )
     with tempfile.TemporaryDirectory(prefix="unireg-dcm2niix-") as tmp:
         source, target = Path(tmp, "in"), Path(tmp, "out")
         source.mkdir()
@@ -313,16 +396,24 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
             except OSError:
                 shutil.copyfile(path, link)
         try:
-            proc = subprocess.run([dcm2niix_binary(), *DCM2NIIX_FLAGS, "-o", str(target), str(source)],
-                                  capture_output=True, text=True, errors="replace", timeout=DCM2NIIX_TIMEOUT_S)
+            proc = subprocess.run(
+                [dcm2niix_binary(), *DCM2NIIX_FLAGS, "-o", str(target), str(source)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=DCM2NIIX_TIMEOUT_S,
+            )
         except subprocess.TimeoutExpired as exc:
             raise UniregError(f"{label}: dcm2niix did not finish in {DCM2NIIX_TIMEOUT_S} s", subject=subject) from exc
         outputs = sorted(target.glob("*.nii"))
         log = (proc.stdout + "\n" + proc.stderr).splitlines()
         phi = phi_values(headers[0])
         uids = {str(headers[0].SeriesInstanceUID): series_uid or "[series]"}
-        messages = [_redact(ln.strip(), phi, tmp, uids) for ln in log
-                    if re.match(r"\s*(error|warning|slices not stacked)", ln, re.I)]
+        messages = [
+            _redact(ln.strip(), phi, tmp, uids)
+            for ln in log
+            if re.match(r"\s*(error|warning|slices not stacked)", ln, re.I)
+        ]
         for message in messages:  # for the rule's log: QC hints such as varying slice spacing
             print(f"unireg convert: {subject}: dcm2niix: {message[:300]}")
         n_volumes = len(outputs)
@@ -332,12 +423,17 @@ def convert_series(files: list[str | Path], out_nifti: str | Path, subject: str,
         if n_volumes != 1:
             messages = [m for m in messages if "interpolated protocol" not in m]  # noise on every Siemens 3-D series
             detail = f" (dcm2niix: {messages[-1][:200]})" if messages else ""
-            raise UniregError(f"{label} converts to {_why_not_one_volume(headers, n_volumes)}{detail}; check the "
-                              "series or choose another with series_filter", subject=subject)
+            raise UniregError(
+                f"{label} converts to {_why_not_one_volume(headers, n_volumes)}{detail}; check the "
+                "series or choose another with series_filter",
+                subject=subject,
+            )
         misplaced = _misplaced_slices(headers, outputs[0])
         if misplaced:
-            raise UniregError(f"{label} {misplaced}; copy or export the series again, or choose another with "
-                              "series_filter", subject=subject)
+            raise UniregError(
+                f"{label} {misplaced}; copy or export the series again, or choose another with series_filter",
+                subject=subject,
+            )
         sidecar_file = outputs[0].with_suffix(".json")
         sidecar = json.loads(sidecar_file.read_text()) if sidecar_file.is_file() else {}
         return _write_converted(outputs[0], scrub_sidecar(sidecar), out_nifti, subject)
@@ -354,8 +450,14 @@ def _write_converted(source: Path, sidecar: dict, out_nifti: Path, subject: str)
         raise
 
 
-def convert_command(manifest_path: str | Path, subject: str, out_nifti: str | Path, modality: str | None = None,
-                    description_regex: str | None = None, salt_file: str | Path | None = None) -> Path:
+def convert_command(
+    manifest_path: str | Path,
+    subject: str,
+    out_nifti: str | Path,
+    modality: str | None = None,
+    description_regex: str | None = None,
+    salt_file: str | Path | None = None,
+) -> Path:
     """``unireg convert``: convert the subject's selected series (the manifest's ``selected`` row).
 
     A series filter (``modality``, ``description_regex``) re-applies the selection rule with that
@@ -387,6 +489,9 @@ def convert_command(manifest_path: str | Path, subject: str, out_nifti: str | Pa
     listing = manifest.attrs["files"]
     files = listing.get(series_key(subject, row["series_uid"]))
     if not files:
-        raise UniregError(f"series {row['series_uid']} has no file list beside the manifest "
-                          f"({files_path(manifest_path).name}); run 'unireg index' again", subject=subject)
+        raise UniregError(
+            f"series {row['series_uid']} has no file list beside the manifest "
+            f"({files_path(manifest_path).name}); run 'unireg index' again",
+            subject=subject,
+        )
     return convert_series(files, out_nifti, subject, row["series_uid"], salt=salt)

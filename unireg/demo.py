@@ -42,31 +42,32 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
-import torch
 
 from . import __version__
 from .atlas import MNI_TISSUE_TABLE, mni_template_images, tissue_labels
 from .errors import UniregError
-from .io import Grid, Image, apply_affine, load_image, save_image, write_atomic, write_text_atomic
 from .fields import from_world_mm, integrate, jacobian_determinant, to_world_mm
+from .io import Grid, Image, apply_affine, load_image, save_image, write_atomic, write_text_atomic
 from .transforms import DisplacementField, grid_with_spacing, reorient_to_ras
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 DEMO_FILE = "demo.json"
-FIELD_SPACING_MM = 4.0       # grid of the random velocity field
-WARP_SMOOTHNESS_MM = 16.0    # Gaussian correlation length of the velocity
-WARP_VELOCITY_STD_MM = 2.5   # velocity std over the field grid -> displacements of a few mm
-FOV_MARGIN_MM = 12.0         # around the warped brain, in each direction
+FIELD_SPACING_MM = 4.0  # grid of the random velocity field
+WARP_SMOOTHNESS_MM = 16.0  # Gaussian correlation length of the velocity
+WARP_VELOCITY_STD_MM = 2.5  # velocity std over the field grid -> displacements of a few mm
+FOV_MARGIN_MM = 12.0  # around the warped brain, in each direction
 
 
 # ---------------------------------------------------------------------------------------------
 # DICOM slice geometry and the NIfTI grid dcm2niix makes of it
 # ---------------------------------------------------------------------------------------------
+
 
 def format_ds(value: float) -> str:
     """A number as a DICOM decimal string (at most 16 characters)."""
@@ -102,15 +103,21 @@ class SliceStack:
         steps = np.arange(self.n_slices, dtype=float)[:, None] * self.slice_spacing
         return np.asarray(self.first_position, dtype=float) + steps * self.normal
 
-    def as_written(self) -> "SliceStack":
+    def as_written(self) -> SliceStack:
         """The same stack with every value as its DICOM decimal string holds it."""
+
         def rounded(values):
             return tuple(float(format_ds(v)) for v in values)
-        return replace(self, row_direction=rounded(self.row_direction),
-                       column_direction=rounded(self.column_direction),
-                       pixel_spacing=rounded(self.pixel_spacing), first_position=rounded(self.first_position),
-                       slice_spacing=float(format_ds(self.slice_spacing)),
-                       slice_thickness=float(format_ds(self.slice_thickness)))
+
+        return replace(
+            self,
+            row_direction=rounded(self.row_direction),
+            column_direction=rounded(self.column_direction),
+            pixel_spacing=rounded(self.pixel_spacing),
+            first_position=rounded(self.first_position),
+            slice_spacing=float(format_ds(self.slice_spacing)),
+            slice_thickness=float(format_ds(self.slice_thickness)),
+        )
 
     def nifti_grid(self, acquisition_3d: bool = False) -> Grid:
         """The NIfTI grid dcm2niix writes for this stack (RAS world).
@@ -131,24 +138,36 @@ class SliceStack:
         return Grid((self.columns, self.rows, self.n_slices), affine)
 
     @classmethod
-    def from_grid(cls, grid: Grid, slice_thickness: float | None = None) -> "SliceStack":
+    def from_grid(cls, grid: Grid, slice_thickness: float | None = None) -> SliceStack:
         """The stack whose :meth:`nifti_grid` is ``grid`` (which must have a negative determinant)."""
         spacing = np.asarray(grid.spacing)
         row = LPS_TO_RAS @ grid.affine[:3, 0] / spacing[0]
         col = -LPS_TO_RAS @ grid.affine[:3, 1] / spacing[1]
         if not np.allclose(np.cross(row, col), LPS_TO_RAS @ grid.affine[:3, 2] / spacing[2], atol=1e-6):
-            raise ValueError("a DICOM slice stack needs a grid with a negative determinant (e.g. LAS); "
-                             "flip its first axis")
+            raise ValueError(
+                "a DICOM slice stack needs a grid with a negative determinant (e.g. LAS); flip its first axis"
+            )
         first = LPS_TO_RAS @ grid.affine[:3, 3] - (grid.shape[1] - 1) * spacing[1] * col
-        return cls(tuple(row), tuple(col), (spacing[1], spacing[0]), grid.shape[1], grid.shape[0], grid.shape[2],
-                   tuple(first), spacing[2], spacing[2] if slice_thickness is None else slice_thickness)
+        return cls(
+            tuple(row),
+            tuple(col),
+            (spacing[1], spacing[0]),
+            grid.shape[1],
+            grid.shape[0],
+            grid.shape[2],
+            tuple(first),
+            spacing[2],
+            spacing[2] if slice_thickness is None else slice_thickness,
+        )
 
     @classmethod
-    def from_datasets(cls, datasets) -> "SliceStack":
+    def from_datasets(cls, datasets) -> SliceStack:
         """Read the geometry of one series of parallel, evenly spaced slices (pydicom datasets)."""
         orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-        if any(not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4)
-               for ds in datasets):
+        if any(
+            not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), orientation, atol=1e-4)
+            for ds in datasets
+        ):
             raise UniregError("slices have different ImageOrientationPatient")
         row, col = orientation[:3], orientation[3:]
         positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for ds in datasets])
@@ -159,8 +178,17 @@ class SliceStack:
         if len(datasets) > 1 and (np.ptp(steps) > 1e-3 or step <= 0):
             raise UniregError("slices are not evenly spaced along the slice normal")
         first = datasets[int(order[0])]
-        return cls(tuple(row), tuple(col), tuple(float(v) for v in first.PixelSpacing), int(first.Rows),
-                   int(first.Columns), len(datasets), tuple(positions[order[0]]), step, float(first.SliceThickness))
+        return cls(
+            tuple(row),
+            tuple(col),
+            tuple(float(v) for v in first.PixelSpacing),
+            int(first.Rows),
+            int(first.Columns),
+            len(datasets),
+            tuple(positions[order[0]]),
+            step,
+            float(first.SliceThickness),
+        )
 
 
 def predicted_nifti_grid(datasets) -> Grid:
@@ -174,8 +202,9 @@ def slice_pixels(volume: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(volume[:, ::-1, k].T)
 
 
-def write_dicom_series(folder: str | Path, volume: Image, stack: SliceStack, tags: dict, *,
-                       first_instance: int = 1) -> list[Path]:
+def write_dicom_series(
+    folder: str | Path, volume: Image, stack: SliceStack, tags: dict, *, first_instance: int = 1
+) -> list[Path]:
     """Write ``volume`` as an MR series, one file per slice.
 
     ``volume`` holds the stored values (integers 0..65535) on ``stack.nifti_grid()`` (the 2D
@@ -239,6 +268,7 @@ def write_dicom_series(folder: str | Path, volume: Image, stack: SliceStack, tag
 # Anatomy: the MNI template with tissue labels, and random deformations of it
 # ---------------------------------------------------------------------------------------------
 
+
 def mni_tissue_labels() -> tuple[Image, Image]:
     """The MNI ICBM152 2009a T1 template (values 0..255) and its tissue labels, 1 mm, RAS.
 
@@ -265,8 +295,13 @@ class SubjectWarp:
         return self.field(apply_affine(self.affine, points))
 
 
-def random_affine(rng: np.random.Generator, centre: np.ndarray, max_rotation_deg: float = 10.0,
-                  max_shift_mm: float = 10.0, max_scale: float = 0.05) -> np.ndarray:
+def random_affine(
+    rng: np.random.Generator,
+    centre: np.ndarray,
+    max_rotation_deg: float = 10.0,
+    max_shift_mm: float = 10.0,
+    max_scale: float = 0.05,
+) -> np.ndarray:
     """``y = centre + R S (x - centre) + t``: rotation about a random axis, per-axis scale, shift."""
     axis = rng.standard_normal(3)
     axis /= np.linalg.norm(axis)
@@ -282,8 +317,12 @@ def random_affine(rng: np.random.Generator, centre: np.ndarray, max_rotation_deg
     return affine
 
 
-def random_displacement(rng: np.random.Generator, field_grid: Grid, velocity_std_mm: float = WARP_VELOCITY_STD_MM,
-                        smoothness_mm: float = WARP_SMOOTHNESS_MM) -> np.ndarray:
+def random_displacement(
+    rng: np.random.Generator,
+    field_grid: Grid,
+    velocity_std_mm: float = WARP_VELOCITY_STD_MM,
+    smoothness_mm: float = WARP_SMOOTHNESS_MM,
+) -> np.ndarray:
     """A smooth random diffeomorphic displacement ``(3, *field_grid.shape)`` in RAS mm.
 
     White noise smoothed by a Gaussian (``smoothness_mm``) is a stationary velocity with std
@@ -303,6 +342,7 @@ def random_displacement(rng: np.random.Generator, field_grid: Grid, velocity_std
 # Contrasts, slice planes and rendering
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Contrast:
     """Signal as a piecewise-linear function of the template T1 value (0 background .. 255 WM)."""
@@ -321,20 +361,74 @@ class Contrast:
 
 # template T1 values: brain edge 28, pure CSF ~60, GM ~170, WM ~215
 CONTRASTS = {
-    "T1w": Contrast("T1w", "T1w_MPRAGE_demo", 2, (0, 255), (0.0, 1.0), 0.02,
-                    {"ScanningSequence": ["GR", "IR"], "SequenceVariant": ["SK", "SP", "MP"],
-                     "MRAcquisitionType": "3D", "RepetitionTime": "2300", "EchoTime": "2.98",
-                     "InversionTime": "900", "FlipAngle": "9"}),
-    "T2w": Contrast("T2w", "T2w_demo", 5, (0, 28, 60, 100, 170, 215, 255), (0.0, 0.9, 1.0, 0.85, 0.5, 0.33, 0.3),
-                    0.025, {"ScanningSequence": "SE", "SequenceVariant": ["SK", "SP"], "MRAcquisitionType": "2D",
-                            "RepetitionTime": "5000", "EchoTime": "90", "FlipAngle": "150", "EchoTrainLength": "16"}),
-    "PDw": Contrast("PDw", "PDw_demo", 7, (0, 28, 60, 120, 170, 215, 255), (0.0, 0.8, 0.9, 0.85, 0.8, 0.66, 0.62),
-                    0.02, {"ScanningSequence": "SE", "SequenceVariant": ["SK", "SP"], "MRAcquisitionType": "2D",
-                           "RepetitionTime": "3000", "EchoTime": "12", "FlipAngle": "90", "EchoTrainLength": "8"}),
+    "T1w": Contrast(
+        "T1w",
+        "T1w_MPRAGE_demo",
+        2,
+        (0, 255),
+        (0.0, 1.0),
+        0.02,
+        {
+            "ScanningSequence": ["GR", "IR"],
+            "SequenceVariant": ["SK", "SP", "MP"],
+            "MRAcquisitionType": "3D",
+            "RepetitionTime": "2300",
+            "EchoTime": "2.98",
+            "InversionTime": "900",
+            "FlipAngle": "9",
+        },
+    ),
+    "T2w": Contrast(
+        "T2w",
+        "T2w_demo",
+        5,
+        (0, 28, 60, 100, 170, 215, 255),
+        (0.0, 0.9, 1.0, 0.85, 0.5, 0.33, 0.3),
+        0.025,
+        {
+            "ScanningSequence": "SE",
+            "SequenceVariant": ["SK", "SP"],
+            "MRAcquisitionType": "2D",
+            "RepetitionTime": "5000",
+            "EchoTime": "90",
+            "FlipAngle": "150",
+            "EchoTrainLength": "16",
+        },
+    ),
+    "PDw": Contrast(
+        "PDw",
+        "PDw_demo",
+        7,
+        (0, 28, 60, 120, 170, 215, 255),
+        (0.0, 0.8, 0.9, 0.85, 0.8, 0.66, 0.62),
+        0.02,
+        {
+            "ScanningSequence": "SE",
+            "SequenceVariant": ["SK", "SP"],
+            "MRAcquisitionType": "2D",
+            "RepetitionTime": "3000",
+            "EchoTime": "12",
+            "FlipAngle": "90",
+            "EchoTrainLength": "8",
+        },
+    ),
 }
-LOCALIZER = Contrast("localizer", "localizer", 1, (0, 255), (0.0, 1.0), 0.04,
-                     {"ScanningSequence": "GR", "SequenceVariant": "SP", "MRAcquisitionType": "2D",
-                      "RepetitionTime": "8.6", "EchoTime": "4", "FlipAngle": "20"})
+LOCALIZER = Contrast(
+    "localizer",
+    "localizer",
+    1,
+    (0, 255),
+    (0.0, 1.0),
+    0.04,
+    {
+        "ScanningSequence": "GR",
+        "SequenceVariant": "SP",
+        "MRAcquisitionType": "2D",
+        "RepetitionTime": "8.6",
+        "EchoTime": "4",
+        "FlipAngle": "20",
+    },
+)
 
 # (row direction, column direction) in LPS of the standard planes
 PLANES = {"axial": ((1, 0, 0), (0, 1, 0)), "coronal": ((1, 0, 0), (0, 0, -1)), "sagittal": ((0, 1, 0), (0, 0, -1))}
@@ -350,8 +444,15 @@ def plane_directions(plane: str, tilt_deg: float = 0.0) -> tuple[np.ndarray, np.
     return row, np.cos(angle) * col + np.sin(angle) * normal
 
 
-def stack_around(points_ras: np.ndarray, row: np.ndarray, col: np.ndarray, spacing: float,
-                 slice_spacing: float, slice_thickness: float, margin_mm: float = FOV_MARGIN_MM) -> SliceStack:
+def stack_around(
+    points_ras: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    spacing: float,
+    slice_spacing: float,
+    slice_thickness: float,
+    margin_mm: float = FOV_MARGIN_MM,
+) -> SliceStack:
     """The smallest stack of the given orientation covering ``points_ras`` plus ``margin_mm``."""
     normal = np.cross(row, col)
     frame = np.stack([row, col, normal])
@@ -361,20 +462,36 @@ def stack_around(points_ras: np.ndarray, row: np.ndarray, col: np.ndarray, spaci
     counts = np.ceil((hi - lo) / steps).astype(int) + 1
     centre = frame.T @ ((lo + hi) / 2)
     first = centre - frame.T @ ((counts - 1) * steps / 2)
-    return SliceStack(tuple(row), tuple(col), (spacing, spacing), int(counts[1]), int(counts[0]), int(counts[2]),
-                      tuple(first), slice_spacing, slice_thickness)
+    return SliceStack(
+        tuple(row),
+        tuple(col),
+        (spacing, spacing),
+        int(counts[1]),
+        int(counts[0]),
+        int(counts[2]),
+        tuple(first),
+        slice_spacing,
+        slice_thickness,
+    )
 
 
-def centred_slice(centre_ras: np.ndarray, row: np.ndarray, col: np.ndarray, spacing: float, fov_mm: float,
-                  thickness: float) -> SliceStack:
+def centred_slice(
+    centre_ras: np.ndarray, row: np.ndarray, col: np.ndarray, spacing: float, fov_mm: float, thickness: float
+) -> SliceStack:
     """One square slice of side ``fov_mm`` centred on ``centre_ras`` (a localiser slice)."""
     n = int(np.ceil(fov_mm / spacing))
     first = LPS_TO_RAS @ centre_ras - (n - 1) / 2 * spacing * (row + col)
     return SliceStack(tuple(row), tuple(col), (spacing, spacing), n, n, 1, tuple(first), thickness, thickness)
 
 
-def render(signal: np.ndarray, labels: np.ndarray | None, template_affine: np.ndarray, warp: SubjectWarp,
-           grid: Grid, slice_thickness: float) -> tuple[np.ndarray, np.ndarray | None]:
+def render(
+    signal: np.ndarray,
+    labels: np.ndarray | None,
+    template_affine: np.ndarray,
+    warp: SubjectWarp,
+    grid: Grid,
+    slice_thickness: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Sample ``signal(D(A x))`` and ``labels(D(A x))`` for every voxel ``x`` of ``grid``.
 
     ``signal`` and ``labels`` are arrays on the template grid (``template_affine``). The signal
@@ -397,14 +514,16 @@ def render(signal: np.ndarray, labels: np.ndarray | None, template_affine: np.nd
             where = apply_affine(to_template, warp(centres + offset * k_direction)).T
             total += ndimage.map_coordinates(signal, where, order=1, mode="constant", cval=0.0)
             if offset == 0 and tissue is not None:
-                tissue[:, :, k] = ndimage.map_coordinates(labels, where, order=0, mode="constant",
-                                                          cval=0).reshape(grid.shape[:2])
+                tissue[:, :, k] = ndimage.map_coordinates(labels, where, order=0, mode="constant", cval=0).reshape(
+                    grid.shape[:2]
+                )
         image[:, :, k] = (total / n_samples).reshape(grid.shape[:2])
     return image, tissue
 
 
-def scanner_effects(rng: np.random.Generator, image: np.ndarray, grid: Grid, centre: np.ndarray,
-                    noise: float, reference_level: float) -> np.ndarray:
+def scanner_effects(
+    rng: np.random.Generator, image: np.ndarray, grid: Grid, centre: np.ndarray, noise: float, reference_level: float
+) -> np.ndarray:
     """Smooth multiplicative bias (quadratic in RAS, within about +-30 %) and Rician noise."""
     world = (grid.world_coordinates() - centre) / 100.0
     gradient = rng.normal(0.0, 0.1, 3)
@@ -414,7 +533,7 @@ def scanner_effects(rng: np.random.Generator, image: np.ndarray, grid: Grid, cen
     sigma = noise * reference_level
     real = biased + rng.normal(0.0, sigma, image.shape)
     imaginary = rng.normal(0.0, sigma, image.shape)
-    return np.sqrt(real ** 2 + imaginary ** 2).astype(np.float32)
+    return np.sqrt(real**2 + imaginary**2).astype(np.float32)
 
 
 def to_stored(image: np.ndarray, reference_level: float, top: int = 3000) -> np.ndarray:
@@ -426,6 +545,7 @@ def to_stored(image: np.ndarray, reference_level: float, top: int = 3000) -> np.
 # The cohort
 # ---------------------------------------------------------------------------------------------
 
+
 def _uid(seed: int, *parts) -> str:
     return generate_uid(entropy_srcs=["unireg-demo", str(seed), *[str(p) for p in parts]])
 
@@ -434,29 +554,52 @@ def _common_tags(seed: int, number: int, subject: str) -> dict:
     """Patient, study and equipment tags: plausible, obviously fake, never to reach an output."""
     return {
         "SpecificCharacterSet": "ISO_IR 100",
-        "PatientName": f"Demo^Subject{number:02d}", "PatientID": f"DEMO{number:02d}",
-        "PatientBirthDate": f"19{60 + 3 * number % 40:02d}0{1 + number % 9}15", "PatientSex": "FM"[number % 2],
-        "PatientAge": f"{40 + 3 * number % 40:03d}Y", "PatientWeight": "70",
-        "StudyInstanceUID": _uid(seed, subject, "study"), "StudyID": f"{number}",
-        "StudyDate": "20200101", "StudyTime": f"{8 + number % 10:02d}0000", "AccessionNumber": f"DEMOACC{number:02d}",
-        "StudyDescription": "unireg demo head", "ReferringPhysicianName": "Demo^Referrer",
-        "InstitutionName": "unireg demo hospital", "OperatorsName": "Demo^Operator",
-        "FrameOfReferenceUID": _uid(seed, subject, "frame"), "PositionReferenceIndicator": "",
-        "Modality": "MR", "Manufacturer": "unireg (synthetic demo)", "ManufacturerModelName": "demo",
-        "SoftwareVersions": f"unireg {__version__}", "MagneticFieldStrength": "3", "ImagingFrequency": "123.2",
-        "ImagedNucleus": "1H", "PatientPosition": "HFS", "BodyPartExamined": "HEAD",
+        "PatientName": f"Demo^Subject{number:02d}",
+        "PatientID": f"DEMO{number:02d}",
+        "PatientBirthDate": f"19{60 + 3 * number % 40:02d}0{1 + number % 9}15",
+        "PatientSex": "FM"[number % 2],
+        "PatientAge": f"{40 + 3 * number % 40:03d}Y",
+        "PatientWeight": "70",
+        "StudyInstanceUID": _uid(seed, subject, "study"),
+        "StudyID": f"{number}",
+        "StudyDate": "20200101",
+        "StudyTime": f"{8 + number % 10:02d}0000",
+        "AccessionNumber": f"DEMOACC{number:02d}",
+        "StudyDescription": "unireg demo head",
+        "ReferringPhysicianName": "Demo^Referrer",
+        "InstitutionName": "unireg demo hospital",
+        "OperatorsName": "Demo^Operator",
+        "FrameOfReferenceUID": _uid(seed, subject, "frame"),
+        "PositionReferenceIndicator": "",
+        "Modality": "MR",
+        "Manufacturer": "unireg (synthetic demo)",
+        "ManufacturerModelName": "demo",
+        "SoftwareVersions": f"unireg {__version__}",
+        "MagneticFieldStrength": "3",
+        "ImagingFrequency": "123.2",
+        "ImagedNucleus": "1H",
+        "PatientPosition": "HFS",
+        "BodyPartExamined": "HEAD",
     }
 
 
 def _series_tags(common: dict, seed: int, subject: str, contrast: Contrast, localizer: bool = False) -> dict:
     tags = dict(common)
     tags.update(contrast.sequence)
-    tags.update({"SeriesInstanceUID": _uid(seed, subject, "series", contrast.description),
-                 "SeriesNumber": contrast.series_number, "SeriesDescription": contrast.description,
-                 "ProtocolName": contrast.description, "SeriesDate": common["StudyDate"],
-                 "SeriesTime": common["StudyTime"], "AcquisitionNumber": 1,
-                 "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER" if localizer else "M"],
-                 "WindowCenter": "1500", "WindowWidth": "3000"})
+    tags.update(
+        {
+            "SeriesInstanceUID": _uid(seed, subject, "series", contrast.description),
+            "SeriesNumber": contrast.series_number,
+            "SeriesDescription": contrast.description,
+            "ProtocolName": contrast.description,
+            "SeriesDate": common["StudyDate"],
+            "SeriesTime": common["StudyTime"],
+            "AcquisitionNumber": 1,
+            "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER" if localizer else "M"],
+            "WindowCenter": "1500",
+            "WindowWidth": "3000",
+        }
+    )
     return tags
 
 
@@ -477,21 +620,33 @@ def _load_template() -> _Template:
     return _Template(t1, labels, corners.mean(axis=0), corners, grid_with_spacing(t1.grid, FIELD_SPACING_MM))
 
 
-def _synthetic_subject(folder: Path, template: _Template, index: int, number: int, subject: str, *, seed: int,
-                       spacing: float, slice_thickness: float, localizer: bool) -> tuple[dict, Image]:
+def _synthetic_subject(
+    folder: Path,
+    template: _Template,
+    index: int,
+    number: int,
+    subject: str,
+    *,
+    seed: int,
+    spacing: float,
+    slice_thickness: float,
+    localizer: bool,
+) -> tuple[dict, Image]:
     """Write one synthetic subject's series; return its description and reference labels."""
     contrast_name, plane, tilt = SUBJECT_PLANS[index % len(SUBJECT_PLANS)]
     contrast = CONTRASTS[contrast_name]
     rng = np.random.default_rng([seed, number])
     affine = random_affine(rng, template.brain_centre)
-    warp = SubjectWarp(affine, DisplacementField(random_displacement(rng, template.field_grid), template.field_grid.affine))
+    warp = SubjectWarp(
+        affine, DisplacementField(random_displacement(rng, template.field_grid), template.field_grid.affine)
+    )
     # where the warped brain lies in the subject's world (D moves it by a few mm: the margin)
     corners = apply_affine(np.linalg.inv(affine), template.brain_corners)
     row, col = plane_directions(plane, tilt)
     stack = stack_around(corners, row, col, spacing, slice_thickness, slice_thickness).as_written()
     grid = stack.nifti_grid()
 
-    in_plane_sigma = 0.5 * np.sqrt(max(spacing ** 2 - 1.0, 0.0)) / np.asarray(template.t1.spacing)
+    in_plane_sigma = 0.5 * np.sqrt(max(spacing**2 - 1.0, 0.0)) / np.asarray(template.t1.spacing)
     signal = ndimage.gaussian_filter(contrast(template.t1.data), in_plane_sigma)
     image, labels = render(signal, template.labels.data, template.t1.affine, warp, grid, stack.slice_thickness)
     level = float(np.percentile(image[labels > 0], 99.5))
@@ -505,12 +660,18 @@ def _synthetic_subject(folder: Path, template: _Template, index: int, number: in
         signal = ndimage.gaussian_filter(LOCALIZER(template.t1.data), in_plane_sigma)
         # subject 1 is T1w: the localiser has the same signal scale, so the same `level`
         for n, scout_plane in enumerate(("sagittal", "coronal", "axial")):
-            scout = centred_slice(centre, *plane_directions(scout_plane), spacing, fov_mm=240.0,
-                                  thickness=8.0).as_written()
+            scout = centred_slice(
+                centre, *plane_directions(scout_plane), spacing, fov_mm=240.0, thickness=8.0
+            ).as_written()
             scout_image, _ = render(signal, None, template.t1.affine, warp, scout.nifti_grid(), 8.0)
             scout_image = scanner_effects(rng, scout_image, scout.nifti_grid(), centre, LOCALIZER.noise, level)
-            write_dicom_series(folder, Image(to_stored(scout_image, level), scout.nifti_grid().affine), scout, tags,
-                               first_instance=n + 1)
+            write_dicom_series(
+                folder,
+                Image(to_stored(scout_image, level), scout.nifti_grid().affine),
+                scout,
+                tags,
+                first_instance=n + 1,
+            )
         series.append(_series_entry(tags, 3, orientation="sagittal, coronal, axial (one slice each)"))
     tags = _series_tags(common, seed, subject, contrast)
     write_dicom_series(folder, Image(stored, grid.affine), stack, tags)
@@ -521,12 +682,20 @@ def _synthetic_subject(folder: Path, template: _Template, index: int, number: in
     if acquisition_3d:
         reference = reorient_to_ras(reference)
     displacement = np.linalg.norm(warp.field.data, axis=0)
-    info = {"source": "MNI ICBM152 2009a T1 template (nilearn), randomly deformed", "contrast": contrast.name,
-            "orientation": orientation, "series": series, "main_series": tags["SeriesInstanceUID"],
-            **_grid_entry(stack, acquisition_3d), "subject_to_mni_affine": affine.round(10).tolist(),
-            "displacement_mm": {"max": round(float(displacement.max()), 3),
-                                "rms": round(float(np.sqrt(np.mean(displacement ** 2))), 3)},
-            "jacobian_min": round(_jacobian_min(warp), 4)}
+    info = {
+        "source": "MNI ICBM152 2009a T1 template (nilearn), randomly deformed",
+        "contrast": contrast.name,
+        "orientation": orientation,
+        "series": series,
+        "main_series": tags["SeriesInstanceUID"],
+        **_grid_entry(stack, acquisition_3d),
+        "subject_to_mni_affine": affine.round(10).tolist(),
+        "displacement_mm": {
+            "max": round(float(displacement.max()), 3),
+            "rms": round(float(np.sqrt(np.mean(displacement**2))), 3),
+        },
+        "jacobian_min": round(_jacobian_min(warp), 4),
+    }
     return info, reference
 
 
@@ -540,33 +709,58 @@ def _nibabel_subject(folder: Path, number: int, subject: str, *, seed: int) -> d
     image = load_image(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii")
     stack = SliceStack.from_grid(image.grid).as_written()
     intercept = float(np.floor(image.data.min()))
-    tags = _series_tags(_common_tags(seed, number, subject), seed, subject,
-                        replace(CONTRASTS["T1w"], description="T1w_nibabel_anatomical"))
-    tags.update({"MRAcquisitionType": "3D", "RescaleIntercept": format_ds(intercept), "RescaleSlope": "1",
-                 "RescaleType": "US"})
+    tags = _series_tags(
+        _common_tags(seed, number, subject),
+        seed,
+        subject,
+        replace(CONTRASTS["T1w"], description="T1w_nibabel_anatomical"),
+    )
+    tags.update(
+        {"MRAcquisitionType": "3D", "RescaleIntercept": format_ds(intercept), "RescaleSlope": "1", "RescaleType": "US"}
+    )
     write_dicom_series(folder, image.with_data(image.data - intercept, affine=stack.nifti_grid().affine), stack, tags)
-    return {"source": "nibabel tests/data/anatomical.nii (a real low-resolution T1)", "contrast": "T1w",
-            "orientation": "axial", "series": [_series_entry(tags, stack.n_slices, orientation="axial")],
-            "main_series": tags["SeriesInstanceUID"], **_grid_entry(stack, acquisition_3d=True),
-            "reference_note": "real subject: no reference labels exist for it"}
+    return {
+        "source": "nibabel tests/data/anatomical.nii (a real low-resolution T1)",
+        "contrast": "T1w",
+        "orientation": "axial",
+        "series": [_series_entry(tags, stack.n_slices, orientation="axial")],
+        "main_series": tags["SeriesInstanceUID"],
+        **_grid_entry(stack, acquisition_3d=True),
+        "reference_note": "real subject: no reference labels exist for it",
+    }
 
 
 def _grid_entry(stack: SliceStack, acquisition_3d: bool) -> dict:
     grid = stack.nifti_grid(acquisition_3d)
-    return {"acquisition": "3D" if acquisition_3d else "2D", "shape": list(grid.shape),
-            "spacing_mm": [round(s, 6) for s in grid.spacing], "nifti_orientation": "".join(grid.orientation),
-            "nifti_affine": grid.affine.round(6).tolist()}
+    return {
+        "acquisition": "3D" if acquisition_3d else "2D",
+        "shape": list(grid.shape),
+        "spacing_mm": [round(s, 6) for s in grid.spacing],
+        "nifti_orientation": "".join(grid.orientation),
+        "nifti_affine": grid.affine.round(6).tolist(),
+    }
 
 
 def _series_entry(tags: dict, n_files: int, orientation: str) -> dict:
-    return {"description": tags["SeriesDescription"], "series_number": int(tags["SeriesNumber"]),
-            "series_uid": tags["SeriesInstanceUID"], "image_type": "\\".join(tags["ImageType"]),
-            "n_files": n_files, "orientation": orientation}
+    return {
+        "description": tags["SeriesDescription"],
+        "series_number": int(tags["SeriesNumber"]),
+        "series_uid": tags["SeriesInstanceUID"],
+        "image_type": "\\".join(tags["ImageType"]),
+        "n_files": n_files,
+        "orientation": orientation,
+    }
 
 
-def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing: float | None = None,
-                     slice_thickness: float | None = None, seed: int = 0, low_res: bool = False,
-                     real_subject: bool = False) -> dict:
+def make_demo_cohort(
+    out_dir: str | Path,
+    n_subjects: int | None = None,
+    spacing: float | None = None,
+    slice_thickness: float | None = None,
+    seed: int = 0,
+    low_res: bool = False,
+    real_subject: bool = False,
+) -> dict:
     """Write the demo cohort (DICOM series, reference labels, ``cohort.tsv``) into ``out_dir``.
 
     Args:
@@ -613,9 +807,17 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
             subject = f"demo{number:02d}"
             dicom = f"dicom/{subject}"
             if number <= n_synthetic:
-                info, labels = _synthetic_subject(work / dicom, template, number - 1, number, subject, seed=seed,
-                                                  spacing=spacing, slice_thickness=slice_thickness,
-                                                  localizer=number == 1)
+                info, labels = _synthetic_subject(
+                    work / dicom,
+                    template,
+                    number - 1,
+                    number,
+                    subject,
+                    seed=seed,
+                    spacing=spacing,
+                    slice_thickness=slice_thickness,
+                    localizer=number == 1,
+                )
                 reference = f"reference/sub-{subject}_labels.nii.gz"
                 save_image(labels, work / reference)
             else:
@@ -631,8 +833,14 @@ def make_demo_cohort(out_dir: str | Path, n_subjects: int | None = None, spacing
 
     rows = ["subject\tdicom\treference"] + [f"{s['subject']}\t{s['dicom']}\t{s['reference'] or ''}" for s in subjects]
     write_text_atomic(out_dir / "cohort.tsv", "\n".join(rows) + "\n")
-    result = {"seed": seed, "low_res": low_res, "spacing_mm": spacing, "slice_thickness_mm": slice_thickness,
-              "labels": {str(k): v for k, v in MNI_TISSUE_TABLE.items()}, "cohort": "cohort.tsv",
-              "subjects": subjects}
+    result = {
+        "seed": seed,
+        "low_res": low_res,
+        "spacing_mm": spacing,
+        "slice_thickness_mm": slice_thickness,
+        "labels": {str(k): v for k, v in MNI_TISSUE_TABLE.items()},
+        "cohort": "cohort.tsv",
+        "subjects": subjects,
+    }
     write_text_atomic(out_dir / DEMO_FILE, json.dumps(result, indent=2) + "\n")
     return dict(result, out_dir=str(out_dir))

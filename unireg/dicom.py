@@ -38,11 +38,30 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 OBLIQUE_DEGREES = 30.0  # slice normal further than this from every axis: "oblique"
 # Header values that identify a person or a visit: never shown, even inside a dcm2niix message.
-PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
-                "AccessionNumber", "InstitutionName", "InstitutionAddress", "ReferringPhysicianName",
-                "PerformingPhysicianName", "OperatorsName", "StationName", "DeviceSerialNumber", "StudyID",
-                "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
-                "AcquisitionTime", "ContentTime")
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyID",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "StudyTime",
+    "SeriesTime",
+    "AcquisitionTime",
+    "ContentTime",
+)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: DICOM without a SOP class, not corrupt
 POSITION_TOLERANCE_MM = 0.01  # slice positions closer than this along the normal are the same position
 
@@ -50,6 +69,7 @@ POSITION_TOLERANCE_MM = 0.01  # slice positions closer than this along the norma
 # ---------------------------------------------------------------------------------------------
 # Reading one file's header
 # ---------------------------------------------------------------------------------------------
+
 
 def read_header(path: Path):
     """``(dataset, pixel_state)`` from the header only, or ``(None, None)`` for a non-DICOM file.
@@ -127,6 +147,7 @@ def _pixel_state(fh, ds) -> str:
 # Header fields
 # ---------------------------------------------------------------------------------------------
 
+
 def _functional_group_value(ds, sequence: str, keyword: str):
     """A geometry value of an enhanced (multi-frame) image: shared group first, then frame 1."""
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -178,8 +199,9 @@ def _slice_positions(ds) -> list[tuple]:
     """The ImagePositionPatient of every slice stored in ``ds`` (one, or one per frame)."""
     frames = ds.get("PerFrameFunctionalGroupsSequence")
     if frames:
-        values = [f.PlanePositionSequence[0].get("ImagePositionPatient") for f in frames
-                  if f.get("PlanePositionSequence")]
+        values = [
+            f.PlanePositionSequence[0].get("ImagePositionPatient") for f in frames if f.get("PlanePositionSequence")
+        ]
     else:
         values = [ds.get("ImagePositionPatient")]
     vectors = [_vector(v, 3) for v in values]
@@ -266,15 +288,16 @@ def series_fields(headers: list) -> dict:
     complete = [ds for ds in headers if "Rows" in ds] or headers
     first = complete[0]
     image_type = _codes(first.get("ImageType"))
-    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6)
-            for ds in complete]
+    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6) for ds in complete]
     iops = [v for v in iops if v is not None]
     same = all(np.allclose(v, iops[0], atol=1e-4) for v in iops)
     positions = {p for ds in complete for p in _slice_positions(ds)}
     distinct = list({str(ds.get("SOPInstanceUID", id(ds))): ds for ds in complete}.values())
     per_position = Counter(p for ds in distinct for p in _slice_positions(ds))
-    n_temporal = max([max(per_position.values(), default=1)]
-                     + [_number(ds.get("NumberOfTemporalPositions"), int) or 1 for ds in distinct])
+    n_temporal = max(
+        [max(per_position.values(), default=1)]
+        + [_number(ds.get("NumberOfTemporalPositions"), int) or 1 for ds in distinct]
+    )
     n_frames = sum(_number(ds.get("NumberOfFrames"), int) or 1 for ds in complete)
     mosaic = mosaic_slices(first)
     n_slices = mosaic or len(positions) or n_frames
@@ -285,23 +308,31 @@ def series_fields(headers: list) -> dict:
     b_values = [b for b in (_b_value(ds) for ds in distinct) if b is not None]
     agent = _text(first.get("ContrastBolusAgent")) or (first.get("ContrastBolusUsageSequence") or None)
     return {
-        "study_uid": first.get("StudyInstanceUID", ""), "series_uid": first.SeriesInstanceUID,
+        "study_uid": first.get("StudyInstanceUID", ""),
+        "series_uid": first.SeriesInstanceUID,
         "series_number": _number(first.get("SeriesNumber"), int) or 0,
-        "modality": _text(first.get("Modality")), "series_description": _text(first.get("SeriesDescription")),
+        "modality": _text(first.get("Modality")),
+        "series_description": _text(first.get("SeriesDescription")),
         "protocol_name": _text(first.get("ProtocolName")),
-        "n_files": len(headers), "n_slices": int(n_slices), "n_temporal": int(n_temporal),
+        "n_files": len(headers),
+        "n_slices": int(n_slices),
+        "n_temporal": int(n_temporal),
         "orientation": orientation_label(iops[0]) if iops and same else ("mixed" if iops else "unknown"),
-        "rows": _number(first.get("Rows"), int) or 0, "columns": _number(first.get("Columns"), int) or 0,
+        "rows": _number(first.get("Rows"), int) or 0,
+        "columns": _number(first.get("Columns"), int) or 0,
         "pixel_spacing": "x".join(f"{v:g}" for v in spacing) if spacing is not None else "",
         "slice_thickness": f"{thickness:g}" if thickness is not None else "",
         "mr_acquisition_type": _text(first.get("MRAcquisitionType")).upper(),
-        "scanning_sequence": _scanning_sequence(first), "sequence_variant": _codes(first.get("SequenceVariant")),
+        "scanning_sequence": _scanning_sequence(first),
+        "sequence_variant": _codes(first.get("SequenceVariant")),
         "sequence_name": _text(first.get("SequenceName") or first.get("PulseSequenceName")),
         "echo_time": _ms(first, "EchoTime", "MREchoSequence", "EffectiveEchoTime"),
         "repetition_time": _ms(first, "RepetitionTime", "MRTimingAndRelatedParametersSequence"),
         "inversion_time": _ms(first, "InversionTime", "MRModifierSequence", "InversionTimes"),
-        "b_value": f"{max(b_values):g}" if b_values else "", "contrast_agent": int(bool(agent)),
-        "transfer_syntax": str(transfer_syntax), "sop_class": _text(getattr(sop_class, "name", sop_class)),
+        "b_value": f"{max(b_values):g}" if b_values else "",
+        "contrast_agent": int(bool(agent)),
+        "transfer_syntax": str(transfer_syntax),
+        "sop_class": _text(getattr(sop_class, "name", sop_class)),
         "image_type": image_type,
     }
 
@@ -309,6 +340,7 @@ def series_fields(headers: list) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Slice geometry of a series
 # ---------------------------------------------------------------------------------------------
+
 
 def _orientations(headers: list) -> set[tuple]:
     """The distinct ImageOrientationPatient values (rounded to 1e-3) of a series' files."""
@@ -341,12 +373,13 @@ def _stack(headers: list, iop: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarra
 # Identifying values
 # ---------------------------------------------------------------------------------------------
 
+
 def phi_values(ds) -> list[str]:
     """The identifying values of a header, longest first (for :func:`unireg.convert._redact`)."""
     values = set()
     for keyword in PHI_KEYWORDS:
         value = ds.get(keyword) if ds is not None else None
-        for item in (value if isinstance(value, (list, tuple, MultiValue)) else [value]):
+        for item in value if isinstance(value, (list, tuple, MultiValue)) else [value]:
             text = str(item or "").strip()
             if len(text) >= 3:
                 values |= {text, text.replace("^", " ")}

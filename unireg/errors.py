@@ -18,7 +18,7 @@ class UniregError(Exception):
         self.path = str(path) if path is not None else None
         super().__init__(self.message)
 
-    def with_context(self, *, subject: str | None = None, path: str | Path | None = None) -> "UniregError":
+    def with_context(self, *, subject: str | None = None, path: str | Path | None = None) -> UniregError:
         """Fill in the subject/file where the raiser did not know them."""
         if self.subject is None and subject is not None:
             self.subject = subject

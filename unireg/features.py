@@ -61,8 +61,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UniregError
-from .weights import (MOBILENET_FILE, MOBILENET_SHA256, WEIGHTS_DIR, _check_torchvision_hash, _load_matching,
-                      _load_weight_file, _torchvision_weights, _verified)
+from .weights import (
+    MOBILENET_FILE,
+    MOBILENET_SHA256,
+    WEIGHTS_DIR,
+    _check_torchvision_hash,
+    _load_matching,
+    _load_weight_file,
+    _torchvision_weights,
+    _verified,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,6 +82,7 @@ DEFAULT_EXTRACTOR = "mobilenet_v1_025"
 # The extractor contract and the slice-wise 3-D scheme
 # ---------------------------------------------------------------------------------------------
 
+
 class FeatureExtractor(nn.Module):
     """``(B, 1, D, H, W)`` in [0, 1] -> ``(B, out_channels, D/stride, H/stride, W/stride)``.
 
@@ -83,8 +92,16 @@ class FeatureExtractor(nn.Module):
     (``trainable=False``) is always in eval mode and its parameters never require grad.
     """
 
-    def __init__(self, *, name: str, out_channels: int, stride: int, grid_offset: float = 0.0,
-                 weights_sha256: str | None = None, trainable: bool = False):
+    def __init__(
+        self,
+        *,
+        name: str,
+        out_channels: int,
+        stride: int,
+        grid_offset: float = 0.0,
+        weights_sha256: str | None = None,
+        trainable: bool = False,
+    ):
         super().__init__()
         self.name = name
         self.out_channels = out_channels
@@ -93,25 +110,28 @@ class FeatureExtractor(nn.Module):
         self.weights_sha256 = weights_sha256
         self.trainable = trainable
 
-    def freeze(self) -> "FeatureExtractor":
+    def freeze(self) -> FeatureExtractor:
         """Make this extractor frozen for good: no parameter gradients, eval mode."""
         self.trainable = False
         self.requires_grad_(False)
         return self.train(False)
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":
+    def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(mode and self.trainable)
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != 1 or any(n % self.stride for n in x.shape[2:]):
             divisible = f" with D, H, W divisible by {self.stride}" if self.stride > 1 else ""
-            raise UniregError(f"feature extractor {self.name} takes a (B, 1, D, H, W) volume{divisible}; "
-                              f"got shape {tuple(x.shape)}")
+            raise UniregError(
+                f"feature extractor {self.name} takes a (B, 1, D, H, W) volume{divisible}; got shape {tuple(x.shape)}"
+            )
 
     def extra_repr(self) -> str:
         sha = self.weights_sha256[:12] if self.weights_sha256 else None
-        return (f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
-                f"grid_offset={self.grid_offset}, trainable={self.trainable}, weights_sha256={sha}")
+        return (
+            f"name={self.name!r}, out_channels={self.out_channels}, stride={self.stride}, "
+            f"grid_offset={self.grid_offset}, trainable={self.trainable}, weights_sha256={sha}"
+        )
 
 
 def _through_plane_window(stride: int, grid_offset: float) -> tuple[int, int]:
@@ -131,11 +151,26 @@ class SliceWise3d(FeatureExtractor):
     module docstring. ``encoder`` takes ImageNet-normalised RGB; the grey -> RGB step is here.
     """
 
-    def __init__(self, encoder: nn.Module, *, name: str, out_channels: int, stride: int,
-                 grid_offset: float, weights_sha256: str | None = None, trainable: bool = False,
-                 chunk_slices: int = SLICE_CHUNK):
-        super().__init__(name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset,
-                         weights_sha256=weights_sha256, trainable=trainable)
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        name: str,
+        out_channels: int,
+        stride: int,
+        grid_offset: float,
+        weights_sha256: str | None = None,
+        trainable: bool = False,
+        chunk_slices: int = SLICE_CHUNK,
+    ):
+        super().__init__(
+            name=name,
+            out_channels=out_channels,
+            stride=stride,
+            grid_offset=grid_offset,
+            weights_sha256=weights_sha256,
+            trainable=trainable,
+        )
         self.encoder = encoder
         self.chunk_slices = chunk_slices
         self.pool_kernel, self.pool_padding = _through_plane_window(stride, grid_offset)
@@ -155,8 +190,9 @@ class SliceWise3d(FeatureExtractor):
         """Features from the slices perpendicular to ``axis`` (2, 3 or 4 of ``x``)."""
         batch, n_slices = x.shape[0], x.shape[axis]
         slices = x.movedim(axis, 1).reshape(batch * n_slices, 1, *(x.shape[a] for a in (2, 3, 4) if a != axis))
-        features = torch.cat([self.encoder((chunk - self.mean) / self.std)
-                              for chunk in slices.split(self.chunk_slices)])
+        features = torch.cat(
+            [self.encoder((chunk - self.mean) / self.std) for chunk in slices.split(self.chunk_slices)]
+        )
         features = features.reshape(batch, n_slices, *features.shape[1:]).movedim(1, 2).movedim(2, axis)
         if self.stride == 1:
             return features
@@ -169,17 +205,23 @@ class SliceWise3d(FeatureExtractor):
 # 2-D networks, parameter names as in their published weight files
 # ---------------------------------------------------------------------------------------------
 
+
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup),
-                         nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(0.1, inplace=True)
+    )
 
 
 def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
     """Depthwise 3x3 then pointwise 1x1, each followed by BN + LeakyReLU(0.1)."""
     return nn.Sequential(
-        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+        nn.BatchNorm2d(inp),
         nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(0.1, inplace=True))
+        nn.Conv2d(inp, oup, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
 
 
 class MobileNetV1x025(nn.Module):
@@ -192,8 +234,13 @@ class MobileNetV1x025(nn.Module):
     def __init__(self, num_classes: int = 1000):
         super().__init__()
         self.stage1 = nn.Sequential(
-            _conv_bn(3, 8, 2), _conv_dw(8, 16, 1), _conv_dw(16, 32, 2),
-            _conv_dw(32, 32, 1), _conv_dw(32, 64, 2), _conv_dw(64, 64, 1))
+            _conv_bn(3, 8, 2),
+            _conv_dw(8, 16, 1),
+            _conv_dw(16, 32, 2),
+            _conv_dw(32, 32, 1),
+            _conv_dw(32, 64, 2),
+            _conv_dw(64, 64, 1),
+        )
         self.stage2 = nn.Sequential(_conv_dw(64, 128, 2), *(_conv_dw(128, 128, 1) for _ in range(5)))
         self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
         self.avg = nn.AdaptiveAvgPool2d((1, 1))
@@ -258,11 +305,16 @@ class VGG16Early(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(inplace=True))
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -274,8 +326,12 @@ class VGG16Early(nn.Module):
 
 _SIX_NEIGHBOURS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 # the 12 pairs of orthogonal neighbours (squared distance 2): the self-similarity context
-_MIND_PAIRS = tuple((p, q) for i, p in enumerate(_SIX_NEIGHBOURS) for q in _SIX_NEIGHBOURS[i + 1:]
-                    if sum((a - b) ** 2 for a, b in zip(p, q)) == 2)
+_MIND_PAIRS = tuple(
+    (p, q)
+    for i, p in enumerate(_SIX_NEIGHBOURS)
+    for q in _SIX_NEIGHBOURS[i + 1 :]
+    if sum((a - b) ** 2 for a, b in zip(p, q)) == 2
+)
 
 
 class MindSSC(FeatureExtractor):
@@ -319,6 +375,7 @@ class MindSSC(FeatureExtractor):
 # Registry
 # ---------------------------------------------------------------------------------------------
 
+
 def _refuse_weights(name: str, weights: Path | None, why: str) -> None:
     if weights is not None:
         raise UniregError(f"feature extractor {name} takes no weight file ({why})", path=weights)
@@ -327,8 +384,9 @@ def _refuse_weights(name: str, weights: Path | None, why: str) -> None:
 def _build_mobilenet_v1_025(weights: Path | None = None) -> FeatureExtractor:
     path = weights if weights is not None else WEIGHTS_DIR / MOBILENET_FILE
     encoder = load_mobilenet_v1_025(path).early()
-    return SliceWise3d(encoder, name="mobilenet_v1_025", out_channels=16, stride=2, grid_offset=0.0,
-                       weights_sha256=MOBILENET_SHA256)
+    return SliceWise3d(
+        encoder, name="mobilenet_v1_025", out_channels=16, stride=2, grid_offset=0.0, weights_sha256=MOBILENET_SHA256
+    )
 
 
 def _build_mobilenet_v1_025_reinit(weights: Path | None = None) -> FeatureExtractor:
@@ -339,14 +397,21 @@ def _build_mobilenet_v1_025_reinit(weights: Path | None = None) -> FeatureExtrac
         torch.manual_seed(0)
         encoder[0][0].reset_parameters()
         encoder[0][1].reset_parameters()
-    return SliceWise3d(encoder, name="mobilenet_v1_025_reinit", out_channels=16, stride=2, grid_offset=0.0,
-                       weights_sha256=MOBILENET_SHA256)
+    return SliceWise3d(
+        encoder,
+        name="mobilenet_v1_025_reinit",
+        out_channels=16,
+        stride=2,
+        grid_offset=0.0,
+        weights_sha256=MOBILENET_SHA256,
+    )
 
 
 def _build_scratch(weights: Path | None = None) -> FeatureExtractor:
     _refuse_weights("scratch", weights, "it starts random; its trained weights live in the model checkpoint")
-    return SliceWise3d(MobileNetV1x025().early(), name="scratch", out_channels=16, stride=2,
-                       grid_offset=0.0, trainable=True)
+    return SliceWise3d(
+        MobileNetV1x025().early(), name="scratch", out_channels=16, stride=2, grid_offset=0.0, trainable=True
+    )
 
 
 def _build_mind(weights: Path | None = None) -> FeatureExtractor:
@@ -354,13 +419,15 @@ def _build_mind(weights: Path | None = None) -> FeatureExtractor:
     return MindSSC()
 
 
-def _build_torchvision(name: str, encoder: nn.Module, out_channels: int, stride: int, grid_offset: float,
-                       weights: Path | None) -> FeatureExtractor:
+def _build_torchvision(
+    name: str, encoder: nn.Module, out_channels: int, stride: int, grid_offset: float, weights: Path | None
+) -> FeatureExtractor:
     path = _torchvision_weights(name, weights)
     digest = _check_torchvision_hash(name, path)
     _load_matching(encoder, _load_weight_file(path), path, name)
-    return SliceWise3d(encoder, name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset,
-                       weights_sha256=digest)
+    return SliceWise3d(
+        encoder, name=name, out_channels=out_channels, stride=stride, grid_offset=grid_offset, weights_sha256=digest
+    )
 
 
 def _build_resnet18(weights: Path | None = None) -> FeatureExtractor:

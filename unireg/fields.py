@@ -54,17 +54,27 @@ def sampling_grid(points: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return grid.flip(-1)
 
 
-def sample(source: torch.Tensor, points: torch.Tensor, *, mode: str = "bilinear",
-           padding_mode: str = "border") -> torch.Tensor:
+def sample(
+    source: torch.Tensor, points: torch.Tensor, *, mode: str = "bilinear", padding_mode: str = "border"
+) -> torch.Tensor:
     """``source`` ``(B, C, *shape)`` at the voxel coordinates ``points`` ``(B, 3, *S)`` -> ``(B, C, *S)``."""
-    return F.grid_sample(source, sampling_grid(points, tuple(source.shape[2:])), mode=mode,
-                         padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    return F.grid_sample(
+        source,
+        sampling_grid(points, tuple(source.shape[2:])),
+        mode=mode,
+        padding_mode=padding_mode,
+        align_corners=ALIGN_CORNERS,
+    )
 
 
 def voxel_grid(box: tuple[int, ...] | tuple[slice, ...], *, dtype=torch.float32, device=None) -> torch.Tensor:
     """Voxel coordinates ``(1, 3, *S)`` of a whole grid (``box`` a shape) or of a box of slices."""
-    ranges = [torch.arange(b.start, b.stop, dtype=dtype, device=device) if isinstance(b, slice)
-              else torch.arange(int(b), dtype=dtype, device=device) for b in box]
+    ranges = [
+        torch.arange(b.start, b.stop, dtype=dtype, device=device)
+        if isinstance(b, slice)
+        else torch.arange(int(b), dtype=dtype, device=device)
+        for b in box
+    ]
     return torch.stack(torch.meshgrid(*ranges, indexing="ij"), dim=0)[None]
 
 
@@ -98,7 +108,7 @@ def foreground_box(image: torch.Tensor, margin: int) -> tuple[slice, slice, slic
 def integrate(velocity: torch.Tensor, steps: int = INTEGRATION_STEPS) -> torch.Tensor:
     """Scaling and squaring: a stationary velocity ``(B, 3, ...)`` in voxels -> its displacement
     (a diffeomorphism up to discretisation)."""
-    ddf = velocity / (2 ** steps)
+    ddf = velocity / (2**steps)
     for _ in range(steps):
         ddf = ddf + warp(ddf, ddf)
     return ddf
@@ -130,9 +140,11 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     # J[c, a] = d(x_c + u_c)/d x_a
     J = torch.stack(grads, dim=2)  # (B, 3 components, 3 axes, ...)
     J = J + torch.eye(3, dtype=ddf.dtype, device=ddf.device).view(1, 3, 3, 1, 1, 1)
-    return (J[:, 0, 0] * (J[:, 1, 1] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 1])
-            - J[:, 0, 1] * (J[:, 1, 0] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 0])
-            + J[:, 0, 2] * (J[:, 1, 0] * J[:, 2, 1] - J[:, 1, 1] * J[:, 2, 0]))
+    return (
+        J[:, 0, 0] * (J[:, 1, 1] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 1])
+        - J[:, 0, 1] * (J[:, 1, 0] * J[:, 2, 2] - J[:, 1, 2] * J[:, 2, 0])
+        + J[:, 0, 2] * (J[:, 1, 0] * J[:, 2, 1] - J[:, 1, 1] * J[:, 2, 0])
+    )
 
 
 def jacobian_stats(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
@@ -142,9 +154,12 @@ def jacobian_stats(ddf: torch.Tensor, mask: torch.Tensor | None = None) -> dict[
         det = det[mask[:, 0, 1:-1, 1:-1, 1:-1] > 0]
     det = det.flatten()
     positive = det[det > 0]
-    return {"folding_percent": float(100.0 * (det <= 0).double().mean()),
-            "log_jacobian_std": float(torch.log(positive).std()) if positive.numel() > 1 else float("nan"),
-            "jacobian_min": float(det.min()), "jacobian_max": float(det.max())}
+    return {
+        "folding_percent": float(100.0 * (det <= 0).double().mean()),
+        "log_jacobian_std": float(torch.log(positive).std()) if positive.numel() > 1 else float("nan"),
+        "jacobian_min": float(det.min()),
+        "jacobian_max": float(det.max()),
+    }
 
 
 def to_world_mm(ddf: torch.Tensor, grid_affine: np.ndarray) -> np.ndarray:

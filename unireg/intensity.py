@@ -21,8 +21,12 @@ def handle_nonfinite(image: Image, policy: str = "error", subject: str | None = 
     if n_bad == 0:
         return image, finite
     if policy == "error":
-        raise UniregError(f"{n_bad} NaN/Inf voxels ({100.0 * n_bad / finite.size:.2g} %); "
-                          "fix the image or set nonfinite: zero to mask them", subject=subject, path=image.path)
+        raise UniregError(
+            f"{n_bad} NaN/Inf voxels ({100.0 * n_bad / finite.size:.2g} %); "
+            "fix the image or set nonfinite: zero to mask them",
+            subject=subject,
+            path=image.path,
+        )
     if policy != "zero":
         raise ValueError(f"nonfinite policy must be one of {NONFINITE_POLICIES}, not {policy!r}")
     return image.with_data(np.where(finite, image.data, 0).astype(np.float32)), finite
@@ -39,13 +43,17 @@ def require_signal(image: Image, finite: np.ndarray | None = None, subject: str 
         raise UniregError("image is empty (all voxels are zero)", subject=subject, path=image.path)
     lo, hi = float(values.min()), float(values.max())
     if lo == hi:
-        raise UniregError(f"image has constant intensity {lo:g}; it holds no anatomy", subject=subject,
-                          path=image.path)
+        raise UniregError(f"image has constant intensity {lo:g}; it holds no anatomy", subject=subject, path=image.path)
 
 
-def normalise_intensity(image: Image, mask: np.ndarray | None = None,
-                        percentiles: tuple[float, float] = (0.5, 99.5), *, zero_outside: bool = True,
-                        subject: str | None = None) -> Image:
+def normalise_intensity(
+    image: Image,
+    mask: np.ndarray | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    *,
+    zero_outside: bool = True,
+    subject: str | None = None,
+) -> Image:
     """Clip to robust percentiles and rescale linearly to [0, 1].
 
     Percentiles are taken over ``mask`` voxels when given (e.g. the brain), else over the

@@ -54,8 +54,9 @@ class Grid:
     def corners_world(self) -> np.ndarray:
         """World coordinates of the 8 corner voxel centres, shape ``(8, 3)``."""
         lo, hi = np.zeros(3), np.asarray(self.shape, dtype=float) - 1
-        corners = np.array([[(hi if b else lo)[a] for a, b in enumerate(bits)]
-                            for bits in np.ndindex(2, 2, 2)], dtype=float)
+        corners = np.array(
+            [[(hi if b else lo)[a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)], dtype=float
+        )
         return apply_affine(self.affine, corners)
 
 
@@ -75,8 +76,9 @@ class Image:
             raise UniregError(f"expected a 3-D image, got shape {data.shape}", path=self.path)
         affine = np.asarray(self.affine, dtype=np.float64).reshape(4, 4)
         if not np.all(np.isfinite(affine)):
-            raise UniregError("the affine (voxel-to-world matrix) has NaN/Inf values; fix the header's "
-                              "sform/qform", path=self.path)
+            raise UniregError(
+                "the affine (voxel-to-world matrix) has NaN/Inf values; fix the header's sform/qform", path=self.path
+            )
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "affine", affine)
 
@@ -96,10 +98,15 @@ class Image:
     def orientation(self) -> tuple[str, str, str]:
         return self.grid.orientation
 
-    def with_data(self, data: np.ndarray, *, is_label: bool | None = None, affine: np.ndarray | None = None) -> "Image":
+    def with_data(self, data: np.ndarray, *, is_label: bool | None = None, affine: np.ndarray | None = None) -> Image:
         """A new image on the same grid (or ``affine``) with other voxel values."""
-        return replace(self, data=data, affine=self.affine if affine is None else affine,
-                       is_label=self.is_label if is_label is None else is_label, meta=dict(self.meta))
+        return replace(
+            self,
+            data=data,
+            affine=self.affine if affine is None else affine,
+            is_label=self.is_label if is_label is None else is_label,
+            meta=dict(self.meta),
+        )
 
 
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -108,8 +115,9 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
-def load_image(path: str | Path, *, label: bool = False, subject: str | None = None,
-               max_voxels: int | None = None) -> Image:
+def load_image(
+    path: str | Path, *, label: bool = False, subject: str | None = None, max_voxels: int | None = None
+) -> Image:
     """Load a NIfTI file as a 3-D :class:`Image`.
 
     A 4-D file with a single volume is squeezed to 3-D; more volumes, or fewer than three
@@ -128,8 +136,12 @@ def load_image(path: str | Path, *, label: bool = False, subject: str | None = N
         raise UniregError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", subject=subject, path=path) from exc
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if max_voxels is not None and n_voxels > max_voxels:
-        raise UniregError(f"image has {n_voxels:,} voxels (shape {tuple(shape)}), more than the {max_voxels:,} "
-                          "supported; downsample it first", subject=subject, path=path)
+        raise UniregError(
+            f"image has {n_voxels:,} voxels (shape {tuple(shape)}), more than the {max_voxels:,} "
+            "supported; downsample it first",
+            subject=subject,
+            path=path,
+        )
     try:
         raw = np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -137,8 +149,9 @@ def load_image(path: str | Path, *, label: bool = False, subject: str | None = N
     while raw.ndim > 3 and raw.shape[-1] == 1:
         raw = raw[..., 0]
     if raw.ndim != 3:
-        raise UniregError(f"expected a 3-D image, got shape {tuple(shape)}; "
-                          "extract one volume first", subject=subject, path=path)
+        raise UniregError(
+            f"expected a 3-D image, got shape {tuple(shape)}; extract one volume first", subject=subject, path=path
+        )
     if min(raw.shape) < 2:
         raise UniregError(f"image is not a volume (shape {tuple(shape)})", subject=subject, path=path)
     if label:
@@ -153,7 +166,8 @@ def load_image(path: str | Path, *, label: bool = False, subject: str | None = N
     try:
         return Image(data=data, affine=img.affine, path=str(path), is_label=label, meta=meta)
     except UniregError as err:
-        raise err.with_context(subject=subject)
+        err.with_context(subject=subject)
+        raise
 
 
 def save_image(image: Image, path: str | Path) -> Path:
@@ -207,7 +221,9 @@ def load_displacement(path: str | Path, *, subject: str | None = None) -> tuple[
     except Exception as exc:
         raise UniregError(f"cannot read displacement field ({type(exc).__name__})", subject=subject, path=path) from exc
     if data.ndim != 5 or data.shape[3:] != (1, 3):
-        raise UniregError(f"not a displacement field (shape {data.shape}, expected X,Y,Z,1,3)", subject=subject, path=path)
+        raise UniregError(
+            f"not a displacement field (shape {data.shape}, expected X,Y,Z,1,3)", subject=subject, path=path
+        )
     return np.moveaxis(data[:, :, :, 0, :], -1, 0), nii.affine
 
 
@@ -280,8 +296,9 @@ LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def write_affine_txt(path, matrix: np.ndarray) -> str:
     """The 4x4 RAS matrix as plain text (numpy ``loadtxt`` reads it back)."""
-    header = ("unireg affine: fixed(atlas) world -> moving(subject) world, RAS+ mm, "
-              "applied to column vectors [x y z 1]\n")
+    header = (
+        "unireg affine: fixed(atlas) world -> moving(subject) world, RAS+ mm, applied to column vectors [x y z 1]\n"
+    )
     rows = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in matrix)
     text = "# " + header + rows + "\n"
     write_text_atomic(path, text)
@@ -299,10 +316,12 @@ def write_itk_affine(path, matrix: np.ndarray) -> str:
     """Write ``matrix`` (RAS, fixed -> moving) as an ITK ``AffineTransform_double_3_3`` text file (LPS)."""
     lps = LPS_FLIP @ matrix @ LPS_FLIP
     params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
-    text = ("#Insight Transform File V1.0\n#Transform 0\n"
-            "Transform: AffineTransform_double_3_3\n"
-            f"Parameters: {' '.join(f'{v:.10g}' for v in params)}\n"
-            "FixedParameters: 0 0 0\n")
+    text = (
+        "#Insight Transform File V1.0\n#Transform 0\n"
+        "Transform: AffineTransform_double_3_3\n"
+        f"Parameters: {' '.join(f'{v:.10g}' for v in params)}\n"
+        "FixedParameters: 0 0 0\n"
+    )
     write_text_atomic(path, text)
     return text
 

@@ -42,10 +42,46 @@ SUBJECT_ID = LABEL = re.compile(f"^{SUBJECT_PATTERN}$")
 WILDCARD = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # Entities in file-name order: the BIDS 1.11 schema (rules.entities, short names), with BEP014's
 # from/to/mode (transforms, not yet in BIDS: such files go in .bidsignore) before desc, as fMRIPrep.
-ENTITY_ORDER = ("sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
-                "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
-                "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label", "from", "to", "mode",
-                "desc")
+ENTITY_ORDER = (
+    "sub",
+    "tpl",
+    "ses",
+    "cohort",
+    "sample",
+    "task",
+    "tracksys",
+    "acq",
+    "nuc",
+    "voi",
+    "ce",
+    "trc",
+    "stain",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "proc",
+    "hemi",
+    "space",
+    "split",
+    "recording",
+    "chunk",
+    "atlas",
+    "seg",
+    "scale",
+    "res",
+    "den",
+    "label",
+    "from",
+    "to",
+    "mode",
+    "desc",
+)
 INDEX_ENTITIES = ("run", "echo", "flip", "inv", "split", "chunk")  # non-negative integers
 
 #: Built-in atlases: (BIDS space label = the TemplateFlow name of the template, label-set name).
@@ -53,11 +89,21 @@ BUILTIN_ATLASES = {"mni2009a": ("MNI152NLin2009aSym", "tissue")}
 
 #: Stage outputs outside the workflow (no subject or space given): fixed names in the --out folder.
 PLAIN_NAMES = {
-    "preprocess": {"image": "preproc.nii.gz", "mask": "brainmask.nii.gz", "affine": "affine.txt",
-                   "affine_itk": "affine_itk.txt", "info": "preprocess.json"},
-    "register": {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz",
-                 "displacement_itk": "displacement_itk.nii.gz", "labels": "warped_labels.nii.gz",
-                 "info": "registration.json", "warped_info": "warped.json"},
+    "preprocess": {
+        "image": "preproc.nii.gz",
+        "mask": "brainmask.nii.gz",
+        "affine": "affine.txt",
+        "affine_itk": "affine_itk.txt",
+        "info": "preprocess.json",
+    },
+    "register": {
+        "warped": "warped.nii.gz",
+        "displacement": "displacement.nii.gz",
+        "displacement_itk": "displacement_itk.nii.gz",
+        "labels": "warped_labels.nii.gz",
+        "info": "registration.json",
+        "warped_info": "warped.json",
+    },
 }
 
 
@@ -72,8 +118,15 @@ def _check_label(key: str, label: str) -> str:
     return label
 
 
-def derivative_name(subject: str | None, suffix: str, extension: str = ".nii.gz", *, session: str | None = None,
-                    datatype: str | None = "anat", **entities: str) -> str:
+def derivative_name(
+    subject: str | None,
+    suffix: str,
+    extension: str = ".nii.gz",
+    *,
+    session: str | None = None,
+    datatype: str | None = "anat",
+    **entities: str,
+) -> str:
     """The relative path of a BIDS-derivatives file, entities in BIDS order (:data:`ENTITY_ORDER`).
 
     ``derivative_name("01", "T1w", space="MNI152NLin2009aSym", desc="preproc")`` is
@@ -87,8 +140,10 @@ def derivative_name(subject: str | None, suffix: str, extension: str = ".nii.gz"
     given = {key.rstrip("_"): value for key, value in entities.items() if value not in (None, "")}
     unknown = sorted(key for key in given if key not in ENTITY_ORDER or key in ("sub", "ses"))
     if unknown:
-        raise UniregError(f"unknown BIDS entities {unknown} (pass subject= and session= as arguments; known: "
-                          f"{', '.join(k for k in ENTITY_ORDER if k not in ('sub', 'ses'))})")
+        raise UniregError(
+            f"unknown BIDS entities {unknown} (pass subject= and session= as arguments; known: "
+            f"{', '.join(k for k in ENTITY_ORDER if k not in ('sub', 'ses'))})"
+        )
     if not LABEL.match(suffix) or not re.fullmatch(r"(\.[A-Za-z0-9]+)+", extension):
         raise UniregError(f"bad BIDS suffix {suffix!r} or extension {extension!r} (e.g. 'T1w', '.nii.gz')")
     if subject is not None:
@@ -145,8 +200,9 @@ def subject_files(subject: str, space: str, atlas: str) -> dict[str, str]:
     return files
 
 
-def stage_names(stage: str, subject: str | None = None, space: str | None = None,
-                atlas: str | None = None) -> dict[str, str]:
+def stage_names(
+    stage: str, subject: str | None = None, space: str | None = None, atlas: str | None = None
+) -> dict[str, str]:
     """File names (no folder) of one stage's outputs, keyed as :data:`PLAIN_NAMES` ``[stage]``:
     the layout's names when ``subject`` and ``space`` are given (``atlas`` too for ``register``'s
     labels), else the plain names."""
@@ -156,11 +212,21 @@ def stage_names(stage: str, subject: str | None = None, space: str | None = None
         return dict(PLAIN_NAMES[stage])
     files = {k: Path(v).name for k, v in subject_files(subject, space, atlas or space).items()}
     if stage == "preprocess":
-        return {"image": files["preproc"], "mask": files["mask"], "affine": files["affine"],
-                "affine_itk": files["affine_itk"], "info": files["preproc_json"]}
-    return {"warped": files["warped"], "displacement": files["displacement"],
-            "displacement_itk": files["displacement_itk"], "labels": files["warped_labels"],
-            "info": files["displacement_json"], "warped_info": files["warped_json"]}
+        return {
+            "image": files["preproc"],
+            "mask": files["mask"],
+            "affine": files["affine"],
+            "affine_itk": files["affine_itk"],
+            "info": files["preproc_json"],
+        }
+    return {
+        "warped": files["warped"],
+        "displacement": files["displacement"],
+        "displacement_itk": files["displacement_itk"],
+        "labels": files["warped_labels"],
+        "info": files["displacement_json"],
+        "warped_info": files["warped_json"],
+    }
 
 
 def find_subject_file(results_dir: str | Path, subject: str, key: str) -> Path | None:
@@ -176,7 +242,7 @@ def find_all(results_dir: str | Path, key: str) -> dict[str, Path]:
     by subject id, sorted."""
     found = {}
     for folder in sorted(Path(results_dir).glob("sub-*")):
-        subject = folder.name[len("sub-"):]
+        subject = folder.name[len("sub-") :]
         if folder.is_dir() and LABEL.match(subject):
             path = find_subject_file(results_dir, subject, key)
             if path is not None:

@@ -38,7 +38,7 @@ def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def lncc_loss(warped: torch.Tensor, fixed: torch.Tensor, size: int = 7, smooth_dr: float = 1e-5) -> torch.Tensor:
     """``-mean(cross^2 / (var_w * var_f))`` over ``size``^3 windows (MONAI's LNCC, ``smooth_nr`` 0)."""
-    n = float(size ** 3)
+    n = float(size**3)
     sums = box_sum(torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1), size)
     w, f, ww, ff, wf = sums.unbind(1)
     cross = wf - w * f / n

@@ -55,8 +55,19 @@ def mean_dice(reference: np.ndarray, prediction: np.ndarray, labels=None) -> flo
     return float(np.mean(values)) if values else float("nan")
 
 
-METRIC_COLUMNS = ["subject", "label", "name", "dice", "hd95_mm", "msd_mm", "volume_reference_ml",
-                  "volume_propagated_ml", "reason", "folding_percent", "log_jacobian_std"]
+METRIC_COLUMNS = [
+    "subject",
+    "label",
+    "name",
+    "dice",
+    "hd95_mm",
+    "msd_mm",
+    "volume_reference_ml",
+    "volume_propagated_ml",
+    "reason",
+    "folding_percent",
+    "log_jacobian_std",
+]
 
 
 def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing) -> tuple[float, float]:
@@ -70,6 +81,7 @@ def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing) ->
     """
     import torch
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
     both = reference | prediction
     lo = np.maximum(np.argwhere(both).min(axis=0) - 2, 0)
     hi = np.argwhere(both).max(axis=0) + 3
@@ -84,8 +96,9 @@ def surface_distances(reference: np.ndarray, prediction: np.ndarray, spacing) ->
     return float(hd95.item()), float(msd.item())
 
 
-def subject_metrics(labels, reference, table: dict[int, str], subject: str,
-                    registration: dict | None = None) -> list[dict]:
+def subject_metrics(
+    labels, reference, table: dict[int, str], subject: str, registration: dict | None = None
+) -> list[dict]:
     """One row per label of ``table``: Dice, HD95 and MSD (mm), volumes (ml), registration quality.
 
     ``labels`` and ``reference`` are :class:`unireg.io.Image` label maps on the same grid
@@ -98,8 +111,11 @@ def subject_metrics(labels, reference, table: dict[int, str], subject: str,
     pred = labels.data
     ref = reference.data if reference is not None else None
     if ref is not None and (ref.shape != pred.shape or not np.allclose(reference.affine, labels.affine, atol=1e-3)):
-        raise UniregError("reference labels are not on the propagated labels' grid (the converted image's grid)",
-                          subject=subject, path=reference.path)
+        raise UniregError(
+            "reference labels are not on the propagated labels' grid (the converted image's grid)",
+            subject=subject,
+            path=reference.path,
+        )
     size = max(max(table, default=0), int(pred.max(initial=0)), int(ref.max(initial=0)) if ref is not None else 0) + 1
     pred_counts = np.bincount(pred.ravel().clip(0), minlength=size)
     ref_counts = np.bincount(ref.ravel().clip(0), minlength=size) if ref is not None else None
@@ -122,23 +138,35 @@ def subject_metrics(labels, reference, table: dict[int, str], subject: str,
             reason = ""
             value = dice[label]
             hd95, msd = surface_distances(ref == label, pred == label, labels.spacing)
-        rows.append({"subject": subject, "label": label, "name": name, "dice": value, "hd95_mm": hd95,
-                     "msd_mm": msd, "volume_reference_ml": n_ref * voxel_ml if ref is not None else float("nan"),
-                     "volume_propagated_ml": n_pred * voxel_ml, "reason": reason,
-                     "folding_percent": jac.get("folding_percent", float("nan")),
-                     "log_jacobian_std": jac.get("log_jacobian_std", float("nan"))})
+        rows.append(
+            {
+                "subject": subject,
+                "label": label,
+                "name": name,
+                "dice": value,
+                "hd95_mm": hd95,
+                "msd_mm": msd,
+                "volume_reference_ml": n_ref * voxel_ml if ref is not None else float("nan"),
+                "volume_propagated_ml": n_pred * voxel_ml,
+                "reason": reason,
+                "folding_percent": jac.get("folding_percent", float("nan")),
+                "log_jacobian_std": jac.get("log_jacobian_std", float("nan")),
+            }
+        )
     return rows
 
 
 def write_metrics_tsv(rows: list[dict], path) -> None:
     def fmt(v):
         return f"{v:.6g}" if isinstance(v, float) else str(v)
+
     lines = ["\t".join(METRIC_COLUMNS)] + ["\t".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def metrics_files(labels_path, table_path, out_path, reference_path=None, registration_path=None,
-                  subject: str = "") -> list[dict]:
+def metrics_files(
+    labels_path, table_path, out_path, reference_path=None, registration_path=None, subject: str = ""
+) -> list[dict]:
     labels = load_image(labels_path, label=True, subject=subject)
     reference = load_image(reference_path, label=True, subject=subject) if reference_path else None
     registration = json.loads(open(registration_path).read()) if registration_path else None
@@ -171,8 +199,12 @@ def registration_json(results_dir: str | Path, subject: str) -> Path | None:
     return find_subject_file(results_dir, subject, "displacement_json")
 
 
-def regenerate_metrics(results_dir: str | Path, table_path: str | Path, reference_dir: str | Path | None = None,
-                       manifest_path: str | Path | None = None) -> list[str]:
+def regenerate_metrics(
+    results_dir: str | Path,
+    table_path: str | Path,
+    reference_dir: str | Path | None = None,
+    manifest_path: str | Path | None = None,
+) -> list[str]:
     """Rewrite every subject's metrics table from its existing propagated labels.
 
     For each subject's propagated ``labels`` (:mod:`unireg.layout`) the reference is
@@ -186,8 +218,9 @@ def regenerate_metrics(results_dir: str | Path, table_path: str | Path, referenc
         registration = registration_json(results_dir, subject)
         try:
             reference = find_reference(subject, manifest_path, reference_dir)
-            metrics_files(labels_path, table_path, sibling(labels_path, "metrics"), reference, registration,
-                          subject=subject)
+            metrics_files(
+                labels_path, table_path, sibling(labels_path, "metrics"), reference, registration, subject=subject
+            )
         except UniregError as err:
             errors.append(str(err.with_context(subject=subject)))
         except (OSError, ValueError) as err:  # unreadable registration.json / manifest

@@ -40,15 +40,27 @@ class UniRegNet(torch.nn.Module):
         int_steps: scaling-and-squaring steps.
     """
 
-    def __init__(self, extractor: FeatureExtractor, channels: tuple[int, ...] = (16, 32, 32, 32),
-                 flow_stride: int = 2, int_steps: int = INTEGRATION_STEPS):
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        channels: tuple[int, ...] = (16, 32, 32, 32),
+        flow_stride: int = 2,
+        int_steps: int = INTEGRATION_STEPS,
+    ):
         super().__init__()
         self.extractor = extractor
         self.flow_stride = flow_stride
         self.int_steps = int_steps
-        self.unet = UNet(spatial_dims=3, in_channels=2 * extractor.out_channels, out_channels=channels[0],
-                         channels=tuple(channels), strides=(2,) * (len(channels) - 1), num_res_units=1,
-                         act=("LeakyReLU", {"negative_slope": 0.2}), norm="instance")
+        self.unet = UNet(
+            spatial_dims=3,
+            in_channels=2 * extractor.out_channels,
+            out_channels=channels[0],
+            channels=tuple(channels),
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=1,
+            act=("LeakyReLU", {"negative_slope": 0.2}),
+            norm="instance",
+        )
         # voxelmorph-style flow head, initialised near zero so training starts at the identity
         self.flow = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Conv3d(channels[0], 3, 3, padding=1))
         torch.nn.init.normal_(self.flow[1].weight, std=1e-5)
@@ -93,24 +105,32 @@ DEFAULT_MODEL = MODELS_DIR / "unireg_mobilenet_v1_025.pt"
 def build_model(config: dict) -> UniRegNet:
     """A model from a checkpoint's ``config`` (``extractor``, ``channels``, ``flow_stride``, ``int_steps``)."""
     extractor = build_extractor(config["extractor"], config.get("extractor_weights"))
-    return UniRegNet(extractor, channels=tuple(config.get("channels", (16, 32, 32, 32))),
-                     flow_stride=int(config.get("flow_stride", 2)),
-                     int_steps=int(config.get("int_steps", INTEGRATION_STEPS)))
+    return UniRegNet(
+        extractor,
+        channels=tuple(config.get("channels", (16, 32, 32, 32))),
+        flow_stride=int(config.get("flow_stride", 2)),
+        int_steps=int(config.get("int_steps", INTEGRATION_STEPS)),
+    )
 
 
 def model_state(model: UniRegNet) -> dict:
     """Trainable weights only: a frozen extractor is rebuilt from its own (hashed) weight file."""
-    return {k: v for k, v in model.state_dict().items()
-            if model.extractor.trainable or not k.startswith("extractor.")}
+    return {k: v for k, v in model.state_dict().items() if model.extractor.trainable or not k.startswith("extractor.")}
 
 
 def save_checkpoint(path: str | Path, model: UniRegNet, config: dict, extra: dict | None = None) -> Path:
     """Write a checkpoint atomically, plus ``<path>.sha256`` that :func:`load_checkpoint` verifies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "unireg_version": __version__, "config": dict(config),
-               "extractor": model.extractor.name, "extractor_weights_sha256": model.extractor.weights_sha256,
-               "state_dict": model_state(model), **(extra or {})}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "unireg_version": __version__,
+        "config": dict(config),
+        "extractor": model.extractor.name,
+        "extractor_weights_sha256": model.extractor.weights_sha256,
+        "state_dict": model_state(model),
+        **(extra or {}),
+    }
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
     write_text_atomic(path.with_name(path.name + ".sha256"), f"{sha256_file(path)}  {path.name}\n")
     return path
@@ -128,17 +148,27 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         raise UniregError("model checkpoint not found", path=path)
     digest_file = path.with_name(path.name + ".sha256")
     if not digest_file.is_file():
-        raise UniregError(f"checkpoint has no {digest_file.name} beside it, so its integrity cannot be checked; "
-                          + ("reinstall unireg" if path.parent == MODELS_DIR else
-                             "copy that file along with the checkpoint ('unireg train' writes both)"), path=path)
+        raise UniregError(
+            f"checkpoint has no {digest_file.name} beside it, so its integrity cannot be checked; "
+            + (
+                "reinstall unireg"
+                if path.parent == MODELS_DIR
+                else "copy that file along with the checkpoint ('unireg train' writes both)"
+            ),
+            path=path,
+        )
     fields = digest_file.read_text(errors="replace").split()
     expected = fields[0].lower() if fields else ""
     if not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise UniregError(f"{digest_file.name} holds no sha256 (64 hex digits); copy it again along with the "
-                          "checkpoint", path=path)
+        raise UniregError(
+            f"{digest_file.name} holds no sha256 (64 hex digits); copy it again along with the checkpoint", path=path
+        )
     if sha256_file(path) != expected:
-        raise UniregError(f"checkpoint sha256 does not match {digest_file.name}: the file is corrupted "
-                          "or was replaced; re-copy or retrain it", path=path)
+        raise UniregError(
+            f"checkpoint sha256 does not match {digest_file.name}: the file is corrupted "
+            "or was replaced; re-copy or retrain it",
+            path=path,
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -147,13 +177,17 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         raise UniregError(f"not a unireg checkpoint (expected format {CHECKPOINT_FORMAT})", path=path)
     model = build_model(payload["config"])
     if model.extractor.weights_sha256 != payload.get("extractor_weights_sha256"):
-        raise UniregError(f"the {model.extractor.name} weights found here (sha256 "
-                          f"{str(model.extractor.weights_sha256)[:12]}) are not those the model was trained on "
-                          f"({str(payload.get('extractor_weights_sha256'))[:12]})", path=path)
+        raise UniregError(
+            f"the {model.extractor.name} weights found here (sha256 "
+            f"{str(model.extractor.weights_sha256)[:12]}) are not those the model was trained on "
+            f"({str(payload.get('extractor_weights_sha256'))[:12]})",
+            path=path,
+        )
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     missing = [k for k in missing if model.extractor.trainable or not k.startswith("extractor.")]
     if missing or unexpected:
-        raise UniregError(f"checkpoint does not fit its model: missing {missing[:3]}, unexpected {unexpected[:3]}",
-                          path=path)
+        raise UniregError(
+            f"checkpoint does not fit its model: missing {missing[:3]}, unexpected {unexpected[:3]}", path=path
+        )
     model.eval()
     return model.to(device), payload

@@ -43,7 +43,7 @@ from .layout import PLAIN_NAMES
 from .transforms import reorient_to_ras, resample
 
 OUTPUT_FILES = PLAIN_NAMES["preprocess"]  # names outside the workflow (unireg.layout)
-MAX_VOXELS = 512 ** 3
+MAX_VOXELS = 512**3
 MIN_AXIS_VOXELS = 10  # fewer voxels along an axis: a single slice, a slab or a localiser, not a head volume
 MAX_VOXEL_MM = 20.0
 # An image whose field of view covers less than this fraction of the atlas brain's extent along a
@@ -80,44 +80,66 @@ class PreprocessResult:
 @lru_cache(maxsize=2)
 def _brain_extractor(device: str):
     from deepbet import BrainExtraction  # heavy import, only when used
+
     return BrainExtraction(no_gpu=device == "cpu")
 
 
 def extract_brain(image: Image, *, device: str = "cpu", subject: str | None = None) -> Image:
     """Brain mask (label image, 1 = brain) of a T1-weighted head with deepbet, on ``image``'s grid."""
     import nibabel as nib
+
     try:
         _, mask, _ = _brain_extractor(device).run(nib.Nifti1Image(image.data.astype(np.float32), image.affine))
     except (AssertionError, ValueError, RuntimeError) as exc:
-        raise UniregError(f"brain extraction failed ({exc}); if the image is already skull-stripped or "
-                          "not a brain, turn brain extraction off", subject=subject, path=image.path) from exc
+        raise UniregError(
+            f"brain extraction failed ({exc}); if the image is already skull-stripped or "
+            "not a brain, turn brain extraction off",
+            subject=subject,
+            path=image.path,
+        ) from exc
     data = np.asarray(mask.dataobj).astype(np.uint8)
     if data.sum() == 0:
-        raise UniregError("brain extraction found no brain; if the image is not a T1 head, "
-                          "turn brain extraction off", subject=subject, path=image.path)
+        raise UniregError(
+            "brain extraction found no brain; if the image is not a T1 head, turn brain extraction off",
+            subject=subject,
+            path=image.path,
+        )
     return image.with_data(data, is_label=True)
 
 
 def check_image(image: Image, subject: str | None = None) -> None:
     """Reject inputs no later step can handle well, with a message that says why."""
     if image.data.size > MAX_VOXELS:
-        raise UniregError(f"image has {image.data.size:,} voxels (shape {image.shape}), more than the "
-                          f"{MAX_VOXELS:,} supported; downsample it first", subject=subject, path=image.path)
+        raise UniregError(
+            f"image has {image.data.size:,} voxels (shape {image.shape}), more than the "
+            f"{MAX_VOXELS:,} supported; downsample it first",
+            subject=subject,
+            path=image.path,
+        )
     if min(image.shape) < MIN_AXIS_VOXELS:
-        raise UniregError(f"image has only {min(image.shape)} voxels along one axis (shape {image.shape}); "
-                          f"a 3-D head image needs at least {MIN_AXIS_VOXELS} (a single slice, slab or localiser?)",
-                          subject=subject, path=image.path)
+        raise UniregError(
+            f"image has only {min(image.shape)} voxels along one axis (shape {image.shape}); "
+            f"a 3-D head image needs at least {MIN_AXIS_VOXELS} (a single slice, slab or localiser?)",
+            subject=subject,
+            path=image.path,
+        )
     spacing = np.asarray(image.spacing)
     if np.any(spacing <= 0) or np.any(spacing > MAX_VOXEL_MM) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-6:
-        raise UniregError(f"implausible voxel size {tuple(round(float(v), 3) for v in spacing)} mm in the affine",
-                          subject=subject, path=image.path)
+        raise UniregError(
+            f"implausible voxel size {tuple(round(float(v), 3) for v in spacing)} mm in the affine",
+            subject=subject,
+            path=image.path,
+        )
 
 
 def world_extent(grid: Grid, inside: np.ndarray | None = None) -> np.ndarray:
     """Extent (mm) along the world R, A, S axes of the voxels of ``grid`` (those of ``inside`` if
     given), voxel sizes included."""
-    corners = np.argwhere(inside) if inside is not None else np.array(list(np.ndindex(2, 2, 2))) * (
-        np.asarray(grid.shape) - 1)
+    corners = (
+        np.argwhere(inside)
+        if inside is not None
+        else np.array(list(np.ndindex(2, 2, 2))) * (np.asarray(grid.shape) - 1)
+    )
     world = apply_affine(grid.affine, corners.astype(float))
     return np.ptp(world, axis=0) + np.abs(grid.affine[:3, :3]).sum(axis=1)
 
@@ -129,10 +151,13 @@ def check_field_of_view(image: Image, atlas: Atlas, subject: str | None = None) 
     if np.any(fov < MIN_FOV_FRACTION * brain):
         shown = " x ".join(f"{v:.0f}" for v in fov)
         brain_shown = " x ".join(f"{v:.0f}" for v in brain)
-        raise UniregError(f"partial field of view: the image covers {shown} mm (R x A x S), less than "
-                          f"{MIN_FOV_FRACTION:.0%} of the atlas brain's {brain_shown} mm along an axis (a slab or a "
-                          "cropped head?); register a series that covers the whole brain", subject=subject,
-                          path=image.path)
+        raise UniregError(
+            f"partial field of view: the image covers {shown} mm (R x A x S), less than "
+            f"{MIN_FOV_FRACTION:.0%} of the atlas brain's {brain_shown} mm along an axis (a slab or a "
+            "cropped head?); register a series that covers the whole brain",
+            subject=subject,
+            path=image.path,
+        )
 
 
 def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | None = None) -> np.ndarray:
@@ -140,15 +165,19 @@ def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | 
     scales = np.linalg.svd(matrix[:3, :3], compute_uv=False)
     if scales.min() < 1.0 / MAX_SCALE or scales.max() > MAX_SCALE or scales.max() / scales.min() > MAX_ANISOTROPY:
         shown = " x ".join(f"{s:.2f}" for s in scales)
-        raise UniregError(f"affine alignment to the atlas is implausible: it scales the atlas by {shown} (heads "
-                          f"differ by less than x{MAX_SCALE:g} and x{MAX_ANISOTROPY:g} between axes); check the "
-                          "header's voxel size and orientation and that the image shows the whole head",
-                          subject=subject, path=path)
+        raise UniregError(
+            f"affine alignment to the atlas is implausible: it scales the atlas by {shown} (heads "
+            f"differ by less than x{MAX_SCALE:g} and x{MAX_ANISOTROPY:g} between axes); check the "
+            "header's voxel size and orientation and that the image shows the whole head",
+            subject=subject,
+            path=path,
+        )
     return scales
 
 
-def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | None = None,
-                     subject: str | None = None) -> PreprocessResult:
+def preprocess_image(
+    image: Image, atlas: Atlas, options: PreprocessOptions | None = None, subject: str | None = None
+) -> PreprocessResult:
     """Run steps 2-6 on a loaded image (see module docstring). Pure: writes nothing."""
     options = options or PreprocessOptions()
     timings = {}
@@ -157,8 +186,12 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     image, finite = handle_nonfinite(image, options.nonfinite, subject=subject)
     require_signal(image, finite, subject=subject)
     check_field_of_view(image, atlas, subject)
-    native = {"shape": list(image.shape), "spacing_mm": [round(s, 4) for s in image.spacing],
-              "orientation": "".join(image.orientation), "nonfinite_voxels": int(finite.size - finite.sum())}
+    native = {
+        "shape": list(image.shape),
+        "spacing_mm": [round(s, 4) for s in image.spacing],
+        "orientation": "".join(image.orientation),
+        "nonfinite_voxels": int(finite.size - finite.sum()),
+    }
     ras = reorient_to_ras(image)
     finite_ras = reorient_to_ras(image.with_data(finite.astype(np.uint8), is_label=True)).data > 0
     timings["load_reorient_s"] = time.perf_counter() - t0
@@ -174,16 +207,24 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     timings["brain_extraction_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    normalised = normalise_intensity(ras, mask=mask, percentiles=options.percentiles,
-                                     zero_outside=options.brain_extraction, subject=subject)
+    normalised = normalise_intensity(
+        ras, mask=mask, percentiles=options.percentiles, zero_outside=options.brain_extraction, subject=subject
+    )
     timings["normalisation_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     try:
-        fit = align_affine(normalised, atlas.image, moving_mask=mask, fixed_mask=atlas.mask.data > 0,
-                           similarity=options.similarity, seed=options.seed)
+        fit = align_affine(
+            normalised,
+            atlas.image,
+            moving_mask=mask,
+            fixed_mask=atlas.mask.data > 0,
+            similarity=options.similarity,
+            seed=options.seed,
+        )
     except UniregError as err:
-        raise err.with_context(subject=subject, path=image.path)
+        err.with_context(subject=subject, path=image.path)
+        raise
     scales = check_alignment(fit.matrix, subject=subject, path=image.path)
     timings["affine_s"] = time.perf_counter() - t0
 
@@ -194,23 +235,35 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     timings["resample_s"] = time.perf_counter() - t0
 
     atlas_mask = atlas.mask.data > 0
-    overlap = 2.0 * np.logical_and(out_mask.data > 0, atlas_mask).sum() / max(
-        1, (out_mask.data > 0).sum() + atlas_mask.sum())
+    overlap = (
+        2.0 * np.logical_and(out_mask.data > 0, atlas_mask).sum() / max(1, (out_mask.data > 0).sum() + atlas_mask.sum())
+    )
     info = {
         "unireg_version": __version__,
         "subject": subject,
         "input": {"file": Path(image.path).name if image.path else None, **native},
         "steps": {
             "reorient": {"to": "RAS"},
-            "brain_extraction": {"method": "deepbet" if options.brain_extraction else "nonzero voxels",
-                                 "mask_volume_ml": float(mask.sum() * np.prod(ras.spacing) / 1000.0)},
+            "brain_extraction": {
+                "method": "deepbet" if options.brain_extraction else "nonzero voxels",
+                "mask_volume_ml": float(mask.sum() * np.prod(ras.spacing) / 1000.0),
+            },
             "normalisation": normalised.meta.get("normalisation"),
-            "affine": {"similarity": fit.similarity, "seed": options.seed, "init": "centre of mass",
-                       "loss_before": fit.loss_before, "loss_after": fit.loss_after, "levels": fit.history,
-                       "scales": [round(float(v), 4) for v in scales],
-                       "convention": "atlas world -> subject world, RAS mm"},
-            "resample": {"grid_shape": list(atlas.grid.shape), "spacing_mm": list(atlas.grid.spacing),
-                         "interpolation": "linear (image), nearest (mask)"},
+            "affine": {
+                "similarity": fit.similarity,
+                "seed": options.seed,
+                "init": "centre of mass",
+                "loss_before": fit.loss_before,
+                "loss_after": fit.loss_after,
+                "levels": fit.history,
+                "scales": [round(float(v), 4) for v in scales],
+                "convention": "atlas world -> subject world, RAS mm",
+            },
+            "resample": {
+                "grid_shape": list(atlas.grid.shape),
+                "spacing_mm": list(atlas.grid.spacing),
+                "interpolation": "linear (image), nearest (mask)",
+            },
         },
         "qc": {"brain_mask_dice_with_atlas": round(float(overlap), 4)},
         "SkullStripped": bool(options.brain_extraction),  # BIDS: the preprocessed image's sidecar
@@ -219,9 +272,14 @@ def preprocess_image(image: Image, atlas: Atlas, options: PreprocessOptions | No
     return PreprocessResult(image=out_image, mask=out_mask, matrix=fit.matrix, info=info)
 
 
-def preprocess_file(image_path: str | Path, atlas: Atlas, out_dir: str | Path,
-                    options: PreprocessOptions | None = None, subject: str | None = None,
-                    names: dict[str, str] | None = None) -> PreprocessResult:
+def preprocess_file(
+    image_path: str | Path,
+    atlas: Atlas,
+    out_dir: str | Path,
+    options: PreprocessOptions | None = None,
+    subject: str | None = None,
+    names: dict[str, str] | None = None,
+) -> PreprocessResult:
     """Load ``image_path``, preprocess it onto ``atlas`` and write the outputs into ``out_dir``.
 
     ``names``: file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow

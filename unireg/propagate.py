@@ -16,20 +16,32 @@ Composing the transforms first and resampling once means labels are never resamp
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import UniregError
-from .io import (Image, apply_affine, load_displacement, load_image, read_affine_txt, read_label_table, save_image,
-                 write_text_atomic)
+from .io import (
+    Image,
+    apply_affine,
+    load_displacement,
+    load_image,
+    read_affine_txt,
+    read_label_table,
+    save_image,
+    write_text_atomic,
+)
 from .transforms import DisplacementField
 
 
-def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
-                     displacement: DisplacementField | None = None, chunk: int = 2_000_000) -> Image:
+def propagate_labels(
+    atlas_labels: Image,
+    native: Image,
+    matrix: np.ndarray,
+    displacement: DisplacementField | None = None,
+    chunk: int = 2_000_000,
+) -> Image:
     """Atlas labels on ``native``'s grid (see module docstring). Processes voxels in chunks."""
     inverse = np.linalg.inv(matrix)
     native_to_atlas_world = inverse @ native.affine
@@ -44,13 +56,21 @@ def propagate_labels(atlas_labels: Image, native: Image, matrix: np.ndarray,
         if displacement is not None:
             world = displacement(world)
         atlas_voxels = apply_affine(atlas_inv, world).T
-        flat[start:start + idx.size] = ndimage.map_coordinates(atlas_labels.data, atlas_voxels, order=0,
-                                                               mode="constant", cval=0)
+        flat[start : start + idx.size] = ndimage.map_coordinates(
+            atlas_labels.data, atlas_voxels, order=0, mode="constant", cval=0
+        )
     return native.with_data(out, is_label=True)
 
 
-def propagate_files(atlas_labels_path, native_path, affine_path, out_path, displacement_path=None,
-                    subject: str | None = None, table_path=None) -> Image:
+def propagate_files(
+    atlas_labels_path,
+    native_path,
+    affine_path,
+    out_path,
+    displacement_path=None,
+    subject: str | None = None,
+    table_path=None,
+) -> Image:
     """Load inputs, propagate, and write the label map on the native grid (atomically).
 
     ``table_path``: the atlas's label table (``index``, ``name``), also written beside the map as
@@ -60,8 +80,12 @@ def propagate_files(atlas_labels_path, native_path, affine_path, out_path, displ
     matrix = read_affine_txt(affine_path)
     field = DisplacementField(*load_displacement(displacement_path, subject=subject)) if displacement_path else None
     if field is not None and field.shape != atlas_labels.shape:
-        raise UniregError(f"displacement grid {field.shape[1:]} is not the atlas grid {atlas_labels.shape}; "
-                          "register against the same atlas", subject=subject, path=displacement_path)
+        raise UniregError(
+            f"displacement grid {field.shape[1:]} is not the atlas grid {atlas_labels.shape}; "
+            "register against the same atlas",
+            subject=subject,
+            path=displacement_path,
+        )
     labels = propagate_labels(atlas_labels, native, matrix, field)
     if table_path is not None:
         table = read_label_table(table_path)

@@ -30,10 +30,10 @@ import torch
 
 from .defaults import INSTANCE_OPT_SIMILARITY
 from .errors import UniregError
-from .io import Image, load_image, save_displacement, save_image, write_text_atomic
-from .losses import ImageSimilarity, box_sum, regulariser
-from .layout import PLAIN_NAMES
 from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_world_mm, warp, warp_in_box
+from .io import Image, load_image, save_displacement, save_image, write_text_atomic
+from .layout import PLAIN_NAMES
+from .losses import ImageSimilarity, box_sum, regulariser
 from .model import UniRegNet, load_checkpoint
 from .runtime import check_memory, execution_environment, select_device
 from .transforms import resample
@@ -43,16 +43,16 @@ OUTPUT_FILES = PLAIN_NAMES["register"]  # names outside the workflow (unireg.lay
 
 @dataclass
 class InstanceOptOptions:
-    steps: int = 0               # steps comparing at the image grid (after coarse_steps)
-    coarse_steps: int = 0        # steps comparing descriptors pooled to the flow grid (first)
+    steps: int = 0  # steps comparing at the image grid (after coarse_steps)
+    coarse_steps: int = 0  # steps comparing descriptors pooled to the flow grid (first)
     similarity: str = INSTANCE_OPT_SIMILARITY  # squared local NCC (also locally inverted contrast) or "mind" (MIND-SSC)
     regulariser: str = "diffusion"
-    weight: float = 0.3          # regulariser weight (diffusion of the flow-grid field)
-    learning_rate: float = 0.3   # Adam step, flow-grid voxels
-    integrate: str = "fine"      # "fine", "end", "step" or "none": see instance_optimise
+    weight: float = 0.3  # regulariser weight (diffusion of the flow-grid field)
+    learning_rate: float = 0.3  # Adam step, flow-grid voxels
+    integrate: str = "fine"  # "fine", "end", "step" or "none": see instance_optimise
 
     @classmethod
-    def schedule(cls, total: int, **kwargs) -> "InstanceOptOptions":
+    def schedule(cls, total: int, **kwargs) -> InstanceOptOptions:
         """``total`` steps: the first two thirds on the flow grid, the rest on the image grid."""
         coarse = (2 * total + 1) // 3
         return cls(steps=total - coarse, coarse_steps=coarse, **kwargs)
@@ -66,7 +66,7 @@ class InstanceOptOptions:
 class RegistrationResult:
     warped: Image
     displacement_mm: np.ndarray  # (3, D, H, W), RAS mm on the fixed grid
-    ddf: torch.Tensor            # (1, 3, D, H, W), fixed-grid voxels (unireg.model convention)
+    ddf: torch.Tensor  # (1, 3, D, H, W), fixed-grid voxels (unireg.model convention)
     warped_labels: Image | None = None
     info: dict = field(default_factory=dict)
 
@@ -77,18 +77,25 @@ def _tensor(image: Image, device) -> torch.Tensor:
 
 def check_pair(fixed: Image, moving: Image, multiple: int = 16) -> None:
     if fixed.shape != moving.shape or not np.allclose(fixed.affine, moving.affine, atol=1e-3):
-        raise UniregError("fixed and moving images are not on the same grid; run 'unireg preprocess' "
-                          "on both (or resample them onto one grid) first", path=moving.path)
+        raise UniregError(
+            "fixed and moving images are not on the same grid; run 'unireg preprocess' "
+            "on both (or resample them onto one grid) first",
+            path=moving.path,
+        )
     if any(s % multiple for s in fixed.shape):
-        raise UniregError(f"grid shape {fixed.shape} is not divisible by {multiple}; use an atlas made by "
-                          "'unireg atlas prepare/import'", path=fixed.path)
+        raise UniregError(
+            f"grid shape {fixed.shape} is not divisible by {multiple}; use an atlas made by "
+            "'unireg atlas prepare/import'",
+            path=fixed.path,
+        )
 
 
 INTEGRATE = ("fine", "end", "step", "none")
 
 
-def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor,
-                      options: InstanceOptOptions) -> torch.Tensor:
+def instance_optimise(
+    model: UniRegNet, fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor, options: InstanceOptOptions
+) -> torch.Tensor:
     """Refine a predicted field by gradient descent on similarity + smoothness (test time);
     return the displacement on the image grid (image voxels).
 
@@ -107,15 +114,17 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
     ``none`` returns the plain displacement (may fold). Measured in benchmarks/results/io_tuning.md.
     """
     if options.integrate not in INTEGRATE:
-        raise UniregError(f"unknown instance-optimisation integrate {options.integrate!r}; "
-                          f"choose one of {', '.join(INTEGRATE)}")
+        raise UniregError(
+            f"unknown instance-optimisation integrate {options.integrate!r}; choose one of {', '.join(INTEGRATE)}"
+        )
     similarity = ImageSimilarity(options.similarity)
     smooth = regulariser(options.regulariser)
     image_shape = tuple(fixed.shape[2:])
     with torch.no_grad():
         fine = (similarity.descriptor(moving), similarity.descriptor(fixed))
-        coarse = tuple(torch.nn.functional.avg_pool3d(d, model.flow_stride) for d in fine) \
-            if model.flow_stride > 1 else fine
+        coarse = (
+            tuple(torch.nn.functional.avg_pool3d(d, model.flow_stride) for d in fine) if model.flow_stride > 1 else fine
+        )
         box = foreground_box(fixed, margin=similarity.kernel_size)  # whole windows stay inside
         fine = (fine[0], fine[1][(..., *box)])
         param = velocity if options.integrate == "step" else integrate(velocity, model.int_steps)
@@ -143,9 +152,16 @@ def instance_optimise(model: UniRegNet, fixed: torch.Tensor, moving: torch.Tenso
         return model.displacement(param.detach(), image_shape)
 
 
-def register_images(fixed: Image, moving: Image, model: UniRegNet, *, moving_labels: Image | None = None,
-                    instance_opt: InstanceOptOptions | None = None, device: torch.device | str = "cpu",
-                    fixed_mask: Image | None = None) -> RegistrationResult:
+def register_images(
+    fixed: Image,
+    moving: Image,
+    model: UniRegNet,
+    *,
+    moving_labels: Image | None = None,
+    instance_opt: InstanceOptOptions | None = None,
+    device: torch.device | str = "cpu",
+    fixed_mask: Image | None = None,
+) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (same grid). Returns the warped image and the field."""
     check_pair(fixed, moving)
     device = torch.device(device)
@@ -176,15 +192,22 @@ def register_images(fixed: Image, moving: Image, model: UniRegNet, *, moving_lab
         mask_t = _tensor(fixed_mask, device) if fixed_mask is not None else None
         stats = jacobian_stats(ddf, mask_t)
     displacement_mm = to_world_mm(ddf, fixed.affine)
-    info = {"device": str(device), "instance_opt_steps": opt.total,
-            "instance_opt": vars(opt) if opt.total else None, "jacobian": stats,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+    info = {
+        "device": str(device),
+        "instance_opt_steps": opt.total,
+        "instance_opt": vars(opt) if opt.total else None,
+        "jacobian": stats,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
     return RegistrationResult(
         warped=fixed.with_data(warped[0, 0].cpu().numpy(), is_label=False),
-        displacement_mm=displacement_mm.astype(np.float32), ddf=ddf.cpu(),
-        warped_labels=None if warped_labels is None else fixed.with_data(
-            warped_labels[0, 0].cpu().numpy().astype(np.int32), is_label=True),
-        info=info)
+        displacement_mm=displacement_mm.astype(np.float32),
+        ddf=ddf.cpu(),
+        warped_labels=None
+        if warped_labels is None
+        else fixed.with_data(warped_labels[0, 0].cpu().numpy().astype(np.int32), is_label=True),
+        info=info,
+    )
 
 
 # --------------------------------------------------------------------------- reference-free QC
@@ -209,13 +232,16 @@ def masked_local_ncc2(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, size
     box = foreground_box(inside.to(torch.uint8), margin=size // 2)  # every window around the mask
     a, b, inside = (t[(..., *box)].double() for t in (a, b, inside))
     inside = inside > 0
-    n = float(size ** 3)
+    n = float(size**3)
     sa, sb, saa, sbb, sab = box_sum(torch.cat([a, b, a * a, b * b, a * b], dim=1), size).unbind(1)
     var_a, var_b = saa - sa * sa / n, sbb - sb * sb / n
     floor_a, floor_b = (1e-6 * n * float(t[inside].var()) + 1e-12 for t in (a, b))
     cross = sab - sa * sb / n
-    ncc2 = torch.where((var_a > floor_a) & (var_b > floor_b),
-                       cross * cross / (var_a * var_b).clamp_min(1e-300), torch.zeros_like(cross))
+    ncc2 = torch.where(
+        (var_a > floor_a) & (var_b > floor_b),
+        cross * cross / (var_a * var_b).clamp_min(1e-300),
+        torch.zeros_like(cross),
+    )
     return float(ncc2.clamp(max=1.0)[inside[:, 0]].mean())
 
 
@@ -226,9 +252,15 @@ def mask_dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return 2.0 * int((a & b).sum()) / total if total else float("nan")
 
 
-def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
-                    fixed_mask: Image | None = None, moving_mask: Image | None = None,
-                    moving_labels: Image | None = None) -> dict:
+def registration_qc(
+    fixed: Image,
+    moving: Image,
+    result: RegistrationResult,
+    *,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    moving_labels: Image | None = None,
+) -> dict:
     """Registration quality that needs no reference labels (``registration.json`` key ``qc``).
 
     * ``similarity_before`` / ``similarity_after``: :func:`masked_local_ncc2` of the moving image
@@ -244,12 +276,15 @@ def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
     """
     fixed_t, moving_t, warped_t = (_tensor(image, "cpu") for image in (fixed, moving, result.warped))
     region = _tensor(fixed_mask, "cpu") if fixed_mask is not None else (fixed_t != 0).float()
-    qc = {"similarity": QC_SIMILARITY,
-          "similarity_before": round(masked_local_ncc2(moving_t, fixed_t, region), 4),
-          "similarity_after": round(masked_local_ncc2(warped_t, fixed_t, region), 4),
-          "brain_mask_dice_before": None, "brain_mask_dice_after": None,
-          "fixed_mask": "fixed mask" if fixed_mask is not None else "fixed image != 0",
-          "moving_mask": "moving mask" if moving_mask is not None else None}
+    qc = {
+        "similarity": QC_SIMILARITY,
+        "similarity_before": round(masked_local_ncc2(moving_t, fixed_t, region), 4),
+        "similarity_after": round(masked_local_ncc2(warped_t, fixed_t, region), 4),
+        "brain_mask_dice_before": None,
+        "brain_mask_dice_after": None,
+        "fixed_mask": "fixed mask" if fixed_mask is not None else "fixed image != 0",
+        "moving_mask": "moving mask" if moving_mask is not None else None,
+    }
     if moving_mask is None and moving_labels is not None:
         moving_mask, qc["moving_mask"] = moving_labels, "moving labels > 0"
     if moving_mask is not None:
@@ -263,10 +298,20 @@ def registration_qc(fixed: Image, moving: Image, result: RegistrationResult, *,
     return qc
 
 
-def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_labels_path=None,
-                   instance_opt: InstanceOptOptions | None = None, device: str = "auto",
-                   subject: str | None = None, fixed_mask_path=None, moving_mask_path=None,
-                   names: dict[str, str] | None = None) -> RegistrationResult:
+def register_files(
+    fixed_path,
+    moving_path,
+    out_dir,
+    *,
+    model_path=None,
+    moving_labels_path=None,
+    instance_opt: InstanceOptOptions | None = None,
+    device: str = "auto",
+    subject: str | None = None,
+    fixed_mask_path=None,
+    moving_mask_path=None,
+    names: dict[str, str] | None = None,
+) -> RegistrationResult:
     """Load, register, and write the outputs listed in the module docstring (JSON last).
 
     ``moving_mask_path``: the moving image's brain mask (the atlas's ``atlas_brainmask.nii.gz``)
@@ -278,30 +323,43 @@ def register_files(fixed_path, moving_path, out_dir, *, model_path=None, moving_
         dev = select_device(device)
         model, checkpoint = load_checkpoint(model_path, dev)
     except UniregError as err:
-        raise err.with_context(subject=subject)
+        err.with_context(subject=subject)
+        raise
     fixed = load_image(fixed_path, subject=subject)
     moving = load_image(moving_path, subject=subject)
     labels = load_image(moving_labels_path, label=True, subject=subject) if moving_labels_path else None
     mask = load_image(fixed_mask_path, label=True, subject=subject) if fixed_mask_path else None
     moving_mask = load_image(moving_mask_path, label=True, subject=subject) if moving_mask_path else None
     try:
-        result = register_images(fixed, moving, model, moving_labels=labels, instance_opt=instance_opt,
-                                 device=dev, fixed_mask=mask)
-        result.info["qc"] = registration_qc(fixed, moving, result, fixed_mask=mask, moving_mask=moving_mask,
-                                            moving_labels=labels)
+        result = register_images(
+            fixed, moving, model, moving_labels=labels, instance_opt=instance_opt, device=dev, fixed_mask=mask
+        )
+        result.info["qc"] = registration_qc(
+            fixed, moving, result, fixed_mask=mask, moving_mask=moving_mask, moving_labels=labels
+        )
     except UniregError as err:
-        raise err.with_context(subject=subject)
+        err.with_context(subject=subject)
+        raise
     out_dir = Path(out_dir)
     save_image(result.warped, out_dir / names["warped"])
     # the warped template's BIDS sidecar (the atlas templates are brains without skull)
-    write_text_atomic(out_dir / names["warped_info"], json.dumps(
-        {"SkullStripped": True, "Description": "the atlas template warped onto the subject"}, indent=2) + "\n")
+    write_text_atomic(
+        out_dir / names["warped_info"],
+        json.dumps({"SkullStripped": True, "Description": "the atlas template warped onto the subject"}, indent=2)
+        + "\n",
+    )
     save_displacement(result.displacement_mm, fixed.affine, out_dir / names["displacement"])
     save_displacement(result.displacement_mm, fixed.affine, out_dir / names["displacement_itk"], lps=True)
     if result.warped_labels is not None:
         save_image(result.warped_labels, out_dir / names["labels"])
-    result.info.update({"subject": subject, "model": str(model_path or "default"),
-                        "extractor": checkpoint.get("extractor"), "environment": execution_environment(dev),
-                        "displacement": "RAS mm, fixed world p -> moving world p + d(p)"})
+    result.info.update(
+        {
+            "subject": subject,
+            "model": str(model_path or "default"),
+            "extractor": checkpoint.get("extractor"),
+            "environment": execution_environment(dev),
+            "displacement": "RAS mm, fixed world p -> moving world p + d(p)",
+        }
+    )
     write_text_atomic(out_dir / names["info"], json.dumps(result.info, indent=2) + "\n")
     return result

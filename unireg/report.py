@@ -60,23 +60,51 @@ from .errors import UniregError
 from .io import write_atomic, write_text_atomic
 from .layout import SUBJECT_ID, find_all, find_subject_file
 
-
 #: Columns read from every per-subject table, with their dtypes (missing columns become NaN).
-READ_DTYPES = {"subject": "str", "label": "int64", "name": "str", "dice": "float64", "hd95_mm": "float64",
-               "msd_mm": "float64", "volume_reference_ml": "float64", "volume_propagated_ml": "float64",
-               "reason": "str", "folding_percent": "float64", "log_jacobian_std": "float64"}
+READ_DTYPES = {
+    "subject": "str",
+    "label": "int64",
+    "name": "str",
+    "dice": "float64",
+    "hd95_mm": "float64",
+    "msd_mm": "float64",
+    "volume_reference_ml": "float64",
+    "volume_propagated_ml": "float64",
+    "reason": "str",
+    "folding_percent": "float64",
+    "log_jacobian_std": "float64",
+}
 
 #: Per-label statistics, computed for Dice, HD95 and propagated volume over the subjects with a
 #: finite value.
 LABEL_STATS = ("mean", "sd", "median", "q1", "q3", "iqr", "min", "max")
-PER_LABEL_COLUMNS = (["label", "name", "n"] + [f"dice_{s}" for s in LABEL_STATS]
-                     + ["hd95_n"] + [f"hd95_mm_{s}" for s in LABEL_STATS]
-                     + ["volume_n"] + [f"volume_ml_{s}" for s in LABEL_STATS])
+PER_LABEL_COLUMNS = (
+    ["label", "name", "n"]
+    + [f"dice_{s}" for s in LABEL_STATS]
+    + ["hd95_n"]
+    + [f"hd95_mm_{s}" for s in LABEL_STATS]
+    + ["volume_n"]
+    + [f"volume_ml_{s}" for s in LABEL_STATS]
+)
 OUTLIER_COLUMNS = ["subject", "label", "name", "volume_ml", "label_median_ml", "robust_z"]
-REGISTRATION_QC_COLUMNS = ["subject", "similarity_before", "similarity_after", "brain_mask_dice_before",
-                           "brain_mask_dice_after", "folding_percent", "log_jacobian_std"]
-PER_SUBJECT_COLUMNS = ["subject", "n_labels", "n_nan_dice", "mean_dice", "median_hd95_mm",
-                       "folding_percent", "log_jacobian_std"]
+REGISTRATION_QC_COLUMNS = [
+    "subject",
+    "similarity_before",
+    "similarity_after",
+    "brain_mask_dice_before",
+    "brain_mask_dice_after",
+    "folding_percent",
+    "log_jacobian_std",
+]
+PER_SUBJECT_COLUMNS = [
+    "subject",
+    "n_labels",
+    "n_nan_dice",
+    "mean_dice",
+    "median_hd95_mm",
+    "folding_percent",
+    "log_jacobian_std",
+]
 
 AGGREGATE_FILES = {"per_label": "cohort_metrics_per_label", "per_subject": "cohort_metrics_per_subject"}
 
@@ -132,8 +160,14 @@ def _read_tables(paths: list[str]) -> pd.DataFrame:
     for header, bodies in by_header.items():
         columns = header.rstrip("\r").split("\t")
         wanted = {c: t for c, t in READ_DTYPES.items() if c in columns}
-        frame = pd.read_csv(_io.StringIO(header + "\n" + "".join(bodies)), sep="\t", dtype=wanted,
-                            usecols=list(wanted), keep_default_na=False, na_values=["", "nan", "NaN"])
+        frame = pd.read_csv(
+            _io.StringIO(header + "\n" + "".join(bodies)),
+            sep="\t",
+            dtype=wanted,
+            usecols=list(wanted),
+            keep_default_na=False,
+            na_values=["", "nan", "NaN"],
+        )
         frames.append(frame.reindex(columns=list(READ_DTYPES)))
     if not frames:
         return _empty_metrics()
@@ -148,10 +182,11 @@ def read_metrics(results_dir: str | Path):
     per-subject reductions need no shuffle.
     """
     import dask.dataframe as dd
+
     files = [str(p) for p in metric_tables(results_dir)]
     if not files:
         return dd.from_pandas(_empty_metrics(), npartitions=1)
-    chunks = [files[i:i + _FILES_PER_PARTITION] for i in range(0, len(files), _FILES_PER_PARTITION)]
+    chunks = [files[i : i + _FILES_PER_PARTITION] for i in range(0, len(files), _FILES_PER_PARTITION)]
     return dd.from_map(_read_tables, chunks, meta=_empty_metrics(), enforce_metadata=False)
 
 
@@ -164,10 +199,16 @@ def _stats(values: np.ndarray, prefix: str) -> dict:
     if values.size == 0:
         return {f"{prefix}_{s}": float("nan") for s in LABEL_STATS}
     q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])  # linear interpolation, as pandas
-    return {f"{prefix}_mean": float(values.mean()),
-            f"{prefix}_sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
-            f"{prefix}_median": float(median), f"{prefix}_q1": float(q1), f"{prefix}_q3": float(q3),
-            f"{prefix}_iqr": float(q3 - q1), f"{prefix}_min": float(values.min()), f"{prefix}_max": float(values.max())}
+    return {
+        f"{prefix}_mean": float(values.mean()),
+        f"{prefix}_sd": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+        f"{prefix}_median": float(median),
+        f"{prefix}_q1": float(q1),
+        f"{prefix}_q3": float(q3),
+        f"{prefix}_iqr": float(q3 - q1),
+        f"{prefix}_min": float(values.min()),
+        f"{prefix}_max": float(values.max()),
+    }
 
 
 def _per_label_partition(frame: pd.DataFrame) -> pd.DataFrame:
@@ -177,9 +218,18 @@ def _per_label_partition(frame: pd.DataFrame) -> pd.DataFrame:
         dice = group["dice"].to_numpy(dtype=np.float64)
         hd95 = group["hd95_mm"].to_numpy(dtype=np.float64)
         volume = group["volume_propagated_ml"].to_numpy(dtype=np.float64)
-        rows.append({"label": label, "name": name, "n": int(np.isfinite(dice).sum()), **_stats(dice, "dice"),
-                     "hd95_n": int(np.isfinite(hd95).sum()), **_stats(hd95, "hd95_mm"),
-                     "volume_n": int(np.isfinite(volume).sum()), **_stats(volume, "volume_ml")})
+        rows.append(
+            {
+                "label": label,
+                "name": name,
+                "n": int(np.isfinite(dice).sum()),
+                **_stats(dice, "dice"),
+                "hd95_n": int(np.isfinite(hd95).sum()),
+                **_stats(hd95, "hd95_mm"),
+                "volume_n": int(np.isfinite(volume).sum()),
+                **_stats(volume, "volume_ml"),
+            }
+        )
     return _per_label_frame(rows)
 
 
@@ -222,16 +272,33 @@ def _volume_outliers_partition(frame: pd.DataFrame) -> pd.DataFrame:
         z = robust_z(volume)
         hit = np.abs(z) > OUTLIER_Z
         if hit.any():
-            found.append(pd.DataFrame({"subject": group["subject"].to_numpy()[hit], "label": label, "name": name,
-                                       "volume_ml": volume[hit], "label_median_ml": float(np.nanmedian(volume)),
-                                       "robust_z": z[hit]}))
+            found.append(
+                pd.DataFrame(
+                    {
+                        "subject": group["subject"].to_numpy()[hit],
+                        "label": label,
+                        "name": name,
+                        "volume_ml": volume[hit],
+                        "label_median_ml": float(np.nanmedian(volume)),
+                        "robust_z": z[hit],
+                    }
+                )
+            )
     return _outlier_frame(pd.concat(found, ignore_index=True) if found else pd.DataFrame())
 
 
 def _outlier_frame(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=OUTLIER_COLUMNS)
-    return frame.astype({"subject": "str", "label": "int64", "name": "str", "volume_ml": "float64",
-                         "label_median_ml": "float64", "robust_z": "float64"})
+    return frame.astype(
+        {
+            "subject": "str",
+            "label": "int64",
+            "name": "str",
+            "volume_ml": "float64",
+            "label_median_ml": "float64",
+            "robust_z": "float64",
+        }
+    )
 
 
 def _per_subject_partition(frame: pd.DataFrame) -> pd.DataFrame:
@@ -239,17 +306,32 @@ def _per_subject_partition(frame: pd.DataFrame) -> pd.DataFrame:
     dice = frame["dice"].where(np.isfinite(frame["dice"]))
     hd95 = frame["hd95_mm"].where(np.isfinite(frame["hd95_mm"]))
     grouped = frame.assign(dice=dice, hd95_mm=hd95, nan_dice=dice.isna()).groupby("subject", sort=True)
-    out = pd.DataFrame({"n_labels": grouped["label"].count(), "n_nan_dice": grouped["nan_dice"].sum(),
-                        "mean_dice": grouped["dice"].mean(), "median_hd95_mm": grouped["hd95_mm"].median(),
-                        "folding_percent": grouped["folding_percent"].max(),
-                        "log_jacobian_std": grouped["log_jacobian_std"].max()})
+    out = pd.DataFrame(
+        {
+            "n_labels": grouped["label"].count(),
+            "n_nan_dice": grouped["nan_dice"].sum(),
+            "mean_dice": grouped["dice"].mean(),
+            "median_hd95_mm": grouped["hd95_mm"].median(),
+            "folding_percent": grouped["folding_percent"].max(),
+            "log_jacobian_std": grouped["log_jacobian_std"].max(),
+        }
+    )
     return _per_subject_frame(out.reset_index())
 
 
 def _per_subject_frame(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=PER_SUBJECT_COLUMNS)
-    return frame.astype({"subject": "str", "n_labels": "int64", "n_nan_dice": "int64", "mean_dice": "float64",
-                         "median_hd95_mm": "float64", "folding_percent": "float64", "log_jacobian_std": "float64"})
+    return frame.astype(
+        {
+            "subject": "str",
+            "n_labels": "int64",
+            "n_nan_dice": "int64",
+            "mean_dice": "float64",
+            "median_hd95_mm": "float64",
+            "folding_percent": "float64",
+            "log_jacobian_std": "float64",
+        }
+    )
 
 
 def aggregate(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -286,6 +368,7 @@ def _compute_tables(results_dir: str | Path, strip_per_label: int = 0):
     """One pass over the metric files: (per_label, per_subject, strip-plot sample or None,
     volume outliers)."""
     import dask
+
     frame = read_metrics(results_dir)
     columns = ["subject", "label", "name", "dice", "hd95_mm", "volume_propagated_ml"]
     # exact quantiles (and robust z-scores) need every value of a label in one place: shuffle by label
@@ -297,14 +380,18 @@ def _compute_tables(results_dir: str | Path, strip_per_label: int = 0):
     if strip_per_label:
         k = max(1, strip_per_label // max(1, frame.npartitions))
         sample_meta = frame._meta[["label", "dice", "hd95_mm", "volume_propagated_ml"]].rename(
-            columns={"volume_propagated_ml": "volume_ml"})
+            columns={"volume_propagated_ml": "volume_ml"}
+        )
         todo.append(frame.map_partitions(_sample_partition, k, meta=sample_meta))
     results = dask.compute(*todo, scheduler="threads")
     per_label = results[0].sort_values(["label", "name"], kind="stable").reset_index(drop=True)
     per_subject = results[1].sort_values("subject", kind="stable").reset_index(drop=True)
     order = results[2].assign(size=results[2]["robust_z"].abs())
-    outliers = order.sort_values(["size", "subject", "label"], ascending=[False, True, True],
-                                 kind="stable").drop(columns="size").reset_index(drop=True)
+    outliers = (
+        order.sort_values(["size", "subject", "label"], ascending=[False, True, True], kind="stable")
+        .drop(columns="size")
+        .reset_index(drop=True)
+    )
     return per_label, per_subject, (results[3] if strip_per_label else None), outliers
 
 
@@ -317,8 +404,9 @@ def _write_table(frame: pd.DataFrame, stem: Path) -> list[Path]:
 
 def _write_aggregate_tables(per_label: pd.DataFrame, per_subject: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
-    return (_write_table(per_label, out_dir / AGGREGATE_FILES["per_label"])
-            + _write_table(per_subject, out_dir / AGGREGATE_FILES["per_subject"]))
+    return _write_table(per_label, out_dir / AGGREGATE_FILES["per_label"]) + _write_table(
+        per_subject, out_dir / AGGREGATE_FILES["per_subject"]
+    )
 
 
 def write_aggregates(results_dir: str | Path, out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -338,9 +426,12 @@ def _folding_reason(folding_percent: float, max_folding_percent: float) -> str |
     return None
 
 
-def qc_flags(per_subject: pd.DataFrame, min_dice: float = MIN_DICE,
-             max_folding_percent: float = MAX_FOLDING_PERCENT,
-             registration: pd.DataFrame | None = None) -> pd.DataFrame:
+def qc_flags(
+    per_subject: pd.DataFrame,
+    min_dice: float = MIN_DICE,
+    max_folding_percent: float = MAX_FOLDING_PERCENT,
+    registration: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Subjects to look at, with why: columns ``subject, mean_dice, folding_percent, reasons``.
 
     A subject is flagged when its mean Dice is below Q1 - 1.5 IQR of the cohort's subject means
@@ -363,17 +454,27 @@ def qc_flags(per_subject: pd.DataFrame, min_dice: float = MIN_DICE,
         if np.isfinite(row.mean_dice) and row.mean_dice < min_dice:
             reasons.append(f"mean Dice {row.mean_dice:.3f} < {min_dice:g}")
         reasons.append(_folding_reason(row.folding_percent, max_folding_percent))
-        found[row.subject] = {"subject": row.subject, "mean_dice": row.mean_dice,
-                              "folding_percent": row.folding_percent, "reasons": [r for r in reasons if r]}
+        found[row.subject] = {
+            "subject": row.subject,
+            "mean_dice": row.mean_dice,
+            "folding_percent": row.folding_percent,
+            "reasons": [r for r in reasons if r],
+        }
     if registration is not None:
         for row in registration.itertuples(index=False):
-            entry = found.setdefault(row.subject, {"subject": row.subject, "mean_dice": float("nan"),
-                                                   "folding_percent": row.folding_percent, "reasons": []})
+            entry = found.setdefault(
+                row.subject,
+                {
+                    "subject": row.subject,
+                    "mean_dice": float("nan"),
+                    "folding_percent": row.folding_percent,
+                    "reasons": [],
+                },
+            )
             if not np.isfinite(entry["folding_percent"]):
                 entry["folding_percent"] = row.folding_percent
             entry["reasons"] += [r for r in row.reasons.split("; ") if r and r not in entry["reasons"]]
-    rows = [{**entry, "reasons": "; ".join(entry["reasons"])}
-            for _, entry in sorted(found.items()) if entry["reasons"]]
+    rows = [{**entry, "reasons": "; ".join(entry["reasons"])} for _, entry in sorted(found.items()) if entry["reasons"]]
     return pd.DataFrame(rows, columns=["subject", "mean_dice", "folding_percent", "reasons"])
 
 
@@ -398,14 +499,17 @@ def read_registration_qc(results_dir: str | Path) -> pd.DataFrame:
             row[column] = float(value) if isinstance(value, (int, float)) else float("nan")
         rows.append(row)
     frame = pd.DataFrame(rows, columns=REGISTRATION_QC_COLUMNS + ["problem"])
-    return frame.astype({"subject": "str", "problem": "str",
-                         **{c: "float64" for c in REGISTRATION_QC_COLUMNS[1:]}})
+    return frame.astype({"subject": "str", "problem": "str", **{c: "float64" for c in REGISTRATION_QC_COLUMNS[1:]}})
 
 
-def registration_flags(registration: pd.DataFrame, *, min_similarity: float = MIN_SIMILARITY,
-                       min_brain_mask_dice: float = MIN_BRAIN_MASK_DICE,
-                       max_folding_percent: float = MAX_FOLDING_PERCENT,
-                       max_log_jacobian_std: float = MAX_LOG_JACOBIAN_STD) -> pd.DataFrame:
+def registration_flags(
+    registration: pd.DataFrame,
+    *,
+    min_similarity: float = MIN_SIMILARITY,
+    min_brain_mask_dice: float = MIN_BRAIN_MASK_DICE,
+    max_folding_percent: float = MAX_FOLDING_PERCENT,
+    max_log_jacobian_std: float = MAX_LOG_JACOBIAN_STD,
+) -> pd.DataFrame:
     """:func:`read_registration_qc` plus ``reasons`` (``"; "``-joined, empty when none), flagged
     subjects first. Flags: the similarity did not rise (after <= before); similarity before or
     after below ``min_similarity``; brain-mask Dice before or after below ``min_brain_mask_dice``;
@@ -444,8 +548,13 @@ def selected_series(manifest_path: str | Path) -> pd.DataFrame | None:
     if not manifest_path.is_file():
         return None
     try:
-        manifest = pd.read_csv(manifest_path, sep="\t", dtype=str, keep_default_na=False,
-                               usecols=lambda column: column in MANIFEST_SELECTION_COLUMNS)
+        manifest = pd.read_csv(
+            manifest_path,
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+            usecols=lambda column: column in MANIFEST_SELECTION_COLUMNS,
+        )
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if not set(MANIFEST_SELECTION_COLUMNS) <= set(manifest.columns):
@@ -458,8 +567,14 @@ def selected_series(manifest_path: str | Path) -> pd.DataFrame | None:
             description, reason = row["series_description"], row["selection_reason"]
         else:
             description, reason = "", group["selection_reason"].iloc[0] or "no series selected"
-        rows.append({"subject": subject, "series_description": description,
-                     "selection_reason": _strip_absolute_paths(reason), "n_series": len(group)})
+        rows.append(
+            {
+                "subject": subject,
+                "series_description": description,
+                "selection_reason": _strip_absolute_paths(reason),
+                "n_series": len(group),
+            }
+        )
     return pd.DataFrame(rows, columns=["subject", "series_description", "selection_reason", "n_series"])
 
 
@@ -491,10 +606,10 @@ def failed_subjects(results_dir: str | Path, logs_dir: str | Path | None = None)
         for log in logs_dir.glob("*/*.log"):
             if log.stem == log.parent.name:  # logs/<rule>/<rule>.log: a cohort-level rule (atlas, report)
                 continue
-            subject = log.stem[len("sub-"):] if log.stem.startswith("sub-") else log.stem
+            subject = log.stem[len("sub-") :] if log.stem.startswith("sub-") else log.stem
             if SUBJECT_ID.match(subject):
                 logs.setdefault(subject, []).append(log)
-    folders = {p.name[len("sub-"):] for p in results_dir.glob("sub-*") if p.is_dir()}
+    folders = {p.name[len("sub-") :] for p in results_dir.glob("sub-*") if p.is_dir()}
     candidates = sorted(s for s in (folders | set(logs)) - done if SUBJECT_ID.match(s))
     rows = []
     for subject in candidates:
@@ -506,8 +621,10 @@ def failed_subjects(results_dir: str | Path, logs_dir: str | Path | None = None)
         if found:
             error = max(found)[1]
         elif subject in logs:
-            error = (f"no metrics table, and no 'unireg: ' error in its logs "
-                     f"({', '.join(sorted(f'{p.parent.name}/{p.name}' for p in logs[subject]))})")
+            error = (
+                f"no metrics table, and no 'unireg: ' error in its logs "
+                f"({', '.join(sorted(f'{p.parent.name}/{p.name}' for p in logs[subject]))})"
+            )
         else:
             error = "no metrics table and no log"
         rows.append({"subject": subject, "error": error})
@@ -526,6 +643,7 @@ def _strip_absolute_paths(text: str) -> str:
 
 def _png_data_uri(fig) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=fig.dpi, metadata={"Software": None})
@@ -536,8 +654,15 @@ def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{html.escape(alt)}">'
 
 
-def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str, ylabel: str, *,
-                     log_scale: bool = False, marks: pd.DataFrame | None = None) -> str:
+def box_strip_figure(
+    per_label: pd.DataFrame,
+    sample: pd.DataFrame,
+    metric: str,
+    ylabel: str,
+    *,
+    log_scale: bool = False,
+    marks: pd.DataFrame | None = None,
+) -> str:
     """Box (quartiles, median, whiskers min-max) and strip plot per label; a PNG data URI.
 
     One box per row of ``per_label``, in its order (callers page long label lists, see
@@ -547,6 +672,7 @@ def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str,
     (outliers).
     """
     from matplotlib.figure import Figure
+
     labels = per_label.reset_index(drop=True)
     fig = Figure(figsize=(max(4.0, 0.3 * len(labels) + 1.5), 3.6), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
@@ -561,9 +687,17 @@ def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str,
         get = row._asdict()
         if not np.isfinite(get[f"{metric}_median"]):
             continue
-        stats.append({"med": lift(get[f"{metric}_median"]), "q1": lift(get[f"{metric}_q1"]),
-                      "q3": lift(get[f"{metric}_q3"]), "whislo": lift(get[f"{metric}_min"]),
-                      "whishi": lift(get[f"{metric}_max"]), "fliers": [], "label": str(get["name"])})
+        stats.append(
+            {
+                "med": lift(get[f"{metric}_median"]),
+                "q1": lift(get[f"{metric}_q1"]),
+                "q3": lift(get[f"{metric}_q3"]),
+                "whislo": lift(get[f"{metric}_min"]),
+                "whishi": lift(get[f"{metric}_max"]),
+                "fliers": [],
+                "label": str(get["name"]),
+            }
+        )
         positions.append(pos)
     if stats:
         ax.bxp(stats, positions=positions, showfliers=False, widths=0.6)
@@ -572,12 +706,18 @@ def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str,
     for label, pos in position.items():
         values = sample.loc[sample["label"] == label, metric].to_numpy(dtype=np.float64)
         values = lift(values[np.isfinite(values)])
-        ax.scatter(pos + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.5, color="tab:blue",
-                   linewidths=0)
+        ax.scatter(pos + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.5, color="tab:blue", linewidths=0)
     if marks is not None and len(marks):
         shown = marks[marks["label"].isin(position)]
-        ax.scatter(shown["label"].map(position), lift(shown["value"].to_numpy(dtype=np.float64)), s=30,
-                   marker="x", color="tab:red", linewidths=1.2, zorder=3)
+        ax.scatter(
+            shown["label"].map(position),
+            lift(shown["value"].to_numpy(dtype=np.float64)),
+            s=30,
+            marker="x",
+            color="tab:red",
+            linewidths=1.2,
+            zorder=3,
+        )
     if log_scale:
         ax.set_yscale("log")
     ax.set_xticks(range(1, len(labels) + 1))
@@ -589,26 +729,38 @@ def box_strip_figure(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str,
     return _png_data_uri(fig)
 
 
-def paged_box_figures(per_label: pd.DataFrame, sample: pd.DataFrame, metric: str, ylabel: str, caption: str,
-                      *, per_figure: int = LABELS_PER_FIGURE, **options) -> str:
+def paged_box_figures(
+    per_label: pd.DataFrame,
+    sample: pd.DataFrame,
+    metric: str,
+    ylabel: str,
+    caption: str,
+    *,
+    per_figure: int = LABELS_PER_FIGURE,
+    **options,
+) -> str:
     """:func:`box_strip_figure` over ``per_label`` (in its order) in pages of at most
     ``per_figure`` labels: HTML with the first figure shown and the others in a collapsed
     ``<details>``. ``options`` go to :func:`box_strip_figure`."""
     labels = per_label[np.isfinite(per_label[f"{metric}_median"])].reset_index(drop=True)
     if not len(labels):
         return ""
-    pages = [labels.iloc[i:i + per_figure] for i in range(0, len(labels), per_figure)]
+    pages = [labels.iloc[i : i + per_figure] for i in range(0, len(labels), per_figure)]
     figures = []
     for n, page in enumerate(pages, start=1):
         part = ""
         if len(pages) > 1:
             part = f" ({n} of {len(pages)}: labels {page['name'].iloc[0]} to {page['name'].iloc[-1]})"
-        figures.append(f"<figure>{_img(box_strip_figure(page, sample, metric, ylabel, **options), ylabel + part)}"
-                       f"<figcaption>{html.escape(caption + part)}</figcaption></figure>")
+        figures.append(
+            f"<figure>{_img(box_strip_figure(page, sample, metric, ylabel, **options), ylabel + part)}"
+            f"<figcaption>{html.escape(caption + part)}</figcaption></figure>"
+        )
     if len(figures) == 1:
         return figures[0]
-    return (figures[0] + f"<details><summary>{len(figures) - 1} more figures ({len(labels) - len(pages[0])} "
-            f"more labels)</summary>" + "".join(figures[1:]) + "</details>")
+    return (
+        figures[0] + f"<details><summary>{len(figures) - 1} more figures ({len(labels) - len(pages[0])} "
+        f"more labels)</summary>" + "".join(figures[1:]) + "</details>"
+    )
 
 
 def _label_edges(labels: np.ndarray) -> np.ndarray:
@@ -648,27 +800,30 @@ def qc_figure(image, labels, title: str) -> str:
     from matplotlib.figure import Figure
 
     from .transforms import reorient_to_ras
+
     image, labels = reorient_to_ras(image), reorient_to_ras(labels)
     data, lab = image.data, labels.data
     centre = _label_centre(lab)
     finite = data[np.isfinite(data)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
     spacing = labels.spacing
     # (name, 2-D slice with axes (horizontal, vertical), horizontal/vertical voxel sizes)
-    panels = [("sagittal", np.s_[centre[0], :, :], (spacing[1], spacing[2])),
-              ("coronal", np.s_[:, centre[1], :], (spacing[0], spacing[2])),
-              ("axial", np.s_[:, :, centre[2]], (spacing[0], spacing[1]))]
+    panels = [
+        ("sagittal", np.s_[centre[0], :, :], (spacing[1], spacing[2])),
+        ("coronal", np.s_[:, centre[1], :], (spacing[0], spacing[2])),
+        ("axial", np.s_[:, :, centre[2]], (spacing[0], spacing[1])),
+    ]
     n_colours = 20
     colours = ListedColormap([(0, 0, 0, 0)] + [(*c[:3], 1.0) for c in colormaps["tab20"].colors[:n_colours]])
     fig = Figure(figsize=(7.5, 2.7), dpi=80)
     for n, (name, index, (dx, dy)) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, 3, n)
-        ax.imshow(data[index].T, origin="lower", cmap="gray", vmin=lo, vmax=hi, aspect=dy / dx,
-                  interpolation="nearest")
+        ax.imshow(data[index].T, origin="lower", cmap="gray", vmin=lo, vmax=hi, aspect=dy / dx, interpolation="nearest")
         edges = _label_edges(lab[index])
         shown = np.where(edges > 0, (edges - 1) % n_colours + 1, 0)
-        ax.imshow(shown.T, origin="lower", cmap=colours, vmin=0, vmax=n_colours, aspect=dy / dx,
-                  interpolation="nearest")
+        ax.imshow(
+            shown.T, origin="lower", cmap=colours, vmin=0, vmax=n_colours, aspect=dy / dx, interpolation="nearest"
+        )
         ax.set_title(name, fontsize=8)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
@@ -676,11 +831,13 @@ def qc_figure(image, labels, title: str) -> str:
     return _png_data_uri(fig)
 
 
-def subject_qc_images(results_dir: str | Path, subjects: list[str],
-                      max_images: int = MAX_QC_IMAGES) -> tuple[list[tuple[str, str]], list[str]]:
+def subject_qc_images(
+    results_dir: str | Path, subjects: list[str], max_images: int = MAX_QC_IMAGES
+) -> tuple[list[tuple[str, str]], list[str]]:
     """QC pictures ``(subject, data URI)`` for up to ``max_images`` of ``subjects`` (in order),
     skipping subjects whose image or labels are missing; also one note per unreadable subject."""
     from .io import load_image
+
     results_dir = Path(results_dir)
     images, notes = [], []
     for subject in subjects:
@@ -721,94 +878,130 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def _table(frame: pd.DataFrame, css_class: str = "", table_id: str | None = None, *,
-           text_columns: tuple[str, ...] = (), flag_column: str | None = None) -> str:
+def _table(
+    frame: pd.DataFrame,
+    css_class: str = "",
+    table_id: str | None = None,
+    *,
+    text_columns: tuple[str, ...] = (),
+    flag_column: str | None = None,
+) -> str:
     """An HTML table in a scrolling box (long or wide tables scroll inside the page; the header
     row stays in view). Floats have 3 decimals, NaN shows as a dash; ``text_columns`` wrap;
     rows with a non-empty ``flag_column`` are highlighted."""
     attributes = (f' class="{css_class}"' if css_class else "") + (f' id="{table_id}"' if table_id else "")
-    head = "".join(f'<th class="text">{html.escape(str(c))}</th>' if c in text_columns
-                   else f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    head = "".join(
+        f'<th class="text">{html.escape(str(c))}</th>' if c in text_columns else f"<th>{html.escape(str(c))}</th>"
+        for c in frame.columns
+    )
     rows = []
     for record in frame.itertuples(index=False):
-        cells = "".join(f'<td class="text">{_cell(v)}</td>' if c in text_columns else f"<td>{_cell(v)}</td>"
-                        for c, v in zip(frame.columns, record))
+        cells = "".join(
+            f'<td class="text">{_cell(v)}</td>' if c in text_columns else f"<td>{_cell(v)}</td>"
+            for c, v in zip(frame.columns, record)
+        )
         flagged = flag_column is not None and str(getattr(record, flag_column))
         rows.append(f'<tr class="flag">{cells}</tr>' if flagged else f"<tr>{cells}</tr>")
-    return (f'<div class="scroll"><table{attributes}><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        f'<div class="scroll"><table{attributes}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
-def _attention_html(failed: pd.DataFrame, qc: pd.DataFrame, outliers: pd.DataFrame,
-                    per_label: pd.DataFrame, has_reference: bool) -> list[str]:
+def _attention_html(
+    failed: pd.DataFrame, qc: pd.DataFrame, outliers: pd.DataFrame, per_label: pd.DataFrame, has_reference: bool
+) -> list[str]:
     """Failed subjects, flagged subjects and volume outliers: the report's first section."""
     anything = len(failed) or len(qc) or len(outliers)
     qc = qc[["subject", "mean_dice", "reasons"] if has_reference else ["subject", "reasons"]]
-    body = [f'<section class="attention{"" if anything else " ok"}"><h2>Needs attention</h2>',
-            f"<h3>Failed subjects ({len(failed)})</h3>",
-            _table(failed, "qc", "qc-failed", text_columns=("error",)) if len(failed) else "<p>No failed subject.</p>",
-            f"<h3>Flagged subjects ({len(qc)})</h3>",
-            "<p class=\"note\">Why each subject is flagged; the thresholds are under Registration QC and "
-            "Dice below.</p>",
-            _table(qc, "qc", "qc-flags", text_columns=("reasons",)) if len(qc) else "<p>No subject flagged.</p>",
-            f"<h3>Volume outliers ({len(outliers)} in {outliers['subject'].nunique()} subjects)</h3>"]
+    body = [
+        f'<section class="attention{"" if anything else " ok"}"><h2>Needs attention</h2>',
+        f"<h3>Failed subjects ({len(failed)})</h3>",
+        _table(failed, "qc", "qc-failed", text_columns=("error",)) if len(failed) else "<p>No failed subject.</p>",
+        f"<h3>Flagged subjects ({len(qc)})</h3>",
+        '<p class="note">Why each subject is flagged; the thresholds are under Registration QC and Dice below.</p>',
+        _table(qc, "qc", "qc-flags", text_columns=("reasons",)) if len(qc) else "<p>No subject flagged.</p>",
+        f"<h3>Volume outliers ({len(outliers)} in {outliers['subject'].nunique()} subjects)</h3>",
+    ]
     assessed = per_label["volume_n"] >= MIN_OUTLIER_SUBJECTS if len(per_label) else pd.Series(dtype=bool)
-    rule = (f"Per label, modified z-score 0.6745 (volume - median) / MAD over the subjects (Iglewicz and Hoaglin); "
-            f"|z| &gt; {OUTLIER_Z:g} is an outlier.")
+    rule = (
+        f"Per label, modified z-score 0.6745 (volume - median) / MAD over the subjects (Iglewicz and Hoaglin); "
+        f"|z| &gt; {OUTLIER_Z:g} is an outlier."
+    )
     if not assessed.any():
         most = int(per_label["volume_n"].max()) if len(per_label) else 0
-        body.append(f"<p>Volume outliers not assessed: the robust z-score needs propagated volumes from at least "
-                    f"{MIN_OUTLIER_SUBJECTS} subjects (here at most {most}).</p>")
+        body.append(
+            f"<p>Volume outliers not assessed: the robust z-score needs propagated volumes from at least "
+            f"{MIN_OUTLIER_SUBJECTS} subjects (here at most {most}).</p>"
+        )
     else:
         skipped = int((~assessed).sum())
         small = int(per_label["volume_n"].max()) < SMALL_COHORT
-        body.append(f"<p class=\"note\">{rule}"
-                    + (f" {skipped} labels with volumes in fewer than {MIN_OUTLIER_SUBJECTS} subjects were not "
-                       "assessed." if skipped else "")
-                    + (f" With fewer than {SMALL_COHORT} subjects the MAD itself is uncertain: even normally "
-                       "distributed volumes exceed the threshold in about 1-5 % of values (simulated, 20 to 5 "
-                       "subjects), so read the largest |z| first." if small else "") + "</p>")
+        body.append(
+            f'<p class="note">{rule}'
+            + (
+                f" {skipped} labels with volumes in fewer than {MIN_OUTLIER_SUBJECTS} subjects were not assessed."
+                if skipped
+                else ""
+            )
+            + (
+                f" With fewer than {SMALL_COHORT} subjects the MAD itself is uncertain: even normally "
+                "distributed volumes exceed the threshold in about 1-5 % of values (simulated, 20 to 5 "
+                "subjects), so read the largest |z| first."
+                if small
+                else ""
+            )
+            + "</p>"
+        )
         if len(outliers):
             by_subject = []
             for subject, group in outliers.groupby("subject", sort=False):
                 shown = [f"{r.name} (z {r.robust_z:+.1f})" for r in group.head(12).itertuples(index=False)]
                 more = f", and {len(group) - 12} more" if len(group) > 12 else ""
                 by_subject.append({"subject": subject, "n_labels": len(group), "labels": ", ".join(shown) + more})
-            by_subject = pd.DataFrame(by_subject).sort_values(["n_labels", "subject"], ascending=[False, True],
-                                                              kind="stable")
-            body += [_table(by_subject, "qc", "volume-outliers-by-subject", text_columns=("labels",)),
-                     f"<details><summary>All {len(outliers)} outliers (subject, label), largest |z| first</summary>",
-                     _table(outliers, "", "volume-outliers"), "</details>"]
+            by_subject = pd.DataFrame(by_subject).sort_values(
+                ["n_labels", "subject"], ascending=[False, True], kind="stable"
+            )
+            body += [
+                _table(by_subject, "qc", "volume-outliers-by-subject", text_columns=("labels",)),
+                f"<details><summary>All {len(outliers)} outliers (subject, label), largest |z| first</summary>",
+                _table(outliers, "", "volume-outliers"),
+                "</details>",
+            ]
         else:
             body.append("<p>No volume outlier.</p>")
     return body + ["</section>"]
 
 
 def _registration_html(registration: pd.DataFrame, thresholds: dict) -> list[str]:
-    body = ["<h2>Registration QC</h2>",
-            "<p class=\"note\">Needs no reference labels. <b>similarity</b>: mean squared local NCC "
-            "(7&times;7&times;7-voxel windows; 1 = locally identical up to contrast, also inverted contrast) of "
-            "the atlas and the subject inside the subject's brain mask, <b>before</b> (affine alignment only) and "
-            "<b>after</b> deformable registration. <b>brain_mask_dice</b>: the subject's brain mask against the "
-            "atlas brain mask, before and after. <b>folding_percent</b>: voxels with det(J) &le; 0 (% of the brain "
-            "mask); <b>log_jacobian_std</b>: spread of log det(J). Flagged when the similarity did not rise, "
-            f"similarity &lt; {thresholds['min_similarity']:g}, brain-mask Dice &lt; "
-            f"{thresholds['min_brain_mask_dice']:g}, folding &gt; {thresholds['max_folding_percent']:g} % or "
-            f"std log det(J) &gt; {thresholds['max_log_jacobian_std']:g}; flagged subjects first.</p>"]
+    body = [
+        "<h2>Registration QC</h2>",
+        '<p class="note">Needs no reference labels. <b>similarity</b>: mean squared local NCC '
+        "(7&times;7&times;7-voxel windows; 1 = locally identical up to contrast, also inverted contrast) of "
+        "the atlas and the subject inside the subject's brain mask, <b>before</b> (affine alignment only) and "
+        "<b>after</b> deformable registration. <b>brain_mask_dice</b>: the subject's brain mask against the "
+        "atlas brain mask, before and after. <b>folding_percent</b>: voxels with det(J) &le; 0 (% of the brain "
+        "mask); <b>log_jacobian_std</b>: spread of log det(J). Flagged when the similarity did not rise, "
+        f"similarity &lt; {thresholds['min_similarity']:g}, brain-mask Dice &lt; "
+        f"{thresholds['min_brain_mask_dice']:g}, folding &gt; {thresholds['max_folding_percent']:g} % or "
+        f"std log det(J) &gt; {thresholds['max_log_jacobian_std']:g}; flagged subjects first.</p>",
+    ]
     if not len(registration):
-        return body + ["<p>No registration record found (the nonlinear transform's JSON sidecar of each "
-                        "subject).</p>"]
+        return body + ["<p>No registration record found (the nonlinear transform's JSON sidecar of each subject).</p>"]
     return body + [_table(registration, "", "registration-qc", text_columns=("reasons",), flag_column="reasons")]
 
 
 def _series_html(series: pd.DataFrame | None) -> list[str]:
     if series is None:
         return []
-    return ["<h2>Input series</h2>",
-            "<p class=\"note\">The series each subject's image was converted from (manifest.tsv: "
-            "SeriesDescription and why it was chosen among the subject's n_series series).</p>",
-            "<details open><summary>Table</summary>",
-            _table(series, "", "input-series", text_columns=("selection_reason",)), "</details>"]
+    return [
+        "<h2>Input series</h2>",
+        '<p class="note">The series each subject\'s image was converted from (manifest.tsv: '
+        "SeriesDescription and why it was chosen among the subject's n_series series).</p>",
+        "<details open><summary>Table</summary>",
+        _table(series, "", "input-series", text_columns=("selection_reason",)),
+        "</details>",
+    ]
 
 
 def _volume_html(per_label: pd.DataFrame, sample: pd.DataFrame, outliers: pd.DataFrame) -> list[str]:
@@ -817,40 +1010,67 @@ def _volume_html(per_label: pd.DataFrame, sample: pd.DataFrame, outliers: pd.Dat
     if not len(with_volume):
         return body + ["<p>No propagated volume found.</p>"]
     marks = outliers.rename(columns={"volume_ml": "value"})[["label", "value"]]
-    body.append(paged_box_figures(
-        with_volume, sample, "volume_ml", "volume (ml)",
-        "Propagated volume per label (ml, log scale): box = quartiles and median, whiskers = min-max, dots = "
-        "subjects (a random sample in large cohorts), red crosses = outliers; empty labels on the bottom edge.",
-        log_scale=True, marks=marks))
-    table = with_volume[["label", "name", "volume_n"] + [f"volume_ml_{s}" for s in
-                                                         ("median", "q1", "q3", "iqr", "min", "max")]]
+    body.append(
+        paged_box_figures(
+            with_volume,
+            sample,
+            "volume_ml",
+            "volume (ml)",
+            "Propagated volume per label (ml, log scale): box = quartiles and median, whiskers = min-max, dots = "
+            "subjects (a random sample in large cohorts), red crosses = outliers; empty labels on the bottom edge.",
+            log_scale=True,
+            marks=marks,
+        )
+    )
+    table = with_volume[
+        ["label", "name", "volume_n"] + [f"volume_ml_{s}" for s in ("median", "q1", "q3", "iqr", "min", "max")]
+    ]
     table = table.rename(columns={"volume_n": "n"})
-    return body + [f"<details open><summary>Table: {len(table)} labels, volume in ml over the subjects</summary>",
-                   _table(table, "", "label-volumes"), "</details>"]
+    return body + [
+        f"<details open><summary>Table: {len(table)} labels, volume in ml over the subjects</summary>",
+        _table(table, "", "label-volumes"),
+        "</details>",
+    ]
 
 
 def _overlap_html(per_label: pd.DataFrame, sample: pd.DataFrame, min_dice: float) -> list[str]:
     """Dice and HD95 figures and table: only for labels that some subject has a reference for."""
     measured = per_label[per_label["n"] > 0]
     if not len(measured):
-        return ["<h2>Dice and HD95</h2>",
-                "<p>No subject has reference labels: Dice and HD95 are not computed (the volumes and the "
-                "registration QC above need no reference).</p>"]
+        return [
+            "<h2>Dice and HD95</h2>",
+            "<p>No subject has reference labels: Dice and HD95 are not computed (the volumes and the "
+            "registration QC above need no reference).</p>",
+        ]
     box = "box = quartiles and median, whiskers = min-max, dots = subjects (a random sample in large cohorts)"
-    columns = ["label", "name", "n"] + [f"dice_{s}" for s in LABEL_STATS] + ["hd95_n"] + \
-        [f"hd95_mm_{s}" for s in LABEL_STATS]
+    columns = (
+        ["label", "name", "n"] + [f"dice_{s}" for s in LABEL_STATS] + ["hd95_n"] + [f"hd95_mm_{s}" for s in LABEL_STATS]
+    )
     unmeasured = len(per_label) - len(measured)
-    return ["<h2>Dice and HD95</h2>",
-            f"<p class=\"note\">Against the subjects' reference labels. A subject is flagged when its mean Dice "
-            f"is below Q1 - 1.5 IQR of the subjects' means or below {min_dice:g}."
-            + (f" {unmeasured} labels without any reference are not shown." if unmeasured else "") + "</p>",
-            paged_box_figures(measured.sort_values(["dice_median", "label"], kind="stable"), sample, "dice", "Dice",
-                              f"Dice per label, lowest median first: {box}."),
-            paged_box_figures(measured.sort_values(["hd95_mm_median", "label"], ascending=[False, True],
-                                                   kind="stable"), sample, "hd95_mm", "HD95 (mm)",
-                              f"HD95 (mm) per label, highest median first: {box}."),
-            f"<details open><summary>Table: {len(measured)} labels</summary>",
-            _table(measured[columns], "", "per-label"), "</details>"]
+    return [
+        "<h2>Dice and HD95</h2>",
+        f'<p class="note">Against the subjects\' reference labels. A subject is flagged when its mean Dice '
+        f"is below Q1 - 1.5 IQR of the subjects' means or below {min_dice:g}."
+        + (f" {unmeasured} labels without any reference are not shown." if unmeasured else "")
+        + "</p>",
+        paged_box_figures(
+            measured.sort_values(["dice_median", "label"], kind="stable"),
+            sample,
+            "dice",
+            "Dice",
+            f"Dice per label, lowest median first: {box}.",
+        ),
+        paged_box_figures(
+            measured.sort_values(["hd95_mm_median", "label"], ascending=[False, True], kind="stable"),
+            sample,
+            "hd95_mm",
+            "HD95 (mm)",
+            f"HD95 (mm) per label, highest median first: {box}.",
+        ),
+        f"<details open><summary>Table: {len(measured)} labels</summary>",
+        _table(measured[columns], "", "per-label"),
+        "</details>",
+    ]
 
 
 def _subject_html(per_subject: pd.DataFrame, outliers: pd.DataFrame, has_reference: bool) -> list[str]:
@@ -861,18 +1081,31 @@ def _subject_html(per_subject: pd.DataFrame, outliers: pd.DataFrame, has_referen
         order = "sorted by mean Dice"
     else:
         table = table.drop(columns=["n_nan_dice", "mean_dice", "median_hd95_mm"]).sort_values(
-            ["n_volume_outliers", "subject"], ascending=[False, True], kind="stable")
+            ["n_volume_outliers", "subject"], ascending=[False, True], kind="stable"
+        )
         order = "most volume outliers first"
-    return ["<h2>Per subject</h2>", f"<details open><summary>Table: {len(table)} subjects ({order})</summary>",
-            _table(table, "", "per-subject"), "</details>"]
+    return [
+        "<h2>Per subject</h2>",
+        f"<details open><summary>Table: {len(table)} subjects ({order})</summary>",
+        _table(table, "", "per-subject"),
+        "</details>",
+    ]
 
 
-def write_report(results_dir: str | Path, html_path: str | Path, summary_path: str | Path,
-                 logs_dir: str | Path | None = None, *, min_dice: float = MIN_DICE,
-                 max_folding_percent: float = MAX_FOLDING_PERCENT, max_qc_images: int = MAX_QC_IMAGES,
-                 min_similarity: float = MIN_SIMILARITY, min_brain_mask_dice: float = MIN_BRAIN_MASK_DICE,
-                 max_log_jacobian_std: float = MAX_LOG_JACOBIAN_STD,
-                 manifest_path: str | Path | None = None) -> dict:
+def write_report(
+    results_dir: str | Path,
+    html_path: str | Path,
+    summary_path: str | Path,
+    logs_dir: str | Path | None = None,
+    *,
+    min_dice: float = MIN_DICE,
+    max_folding_percent: float = MAX_FOLDING_PERCENT,
+    max_qc_images: int = MAX_QC_IMAGES,
+    min_similarity: float = MIN_SIMILARITY,
+    min_brain_mask_dice: float = MIN_BRAIN_MASK_DICE,
+    max_log_jacobian_std: float = MAX_LOG_JACOBIAN_STD,
+    manifest_path: str | Path | None = None,
+) -> dict:
     """Cohort tables, QC flags and a self-contained HTML report.
 
     Writes ``summary_path`` (the per-label TSV, the workflow's ``cohort_metrics.tsv``), the
@@ -887,8 +1120,12 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
     per_label, per_subject, sample, outliers = _compute_tables(results_dir, strip_per_label=STRIP_PER_LABEL)
     write_text_atomic(summary_path, per_label.to_csv(sep="\t", index=False, float_format="%.6g"))
     _write_aggregate_tables(per_label, per_subject, Path(summary_path).parent)
-    thresholds = {"min_similarity": min_similarity, "min_brain_mask_dice": min_brain_mask_dice,
-                  "max_folding_percent": max_folding_percent, "max_log_jacobian_std": max_log_jacobian_std}
+    thresholds = {
+        "min_similarity": min_similarity,
+        "min_brain_mask_dice": min_brain_mask_dice,
+        "max_folding_percent": max_folding_percent,
+        "max_log_jacobian_std": max_log_jacobian_std,
+    }
     registration = registration_flags(read_registration_qc(results_dir), **thresholds)
     qc = qc_flags(per_subject, min_dice, max_folding_percent, registration)
     failed = failed_subjects(results_dir, logs_dir)
@@ -897,10 +1134,12 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
 
     n_subjects = len(per_subject)
     n_with_dice = int(np.isfinite(per_subject["mean_dice"]).sum()) if n_subjects else 0
-    body = ["<h1>unireg cohort report</h1>",
-            f"<p>{n_subjects} subjects with metrics ({n_with_dice} with reference labels), "
-            f"{len(failed)} failed, {len(qc)} flagged for QC, {outliers['subject'].nunique()} with volume "
-            f"outliers; {len(per_label)} labels.</p>"]
+    body = [
+        "<h1>unireg cohort report</h1>",
+        f"<p>{n_subjects} subjects with metrics ({n_with_dice} with reference labels), "
+        f"{len(failed)} failed, {len(qc)} flagged for QC, {outliers['subject'].nunique()} with volume "
+        f"outliers; {len(per_label)} labels.</p>",
+    ]
     body += _attention_html(failed_shown, qc, outliers, per_label, n_with_dice > 0)
     body += _registration_html(registration, thresholds)
     body += _series_html(series)
@@ -914,18 +1153,30 @@ def write_report(results_dir: str | Path, html_path: str | Path, summary_path: s
     flagged = list(qc["subject"]) + list(dict.fromkeys(outliers["subject"]))
     order = list(dict.fromkeys(flagged)) + sorted(set(per_subject["subject"]) - set(flagged))
     images, notes = subject_qc_images(results_dir, order, max_qc_images)
-    body += ["<h2>Subject QC images</h2>",
-             f"<p class=\"note\">Propagated label contours on three slices through the labels' centre (RAS: superior "
-             f"and anterior up, subject's right on the right in coronal and axial views); flagged subjects first, "
-             f"then those with volume outliers, at most {max_qc_images}.</p>"]
+    body += [
+        "<h2>Subject QC images</h2>",
+        f'<p class="note">Propagated label contours on three slices through the labels\' centre (RAS: superior '
+        f"and anterior up, subject's right on the right in coronal and axial views); flagged subjects first, "
+        f"then those with volume outliers, at most {max_qc_images}.</p>",
+    ]
     body += [f"<figure>{_img(uri, f'sub-{s} QC')}</figure>" for s, uri in images]
     body += [f"<p>{html.escape(note)}</p>" for note in notes]
     if not images:
         body.append("<p>No subject image with propagated labels found.</p>")
 
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>unireg cohort report</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unireg cohort report</title>'
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
     write_text_atomic(html_path, page)
-    return {"per_label": per_label, "per_subject": per_subject, "qc": qc, "failed": failed,
-            "registration": registration, "volume_outliers": outliers, "series": series,
-            "html": Path(html_path), "summary": Path(summary_path)}
+    return {
+        "per_label": per_label,
+        "per_subject": per_subject,
+        "qc": qc,
+        "failed": failed,
+        "registration": registration,
+        "volume_outliers": outliers,
+        "series": series,
+        "html": Path(html_path),
+        "summary": Path(summary_path),
+    }

@@ -35,22 +35,33 @@ def select_device(requested: str = DEVICE) -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f"CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
-        raise UniregError(f"a GPU was requested (device cuda) but torch sees none ({seen}, torch "
-                          f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): check the job's GPU "
-                          "allocation and that the env has a CUDA build of torch, or set register.device: cpu")
+        raise UniregError(
+            f"a GPU was requested (device cuda) but torch sees none ({seen}, torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}): check the job's GPU "
+            "allocation and that the env has a CUDA build of torch, or set register.device: cpu"
+        )
     return torch.device(requested)
 
 
 # what a SLURM job (or any scheduler) tells the process about where it runs
-SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE",
-                       "CUDA_VISIBLE_DEVICES")
+SCHEDULER_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_GPUS",
+    "SLURM_GPUS_ON_NODE",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def execution_environment(device: torch.device) -> dict:
     """Where this registration ran: host, device (with the GPU's name) and the scheduler's variables
     (recorded in registration.json and the job log, so a cohort run can be audited afterwards)."""
-    env = {"host": socket.gethostname(), "device": str(device), "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads()}
+    env = {
+        "host": socket.gethostname(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name(device)
     env.update({name.lower(): os.environ[name] for name in SCHEDULER_VARIABLES if name in os.environ})
@@ -92,8 +103,10 @@ def check_memory(shape: tuple[int, ...], instance_opt_steps: int, device: torch.
     available = available_memory_bytes()
     if needed > available:
         grid = "x".join(str(s) for s in shape)
-        raise UniregError(f"registration on the {grid} atlas grid"
-                          f"{' with instance optimisation' if instance_opt_steps else ''} needs about "
-                          f"{needed / 1e9:.1f} GB but only {available / 1e9:.1f} GB is available; use a coarser "
-                          "atlas (atlas_spacing / unireg atlas prepare --spacing), set register.instance_opt: 0, "
-                          "or give the job more memory")
+        raise UniregError(
+            f"registration on the {grid} atlas grid"
+            f"{' with instance optimisation' if instance_opt_steps else ''} needs about "
+            f"{needed / 1e9:.1f} GB but only {available / 1e9:.1f} GB is available; use a coarser "
+            "atlas (atlas_spacing / unireg atlas prepare --spacing), set register.instance_opt: 0, "
+            "or give the job more memory"
+        )

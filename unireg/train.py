@@ -36,10 +36,10 @@ from . import __version__
 from .affine import read_affine_txt
 from .atlas import load_atlas
 from .errors import UniregError
+from .fields import jacobian_stats, warp, warp_affine
 from .io import load_image, save_image, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
-from .fields import jacobian_stats, warp, warp_affine
 from .model import build_model, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
 from .transforms import resample
@@ -48,12 +48,28 @@ DEFAULTS = {
     "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": []},
     "atlas": "mni2009a",
     "preprocess": {"brain_extraction": True, "similarity": "mi"},
-    "model": {"extractor": "mobilenet_v1_025", "extractor_weights": None, "channels": [16, 32, 32, 32],
-              "flow_stride": 2, "int_steps": 7},
-    "loss": {"similarity": "lncc", "regulariser": "diffusion", "smooth_weight": 1.0, "dice_weight": 1.0,
-             "dice_labels": 16},
-    "train": {"steps": 1000, "learning_rate": 1e-3, "seed": 0, "validate_every": 250, "val_pairs": 9,
-              "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0}},
+    "model": {
+        "extractor": "mobilenet_v1_025",
+        "extractor_weights": None,
+        "channels": [16, 32, 32, 32],
+        "flow_stride": 2,
+        "int_steps": 7,
+    },
+    "loss": {
+        "similarity": "lncc",
+        "regulariser": "diffusion",
+        "smooth_weight": 1.0,
+        "dice_weight": 1.0,
+        "dice_labels": 16,
+    },
+    "train": {
+        "steps": 1000,
+        "learning_rate": 1e-3,
+        "seed": 0,
+        "validate_every": 250,
+        "val_pairs": 9,
+        "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0},
+    },
     "output": None,
 }
 
@@ -133,7 +149,7 @@ def split_dataset(items: list[dict], n_train: int, n_val: int, seed: int, exclud
     random.Random(seed).shuffle(order)
     if n_train + n_val > len(items):
         raise UniregError(f"dataset has {len(items)} subjects; n_train + n_val = {n_train + n_val}")
-    return [items[i] for i in order[:n_train]], [items[i] for i in order[n_train:n_train + n_val]]
+    return [items[i] for i in order[:n_train]], [items[i] for i in order[n_train : n_train + n_val]]
 
 
 def prepare_subject(item: dict, atlas, cache: Path, options: PreprocessOptions) -> dict:
@@ -141,8 +157,12 @@ def prepare_subject(item: dict, atlas, cache: Path, options: PreprocessOptions) 
     out = cache / item["id"]
     if not (out / OUTPUT_FILES["info"]).is_file():
         preprocess_file(item["image"], atlas, out, options, subject=item["id"])
-    record = {"id": item["id"], "image": load_image(out / OUTPUT_FILES["image"]).data,
-              "mask": load_image(out / OUTPUT_FILES["mask"], label=True).data, "labels": None}
+    record = {
+        "id": item["id"],
+        "image": load_image(out / OUTPUT_FILES["image"]).data,
+        "mask": load_image(out / OUTPUT_FILES["mask"], label=True).data,
+        "labels": None,
+    }
     if item.get("labels"):
         lab_path = out / "labels.nii.gz"
         if not lab_path.is_file():
@@ -165,8 +185,11 @@ def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch
     angles = np.deg2rad(rng.uniform(-1, 1, 3) * augment["rotation_deg"])
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
-    rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-           @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    rot = (
+        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    )
     lin = rot @ np.diag(1 + rng.uniform(-1, 1, 3) * augment["scale"])
     # normalised coordinates span [-1, 1] from the first to the last voxel centre (fields.ALIGN_CORNERS):
     # a shift of t mm is t / (that distance / 2)
@@ -190,18 +213,27 @@ class Trainer:
         self.rng = np.random.default_rng(train_cfg["seed"])
         self.atlas = load_atlas(config["atlas"])
         items = discover_dataset(config["data"]["images"], config["data"]["labels"])
-        train_items, val_items = split_dataset(items, config["data"]["n_train"], config["data"]["n_val"],
-                                               config["data"]["split_seed"], config["data"]["exclude"])
-        write_text_atomic(self.out / "splits.json", json.dumps(
-            {"train": [r["id"] for r in train_items], "val": [r["id"] for r in val_items]}, indent=1) + "\n")
+        train_items, val_items = split_dataset(
+            items,
+            config["data"]["n_train"],
+            config["data"]["n_val"],
+            config["data"]["split_seed"],
+            config["data"]["exclude"],
+        )
+        write_text_atomic(
+            self.out / "splits.json",
+            json.dumps({"train": [r["id"] for r in train_items], "val": [r["id"] for r in val_items]}, indent=1) + "\n",
+        )
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         options = PreprocessOptions(**config["preprocess"])
         cache = self.out / "cache"
         t0 = time.perf_counter()
         self.train_set = [prepare_subject(r, self.atlas, cache, options) for r in train_items]
         self.val_set = [prepare_subject(r, self.atlas, cache, options) for r in val_items]
-        self.log(f"prepared {len(self.train_set)} train + {len(self.val_set)} val subjects "
-                 f"in {time.perf_counter() - t0:.0f} s")
+        self.log(
+            f"prepared {len(self.train_set)} train + {len(self.val_set)} val subjects "
+            f"in {time.perf_counter() - t0:.0f} s"
+        )
         self.model = build_model(config["model"])
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -255,8 +287,7 @@ class Trainer:
         velocity = self.model.velocity(fixed_feat, moving_feat)
         ddf = self.model.displacement(velocity, fixed_img.shape[2:])
         warped = warp(moving_img, ddf)
-        terms = {"similarity": self.similarity(warped, fixed_img),
-                 "smooth": self.smooth(ddf)}
+        terms = {"similarity": self.similarity(warped, fixed_img), "smooth": self.smooth(ddf)}
         if cfg["dice_weight"] > 0 and moving_lab is not None and fixed["labels"] is not None:
             fixed_lab = torch.from_numpy(fixed["labels"])[None, None]
             common = np.intersect1d(np.unique(fixed["labels"]), np.unique(moving_lab.numpy()))
@@ -267,7 +298,9 @@ class Trainer:
             terms["dice"] = self.dice(warped_onehot, one_hot(fixed_lab, values))
         else:
             terms["dice"] = torch.zeros(())
-        terms["total"] = terms["similarity"] + cfg["smooth_weight"] * terms["smooth"] + cfg["dice_weight"] * terms["dice"]
+        terms["total"] = (
+            terms["similarity"] + cfg["smooth_weight"] * terms["smooth"] + cfg["dice_weight"] * terms["dice"]
+        )
         return terms
 
     def train_step(self) -> dict[str, float]:
@@ -305,8 +338,11 @@ class Trainer:
         self.model.train()
         if not after:
             return {}
-        return {"val_dice_affine": float(np.mean(before)), "val_dice": float(np.mean(after)),
-                "val_folding_percent": float(np.mean(folding))}
+        return {
+            "val_dice_affine": float(np.mean(before)),
+            "val_dice": float(np.mean(after)),
+            "val_folding_percent": float(np.mean(folding)),
+        }
 
     # -- checkpoints --------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
@@ -320,9 +356,15 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.step}")
 
     def save_last(self) -> None:
-        state = {"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(), "step": self.step,
-                 "history": self.history, "numpy_rng": self.rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "config": self.config}
+        state = {
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "step": self.step,
+            "history": self.history,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config,
+        }
         tmp = self.out / ".last.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.out / "last.pt")
@@ -331,10 +373,20 @@ class Trainer:
         cfg = self.config["train"]
         steps = cfg["steps"]
         log_path = self.out / "log.csv"
-        fields = ["step", "total", "similarity", "smooth", "dice", "seconds", "val_dice_affine", "val_dice",
-                  "val_folding_percent"]
+        fields = [
+            "step",
+            "total",
+            "similarity",
+            "smooth",
+            "dice",
+            "seconds",
+            "val_dice_affine",
+            "val_dice",
+            "val_folding_percent",
+        ]
         new_log = not log_path.is_file() or self.step == 0
         from tqdm import tqdm
+
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
         t_start = time.perf_counter()
         with open(log_path, "w" if new_log else "a", newline="") as fh:
@@ -356,16 +408,28 @@ class Trainer:
         bar.close()
         final = self.validate()
         elapsed = time.perf_counter() - t_start
-        card = {"unireg_version": __version__, "extractor": self.model.extractor.name,
-                "extractor_weights_sha256": self.model.extractor.weights_sha256, "steps": self.step,
-                "train_seconds_this_run": round(elapsed, 1), "seed": cfg["seed"],
-                "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
-                "atlas": self.atlas.path, "train_subjects": [r["id"] for r in self.train_set],
-                "val_subjects": [r["id"] for r in self.val_set], "validation": final,
-                "normalisation": "percentile 0.5/99.5 in deepbet brain mask, [0, 1]" if
-                self.config["preprocess"]["brain_extraction"] else "percentile 0.5/99.5 of non-zero voxels"}
-        save_checkpoint(self.out / "model.pt", self.model, self.config["model"],
-                        extra={"model_card": card, "grid": card["grid"], "train_config": self.config})
+        card = {
+            "unireg_version": __version__,
+            "extractor": self.model.extractor.name,
+            "extractor_weights_sha256": self.model.extractor.weights_sha256,
+            "steps": self.step,
+            "train_seconds_this_run": round(elapsed, 1),
+            "seed": cfg["seed"],
+            "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
+            "atlas": self.atlas.path,
+            "train_subjects": [r["id"] for r in self.train_set],
+            "val_subjects": [r["id"] for r in self.val_set],
+            "validation": final,
+            "normalisation": "percentile 0.5/99.5 in deepbet brain mask, [0, 1]"
+            if self.config["preprocess"]["brain_extraction"]
+            else "percentile 0.5/99.5 of non-zero voxels",
+        }
+        save_checkpoint(
+            self.out / "model.pt",
+            self.model,
+            self.config["model"],
+            extra={"model_card": card, "grid": card["grid"], "train_config": self.config},
+        )
         write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
         return card
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 from scipy import ndimage
 
 from .errors import UniregError
@@ -80,10 +80,11 @@ def grid_with_spacing(grid: Grid, spacing: float | tuple[float, float, float]) -
 
 def _antialias_sigma(image: Image, grid: Grid, transform: np.ndarray | None) -> np.ndarray:
     """Gaussian sigma (input voxels) so that downsampling to ``grid`` does not alias."""
-    scale = np.linalg.norm((transform if transform is not None else np.eye(4))[:3, :3]
-                           @ grid.affine[:3, :3], axis=0).max()
+    scale = np.linalg.norm(
+        (transform if transform is not None else np.eye(4))[:3, :3] @ grid.affine[:3, :3], axis=0
+    ).max()
     ratio = scale / np.asarray(image.spacing)
-    return np.where(ratio > 1.0, 0.5 * np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)), 0.0)
+    return np.where(ratio > 1.0, 0.5 * np.sqrt(np.maximum(ratio**2 - 1.0, 0.0)), 0.0)
 
 
 def voxel_coordinates(image_affine: np.ndarray, grid: Grid, transform: np.ndarray | None = None) -> np.ndarray:
@@ -93,8 +94,15 @@ def voxel_coordinates(image_affine: np.ndarray, grid: Grid, transform: np.ndarra
     return (matrix[:3, :3] @ idx + matrix[:3, 3:4]).reshape(3, *grid.shape)
 
 
-def resample(image: Image, grid: Grid, transform: np.ndarray | None = None, *,
-             label_mode: str = "nearest", antialias: bool = True, fill: float = 0.0) -> Image:
+def resample(
+    image: Image,
+    grid: Grid,
+    transform: np.ndarray | None = None,
+    *,
+    label_mode: str = "nearest",
+    antialias: bool = True,
+    fill: float = 0.0,
+) -> Image:
     """Resample ``image`` onto ``grid`` in world coordinates.
 
     Args:
@@ -122,8 +130,9 @@ def resample(image: Image, grid: Grid, transform: np.ndarray | None = None, *,
         for value in np.unique(image.data):
             if value == 0:
                 continue
-            weight = ndimage.map_coordinates((image.data == value).astype(np.float32), coords,
-                                             order=1, mode="constant", cval=0.0)
+            weight = ndimage.map_coordinates(
+                (image.data == value).astype(np.float32), coords, order=1, mode="constant", cval=0.0
+            )
             better = weight > best
             out[better] = value
             best[better] = weight[better]
@@ -153,15 +162,17 @@ def crop_or_pad(image: Image, start: np.ndarray, shape: tuple[int, int, int], fi
     if np.all(src_hi > src_lo):
         dst_lo = src_lo - start
         dst_hi = dst_lo + (src_hi - src_lo)
-        out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = \
-            image.data[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+        out[tuple(slice(a, b) for a, b in zip(dst_lo, dst_hi))] = image.data[
+            tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+        ]
     affine = image.affine.copy()
     affine[:3, 3] = apply_affine(image.affine, start[None].astype(float))[0]
     return image.with_data(out, affine=affine)
 
 
-def crop_to_multiple(image: Image, mask: np.ndarray | None = None, multiple: int = 16,
-                     margin: int = 2) -> tuple[Image, np.ndarray]:
+def crop_to_multiple(
+    image: Image, mask: np.ndarray | None = None, multiple: int = 16, margin: int = 2
+) -> tuple[Image, np.ndarray]:
     """Crop/pad around the foreground (``mask``, default ``data > 0``) to a shape divisible by ``multiple``.
 
     ``margin`` voxels are kept around the foreground. Returns the new image and the voxel

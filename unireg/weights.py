@@ -46,16 +46,17 @@ class WeightSource:
 
 
 WEIGHT_SOURCES: dict[str, WeightSource] = {
-    "resnet18": WeightSource("resnet18-f37072fd.pth",
-                             "https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd"),
-    "vgg16": WeightSource("vgg16-397923af.pth",
-                          "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
+    "resnet18": WeightSource(
+        "resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd"
+    ),
+    "vgg16": WeightSource("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Files: hashes, the hub cache, loading
 # ---------------------------------------------------------------------------------------------
+
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -91,17 +92,20 @@ def _load_matching(module: nn.Module, state: Mapping, path: Path, name: str) -> 
     Checks every needed key and shape first; ``num_batches_tracked`` (unused in eval mode,
     absent from older torchvision files) may be missing.
     """
-    needed = {key: value for key, value in module.state_dict().items()
-              if not key.endswith("num_batches_tracked")}
+    needed = {key: value for key, value in module.state_dict().items() if not key.endswith("num_batches_tracked")}
     for key, value in needed.items():
         if key not in state:
-            raise UniregError(f"not a torchvision {name} state dict: key {key!r} is missing "
-                              f"(expected shape {tuple(value.shape)})", path=path)
+            raise UniregError(
+                f"not a torchvision {name} state dict: key {key!r} is missing (expected shape {tuple(value.shape)})",
+                path=path,
+            )
         found = state[key]
         if not isinstance(found, torch.Tensor) or found.shape != value.shape:
             shape = tuple(found.shape) if isinstance(found, torch.Tensor) else type(found).__name__
-            raise UniregError(f"not a torchvision {name} state dict: key {key!r} has shape {shape}, "
-                              f"expected {tuple(value.shape)}", path=path)
+            raise UniregError(
+                f"not a torchvision {name} state dict: key {key!r} has shape {shape}, expected {tuple(value.shape)}",
+                path=path,
+            )
     module.load_state_dict({key: state[key] for key in needed}, strict=False)
 
 
@@ -111,14 +115,18 @@ def _verified(path: Path, expected_sha256: str, what: str) -> str:
         raise UniregError(f"{what} not found; reinstall unireg or pass the file's path as weights", path=path)
     digest = sha256_file(path)
     if digest != expected_sha256:
-        raise UniregError(f"sha256 {digest[:16]}... is not the {expected_sha256[:16]}... of {what}: the file "
-                          "is corrupted or a different file; reinstall unireg or restore the file", path=path)
+        raise UniregError(
+            f"sha256 {digest[:16]}... is not the {expected_sha256[:16]}... of {what}: the file "
+            "is corrupted or a different file; reinstall unireg or restore the file",
+            path=path,
+        )
     return digest
 
 
 # ---------------------------------------------------------------------------------------------
 # torchvision's files: fetching, finding, the hash in the name
 # ---------------------------------------------------------------------------------------------
+
 
 def fetch_weights(name: str, dest_dir: str | Path | None = None) -> Path:
     """Download torchvision's ImageNet weights for ``name`` (``resnet18``, ``vgg16``).
@@ -128,8 +136,10 @@ def fetch_weights(name: str, dest_dir: str | Path | None = None) -> Path:
     kept. Returns the file's path. The only function here that touches the network.
     """
     if name not in WEIGHT_SOURCES:
-        raise UniregError(f"no weights to fetch for {name!r}; fetchable: {', '.join(WEIGHT_SOURCES)} "
-                          "(mobilenet_v1_025 ships with unireg, mind and scratch have no weights)")
+        raise UniregError(
+            f"no weights to fetch for {name!r}; fetchable: {', '.join(WEIGHT_SOURCES)} "
+            "(mobilenet_v1_025 ships with unireg, mind and scratch have no weights)"
+        )
     source = WEIGHT_SOURCES[name]
     folder = Path(dest_dir).expanduser() if dest_dir is not None else hub_checkpoint_dir()
     dest = folder / source.file_name
@@ -140,12 +150,16 @@ def fetch_weights(name: str, dest_dir: str | Path | None = None) -> Path:
         torch.hub.download_url_to_file(source.url, str(dest), hash_prefix=source.sha256_prefix)
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", None) or err
-        raise UniregError(f"could not download {source.url} ({reason}); download that file where there "
-                          f"is internet and place it here as {source.file_name} (folder {folder}), "
-                          f"or pass its path as weights", path=dest) from None
+        raise UniregError(
+            f"could not download {source.url} ({reason}); download that file where there "
+            f"is internet and place it here as {source.file_name} (folder {folder}), "
+            f"or pass its path as weights",
+            path=dest,
+        ) from None
     except RuntimeError as err:  # download_url_to_file's hash check
-        raise UniregError(f"the download of {source.url} failed its sha256 check ({err}); try again",
-                          path=dest) from None
+        raise UniregError(
+            f"the download of {source.url} failed its sha256 check ({err}); try again", path=dest
+        ) from None
     return dest
 
 
@@ -159,9 +173,11 @@ def _torchvision_weights(name: str, weights: Path | None) -> Path:
     cached = hub_checkpoint_dir() / source.file_name
     if cached.is_file():
         return cached
-    raise UniregError(f"feature extractor {name} needs torchvision's ImageNet weights {source.file_name}, "
-                      f"not found in {cached.parent}; run `unireg weights fetch {name}` (downloads "
-                      f"{source.url}) or pass the file's path as weights")
+    raise UniregError(
+        f"feature extractor {name} needs torchvision's ImageNet weights {source.file_name}, "
+        f"not found in {cached.parent}; run `unireg weights fetch {name}` (downloads "
+        f"{source.url}) or pass the file's path as weights"
+    )
 
 
 def _check_torchvision_hash(name: str, path: Path) -> str:
@@ -174,7 +190,10 @@ def _check_torchvision_hash(name: str, path: Path) -> str:
     digest = sha256_file(path)
     source = WEIGHT_SOURCES[name]
     if path.name == source.file_name and not digest.startswith(source.sha256_prefix):
-        raise UniregError(f"sha256 {digest[:16]}... does not start with {source.sha256_prefix}, the hash in "
-                          f"torchvision's file name: the file is corrupted or a different file; delete it and run "
-                          f"`unireg weights fetch {name}`, or copy it again", path=path)
+        raise UniregError(
+            f"sha256 {digest[:16]}... does not start with {source.sha256_prefix}, the hash in "
+            f"torchvision's file name: the file is corrupted or a different file; delete it and run "
+            f"`unireg weights fetch {name}`, or copy it again",
+            path=path,
+        )
     return digest

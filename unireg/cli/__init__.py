@@ -20,8 +20,9 @@ VERB_MODULES = (preprocess, atlas, index, convert, demo, train, register, propag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unireg", description="unireg: cohort-scale atlas registration with "
-                                                                "frozen pretrained features (UniReg)")
+    parser = argparse.ArgumentParser(
+        prog="unireg", description="unireg: cohort-scale atlas registration with frozen pretrained features (UniReg)"
+    )
     parser.add_argument("--version", action="version", version=f"unireg {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in VERB_MODULES:

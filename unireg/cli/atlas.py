@@ -23,13 +23,17 @@ def add_parser(verbs) -> None:
 
 def run_prepare(args) -> None:
     from ..atlas import default_atlas_dir, prepare_default_atlas
+
     out = args.out or default_atlas_dir(args.spacing)
     atlas = prepare_default_atlas(out, spacing=args.spacing)
-    print(f"unireg atlas prepare: wrote {atlas.path} (grid {atlas.grid.shape}, {args.spacing:g} mm, "
-          f"{len(atlas.table)} labels)")
+    print(
+        f"unireg atlas prepare: wrote {atlas.path} (grid {atlas.grid.shape}, {args.spacing:g} mm, "
+        f"{len(atlas.table)} labels)"
+    )
 
 
 def run_import(args) -> None:
     from ..atlas import import_atlas
+
     atlas = import_atlas(args.image, args.labels, args.table, args.out, spacing=args.spacing, mask_path=args.mask)
     print(f"unireg atlas import: wrote {atlas.path} (grid {atlas.grid.shape}, {len(atlas.table)} labels)")

@@ -10,15 +10,18 @@ def add_parser(verbs) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--subject", required=True)
     p.add_argument("--out", required=True, help="output .nii.gz (a de-identified .json sidecar is written beside it)")
-    p.add_argument("--modality", help="select again, among series of this modality (default: the manifest's "
-                                      "selected series)")
-    p.add_argument("--description", help="select again, among series whose SeriesDescription matches this "
-                                         "regular expression")
+    p.add_argument(
+        "--modality", help="select again, among series of this modality (default: the manifest's selected series)"
+    )
+    p.add_argument(
+        "--description", help="select again, among series whose SeriesDescription matches this regular expression"
+    )
     add_salt_file(p, created=False)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..convert import convert_command
+
     out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description, args.salt_file)
     print(f"unireg convert: wrote {out}")

@@ -16,5 +16,6 @@ def add_parser(verbs) -> None:
 
 def run(args) -> None:
     from ..demo import make_demo_cohort
+
     info = make_demo_cohort(Path(args.out), n_subjects=args.subjects, seed=args.seed, low_res=args.low_res)
     print(f"unireg demo: wrote {len(info['subjects'])} subjects to {args.out} (cohort.tsv)")

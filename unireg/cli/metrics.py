@@ -20,6 +20,7 @@ def add_parser(verbs) -> None:
 
 def run(args) -> None:
     from ..metrics import find_reference, metrics_files
+
     reference = args.reference or find_reference(args.subject, args.manifest, args.reference_dir)
     rows = metrics_files(args.labels, args.table, args.out, reference, args.registration, subject=args.subject)
     dice = [r["dice"] for r in rows if r["dice"] == r["dice"]]

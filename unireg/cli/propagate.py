@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 def add_parser(verbs) -> None:
-    p = verbs.add_parser("propagate",
-                         help="atlas labels -> a subject's native grid (affine + displacement, one resampling)")
+    p = verbs.add_parser(
+        "propagate", help="atlas labels -> a subject's native grid (affine + displacement, one resampling)"
+    )
     p.add_argument("--native", required=True, help="the subject's converted (native) NIfTI")
     p.add_argument("--affine", required=True, help="affine.txt from unireg preprocess")
     p.add_argument("--displacement", help="displacement.nii.gz from unireg register (omit: affine only)")
@@ -18,15 +19,20 @@ def add_parser(verbs) -> None:
     p.add_argument("--atlas", default="mni2009a")
     p.add_argument("--out", required=True, help="output label map (.nii.gz)")
     p.add_argument("--subject")
-    p.add_argument("--table", help="the atlas's label table TSV: also written beside --out as its look-up table "
-                                   "(x_dseg.nii.gz -> x_dseg.tsv)")
+    p.add_argument(
+        "--table",
+        help="the atlas's label table TSV: also written beside --out as its look-up table "
+        "(x_dseg.nii.gz -> x_dseg.tsv)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..atlas import ATLAS_FILES, load_atlas
     from ..propagate import propagate_files
+
     labels_path = args.atlas_labels or Path(load_atlas(args.atlas).path) / ATLAS_FILES["labels"]
-    labels = propagate_files(labels_path, args.native, args.affine, args.out, args.displacement, subject=args.subject,
-                             table_path=args.table)
+    labels = propagate_files(
+        labels_path, args.native, args.affine, args.out, args.displacement, subject=args.subject, table_path=args.table
+    )
     print(f"unireg propagate: wrote {args.out} ({len(set(labels.data.ravel().tolist()) - {0})} labels)")

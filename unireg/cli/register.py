@@ -13,16 +13,31 @@ def add_parser(verbs) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
     p.add_argument("--moving-labels", help="label map on the moving grid to warp as well")
-    p.add_argument("--fixed-mask", help="the fixed image's brain mask (same grid): region of the Jacobian statistics "
-                                        "and of the QC similarity (default: the whole grid / non-zero fixed voxels)")
-    p.add_argument("--moving-mask", help="the moving image's brain mask (the atlas's atlas_brainmask.nii.gz), for the "
-                                         "QC brain-mask Dice (default: --moving-labels > 0)")
-    p.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, metavar="N",
-                   help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
-                        f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)")
-    p.add_argument("--instance-opt-similarity", choices=INSTANCE_OPT_SIMILARITIES, default=INSTANCE_OPT_SIMILARITY,
-                   help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
-                        "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)")
+    p.add_argument(
+        "--fixed-mask",
+        help="the fixed image's brain mask (same grid): region of the Jacobian statistics "
+        "and of the QC similarity (default: the whole grid / non-zero fixed voxels)",
+    )
+    p.add_argument(
+        "--moving-mask",
+        help="the moving image's brain mask (the atlas's atlas_brainmask.nii.gz), for the "
+        "QC brain-mask Dice (default: --moving-labels > 0)",
+    )
+    p.add_argument(
+        "--instance-opt",
+        type=int,
+        default=INSTANCE_OPT_STEPS,
+        metavar="N",
+        help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
+        f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)",
+    )
+    p.add_argument(
+        "--instance-opt-similarity",
+        choices=INSTANCE_OPT_SIMILARITIES,
+        default=INSTANCE_OPT_SIMILARITY,
+        help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
+        "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)",
+    )
     p.add_argument("--device", default=DEVICE, help="auto (CUDA if visible, else CPU; default), cpu, or cuda (cuda:N)")
     p.add_argument("--subject", help=SUBJECT_HELP)
     add_layout_naming(p, atlas_label=True)
@@ -32,17 +47,30 @@ def add_parser(verbs) -> None:
 def run(args) -> None:
     from ..layout import stage_names
     from ..register import InstanceOptOptions, register_files
+
     opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
-    result = register_files(args.fixed, args.moving, args.out, model_path=args.model,
-                            moving_labels_path=args.moving_labels, instance_opt=opt, device=args.device,
-                            subject=args.subject, fixed_mask_path=args.fixed_mask,
-                            moving_mask_path=args.moving_mask,
-                            names=stage_names("register", args.subject, args.space, args.atlas_label))
+    result = register_files(
+        args.fixed,
+        args.moving,
+        args.out,
+        model_path=args.model,
+        moving_labels_path=args.moving_labels,
+        instance_opt=opt,
+        device=args.device,
+        subject=args.subject,
+        fixed_mask_path=args.fixed_mask,
+        moving_mask_path=args.moving_mask,
+        names=stage_names("register", args.subject, args.space, args.atlas_label),
+    )
     jac, qc = result.info["jacobian"], result.info["qc"]
     print("unireg register: environment " + " ".join(f"{k}={v}" for k, v in result.info["environment"].items()))
-    print(f"unireg register: wrote {args.out} on {result.info['device']} "
-          f"({jac['folding_percent']:.3f} % folding, std log|J| {jac['log_jacobian_std']:.3f})")
+    print(
+        f"unireg register: wrote {args.out} on {result.info['device']} "
+        f"({jac['folding_percent']:.3f} % folding, std log|J| {jac['log_jacobian_std']:.3f})"
+    )
     mask_dice = qc["brain_mask_dice_after"]
-    print(f"unireg register: QC similarity {qc['similarity_before']:.3f} -> {qc['similarity_after']:.3f} "
-          f"({qc['similarity']}), brain-mask Dice "
-          + (f"{mask_dice:.3f} ({qc['moving_mask']})" if mask_dice is not None else "n/a (no moving mask or labels)"))
+    print(
+        f"unireg register: QC similarity {qc['similarity_before']:.3f} -> {qc['similarity_after']:.3f} "
+        f"({qc['similarity']}), brain-mask Dice "
+        + (f"{mask_dice:.3f} ({qc['moving_mask']})" if mask_dice is not None else "n/a (no moving mask or labels)")
+    )

@@ -12,24 +12,32 @@ def add_parser(verbs) -> None:
     p.add_argument("results", help="results folder (the workflow's results layout: unireg.layout)")
     p.add_argument("--out", help="HTML report (default RESULTS/report.html)")
     p.add_argument("--summary", help="cohort summary TSV (default RESULTS/cohort_metrics.tsv)")
-    p.add_argument("--logs", help="the workflow's logs folder, for failed subjects' errors "
-                                  "(default RESULTS/../work/logs)")
+    p.add_argument(
+        "--logs", help="the workflow's logs folder, for failed subjects' errors (default RESULTS/../work/logs)"
+    )
     p.add_argument("--table", help="label table TSV: first re-measure every subject's propagated labels with it")
     p.add_argument("--reference-dir", help="with --table: " + REFERENCE_DIR_HELP)
-    p.add_argument("--manifest", help="cohort manifest (default RESULTS/manifest.tsv): the report lists each subject's "
-                                      "selected series from it; with --table its 'reference' column names references")
+    p.add_argument(
+        "--manifest",
+        help="cohort manifest (default RESULTS/manifest.tsv): the report lists each subject's "
+        "selected series from it; with --table its 'reference' column names references",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..report import write_report
+
     args.out = args.out or str(Path(args.results) / "report.html")
     args.summary = args.summary or str(Path(args.results) / "cohort_metrics.tsv")
     if args.table:
         from ..metrics import regenerate_metrics
+
         errors = regenerate_metrics(args.results, args.table, args.reference_dir, args.manifest)
         if errors:
             print(f"unireg report: {len(errors)} subjects could not be re-measured (listed above)")
     result = write_report(args.results, args.out, args.summary, logs_dir=args.logs, manifest_path=args.manifest)
-    print(f"unireg report: {Path(args.out).resolve()} ({len(result['per_subject'])} subjects, "
-          f"{len(result['qc'])} flagged, {len(result['failed'])} failed)")
+    print(
+        f"unireg report: {Path(args.out).resolve()} ({len(result['per_subject'])} subjects, "
+        f"{len(result['qc'])} flagged, {len(result['failed'])} failed)"
+    )

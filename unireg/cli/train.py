@@ -13,7 +13,10 @@ def add_parser(verbs) -> None:
 
 def run(args) -> None:
     from ..train import train
+
     card = train(args.config, resume=not args.restart, progress=not args.no_progress)
     val = card.get("validation", {})
-    print(f"unireg train: {card['steps']} steps; validation Dice {val.get('val_dice_affine', float('nan')):.3f} "
-          f"(affine) -> {val.get('val_dice', float('nan')):.3f} (UniReg)")
+    print(
+        f"unireg train: {card['steps']} steps; validation Dice {val.get('val_dice_affine', float('nan')):.3f} "
+        f"(affine) -> {val.get('val_dice', float('nan')):.3f} (UniReg)"
+    )

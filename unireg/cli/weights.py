@@ -17,6 +17,7 @@ def add_parser(verbs) -> None:
 
 def run_fetch(args) -> None:
     from ..weights import fetch_weights
+
     path = fetch_weights(args.name, args.dest)
     print(f"unireg weights fetch: {path}")
 
@@ -24,6 +25,7 @@ def run_fetch(args) -> None:
 def run_list(args) -> None:
     from ..features import EXTRACTORS
     from ..weights import WEIGHT_SOURCES, hub_checkpoint_dir
+
     for name in EXTRACTORS:
         source = WEIGHT_SOURCES.get(name)
         where = f"{hub_checkpoint_dir() / source.file_name}" if source else "packaged / none needed"

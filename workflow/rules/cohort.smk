@@ -8,14 +8,14 @@ rule demo:
         log("demo", "demo"),
     benchmark:
         bench("demo", "demo")
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         unireg=UNIREG,
         low_res="--low-res" if config["demo"]["low_res"] else "",
         n=config["demo"]["subjects"],
         seed=config["demo"]["seed"],
         out=lambda w, output: Path(output.cohort).parent,
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "{params.unireg} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
 
@@ -29,12 +29,12 @@ checkpoint index:
         log("index", "index"),
     benchmark:
         bench("index", "index")
+    conda:
+        "../../envs/dicom.yaml"
     params:
         unireg=UNIREG,
         select=SERIES_FILTER,
         salt=UID_SALT,
-    conda:
-        "../../envs/dicom.yaml"
     shell:
         "{params.unireg} index --input {input.cohort} --out {output.manifest} {params.select} "
         "--salt-file {params.salt} > {log} 2>&1"

@@ -9,7 +9,6 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
 from unireg.layout import SUBJECT_PATTERN, atlas_entities, subject_files
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 # The unireg CLI, run from this checkout: inside a rule's conda env only third-party packages
@@ -89,5 +88,7 @@ def write_report_after_failure():
             os.utime(path, (0, 0))
         print(f"unireg: some jobs failed; the report lists them: {html}")
     else:
-        print(f"unireg: some jobs failed; the report could not be written ({report_log}). "
-              f"Once the results are there: {command}")
+        print(
+            f"unireg: some jobs failed; the report could not be written ({report_log}). "
+            f"Once the results are there: {command}"
+        )

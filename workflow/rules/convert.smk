@@ -10,11 +10,11 @@ rule convert:
         log("convert"),
     benchmark:
         bench("convert")
+    conda:
+        "../../envs/dicom.yaml"
     params:
         unireg=UNIREG,
         salt=UID_SALT,
-    conda:
-        "../../envs/dicom.yaml"
     shell:
         "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} --salt-file {params.salt} "
         "--out {output.image} > {log} 2>&1"

@@ -13,13 +13,11 @@ rule metrics:
         log("metrics"),
     benchmark:
         bench("metrics")
-    params:
-        unireg=UNIREG,
-        reference_dir=(
-            f"--reference-dir {config['reference_labels']}" if config["reference_labels"] else ""
-        ),
     conda:
         "../../envs/report.yaml"
+    params:
+        unireg=UNIREG,
+        reference_dir=(f"--reference-dir {config['reference_labels']}" if config["reference_labels"] else ""),
     shell:
         "{params.unireg} metrics --labels {input.labels} --manifest {input.manifest} {params.reference_dir} "
         "--table {input.table} "

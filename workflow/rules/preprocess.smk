@@ -11,12 +11,12 @@ rule atlas:
         log("atlas", "atlas"),
     benchmark:
         bench("atlas", "atlas")
+    conda:
+        "../../envs/preprocess.yaml"
     params:
         unireg=UNIREG,
         out=lambda w, output: Path(output.image).parent,
         spacing=config["atlas_spacing"],
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "{params.unireg} atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
 
@@ -34,6 +34,8 @@ rule preprocess:
         log("preprocess"),
     benchmark:
         bench("preprocess")
+    conda:
+        "../../envs/preprocess.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the one place of this request (SLURM too)
@@ -44,8 +46,6 @@ rule preprocess:
         bet="" if config["preprocess"]["brain_extraction"] else "--no-brain-extraction",
         similarity=config["preprocess"]["similarity"],
         space=SPACE,
-    conda:
-        "../../envs/preprocess.yaml"
     shell:
         "{params.unireg} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
         "--subject {wildcards.subject} --space {params.space} --similarity {params.similarity} {params.bet} > {log} 2>&1"

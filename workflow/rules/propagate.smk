@@ -15,10 +15,10 @@ rule propagate:
         log("propagate"),
     benchmark:
         bench("propagate")
-    params:
-        unireg=UNIREG,
     conda:
         "../../envs/preprocess.yaml"
+    params:
+        unireg=UNIREG,
     shell:
         "{params.unireg} propagate --atlas-labels {input.atlas_labels} --native {input.native} --affine {input.affine} "
         "--displacement {input.displacement} --subject {wildcards.subject} --table {input.table} "

@@ -18,6 +18,8 @@ rule register:
         log("register"),
     benchmark:
         bench("register")
+    conda:
+        "../../envs/register.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 12000 * attempt,  # the one place of this request (SLURM too)
@@ -31,8 +33,6 @@ rule register:
         similarity=config["register"]["instance_opt_similarity"],
         space=SPACE,
         atlas_label=ATLAS_LABEL,
-    conda:
-        "../../envs/register.yaml"
     shell:
         "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
         "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} "

@@ -12,13 +12,12 @@ rule report:
         log("report", "report"),
     benchmark:
         bench("report", "report")
+    conda:
+        "../../envs/report.yaml"
     params:
         unireg=UNIREG,
         results=lambda w, output: Path(output.html).parent,
         logs=LOGS,
-    conda:
-        "../../envs/report.yaml"
     shell:
         "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs {params.logs} --manifest {input.manifest} "
         "> {log} 2>&1"
-
