@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import peers  # noqa: E402  (the same contrast remaps, IXI002 cases and report helpers)
-from peers import CONTRASTS, fmt, git_commit, machine, synthetic_contrast, write_csv  # noqa: E402
+from peers import CONTRASTS, fmt, synthetic_contrast, write_csv  # noqa: E402
 
 SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
 IXI = SHARED / "ixi_t1_dlmuse"
@@ -127,23 +127,7 @@ def validation_split() -> tuple[list[str], list[str]]:
 
 def prepare(atlas, val_ids: list[str], n_pairs: int, cache: Path) -> tuple[list[dict], dict]:
     """The labelled test cases (one per pair and contrast) and the IXI002 arrays."""
-    from unireg.io import load_image
-    from unireg.preprocess import OUTPUT_FILES, PreprocessOptions
-    from unireg.train import load_config, prepare_subject
-
-    options = PreprocessOptions(**load_config(REPO / "config" / "train_default.yaml")["preprocess"])
-    subjects = {}
-    for sid in val_ids[: n_pairs + 1]:
-        t0 = time.perf_counter()
-        item = {
-            "id": sid,
-            "image": str(IXI / "t1" / f"{sid}.nii.gz"),
-            "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz"),
-        }
-        record = prepare_subject(item, atlas, cache, options)
-        record["image"] = load_image(cache / sid / OUTPUT_FILES["image"])  # an Image: synthetic_contrast needs it
-        subjects[sid] = record
-        log(f"preprocessed {sid} ({time.perf_counter() - t0:.0f} s)")
+    subjects = peers.preprocess_ixi(val_ids[: n_pairs + 1], atlas, cache)  # Images: synthetic_contrast needs them
     cases = []
     for k in range(n_pairs):
         fixed, moving = subjects[val_ids[k]], subjects[val_ids[k + 1]]
@@ -444,10 +428,11 @@ def main(argv=None) -> None:
         )
     grid = "x".join(str(s) for s in atlas.grid.shape)
     header = [
-        f"date: {started.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"machine: {machine()}; torch {torch.__version__}, {args.threads} threads, CPU",
-        f"git commit: {git_commit()}",
-        f"command: `{peers.command_line(argv, 'benchmarks/domain_shift.py')}`",
+        *peers.provenance(
+            started,
+            peers.command_line(argv, "benchmarks/domain_shift.py"),
+            f"torch {torch.__version__}, {args.threads} threads, CPU",
+        ),
         f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min ({t_prep:.0f} s loading and preprocessing, "
         f"cache {cache})",
         f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm"

@@ -205,18 +205,16 @@ def synthetic_contrast(t1, mask: np.ndarray, name: str, seed: int):
     return normalise_intensity(t1.with_data(out), mask=inside)
 
 
-def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
-    """Preprocess (cached) every subject the tasks need; return the cases and their arrays."""
-    from unireg.affine import read_affine_txt
+def preprocess_ixi(subject_ids: list[str], atlas, cache: Path) -> dict[str, dict]:
+    """Preprocess (cached under ``cache``) IXI T1 subjects and their labels with the training recipe's
+    options; each record's ``image`` is the preprocessed :class:`unireg.io.Image` (affine kept)."""
     from unireg.io import load_image
-    from unireg.preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
+    from unireg.preprocess import OUTPUT_FILES, PreprocessOptions
     from unireg.train import load_config, prepare_subject
-    from unireg.transforms import resample
 
     options = PreprocessOptions(**load_config(TRAIN_CONFIG)["preprocess"])
-    atlas_id, targets = val_ids[0], val_ids[1 : 1 + args.pairs]
     subjects = {}
-    for sid in [atlas_id] + targets:
+    for sid in subject_ids:
         t0 = time.perf_counter()
         item = {
             "id": sid,
@@ -224,9 +222,22 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
             "labels": str(IXI / "labels" / f"{sid}_DLMUSE.nii.gz"),
         }
         record = prepare_subject(item, atlas, cache, options)
-        record["image"] = load_image(cache / sid / OUTPUT_FILES["image"])  # keep the affine with the data
+        record["image"] = load_image(cache / sid / OUTPUT_FILES["image"])
         subjects[sid] = record
         log(f"preprocessed {sid} ({time.perf_counter() - t0:.0f} s, cache {cache / sid})")
+    return subjects
+
+
+def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
+    """Preprocess (cached) every subject the tasks need; return the cases and their arrays."""
+    from unireg.affine import read_affine_txt
+    from unireg.io import load_image
+    from unireg.preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
+    from unireg.train import load_config
+    from unireg.transforms import resample
+
+    atlas_id, targets = val_ids[0], val_ids[1 : 1 + args.pairs]
+    subjects = preprocess_ixi([atlas_id] + targets, atlas, cache)
     cases, arrays, refs = [], {}, {}
     moving = subjects[atlas_id]
 
@@ -256,6 +267,7 @@ def preprocess_all(args, atlas, val_ids: list[str], cache: Path):
                     moving_labels=moving["labels"],
                 )
     if "ixi002" in args.tasks:
+        options = PreprocessOptions(**load_config(TRAIN_CONFIG)["preprocess"])
         plain = PreprocessOptions(brain_extraction=False, similarity=options.similarity)
         scans = {}
         for contrast in ("T1", "T2"):
@@ -699,6 +711,16 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, {mem:.0f} GB RAM, {platform.system()} {platform.release()}"
 
 
+def provenance(started, command: str, details: str) -> list[str]:
+    """The date, machine (+ ``details``), commit and command lines every benchmark table starts with."""
+    return [
+        f"date: {started.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"machine: {machine()}; {details}",
+        f"git commit: {git_commit()}",
+        f"command: `{command}`",
+    ]
+
+
 def git_commit() -> str:
     try:
         head = subprocess.run(
@@ -864,11 +886,12 @@ def main(argv=None) -> None:
     command = command_line(argv)
     grid = "x".join(str(s) for s in atlas.grid.shape)
     header = [
-        f"date: {started.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"machine: {machine()}; GPU: {torch.cuda.get_device_name(0) if gpu else 'none (no GPU rows)'}",
-        f"threads per method: {args.threads}; {versions()}",
-        f"git commit: {git_commit()}",
-        f"command: `{command}`",
+        *provenance(
+            started,
+            command,
+            f"GPU: {torch.cuda.get_device_name(0) if gpu else 'none (no GPU rows)'}; threads per method: "
+            f"{args.threads}; {versions()}",
+        ),
         f"wall time: {wall / 60:.1f} min ({t_prep:.0f} s preprocessing, cached in {cache})",
         f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm"
         + (

@@ -149,15 +149,13 @@ def check_field_of_view(image: Image, atlas: Atlas, subject: str | None = None) 
     fov = world_extent(image.grid)
     brain = world_extent(atlas.grid, atlas.mask.data > 0)
     if np.any(fov < MIN_FOV_FRACTION * brain):
-        shown = " x ".join(f"{v:.0f}" for v in fov)
-        brain_shown = " x ".join(f"{v:.0f}" for v in brain)
-        raise UniregError(
-            f"partial field of view: the image covers {shown} mm (R x A x S), less than "
-            f"{MIN_FOV_FRACTION:.0%} of the atlas brain's {brain_shown} mm along an axis (a slab or a "
-            "cropped head?); register a series that covers the whole brain",
-            subject=subject,
-            path=image.path,
+        fov_mm, brain_mm = (" x ".join(f"{v:.0f}" for v in extent) for extent in (fov, brain))
+        message = (
+            f"partial field of view: the image covers {fov_mm} mm (R x A x S), less than {MIN_FOV_FRACTION:.0%} "
+            f"of the atlas brain's {brain_mm} mm along an axis (a slab or a cropped head?); register a series "
+            "that covers the whole brain"
         )
+        raise UniregError(message, subject=subject, path=image.path)
 
 
 def check_alignment(matrix: np.ndarray, subject: str | None = None, path: str | None = None) -> np.ndarray:

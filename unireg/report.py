@@ -86,22 +86,32 @@ PER_LABEL_COLUMNS = (
     + ["volume_n"]
     + [f"volume_ml_{s}" for s in LABEL_STATS]
 )
-OUTLIER_COLUMNS = ["subject", "label", "name", "volume_ml", "label_median_ml", "robust_z"]
+#: The volume-outlier and per-subject tables' columns with their dtypes (see :func:`_typed`).
+OUTLIER_DTYPES = {
+    "subject": "str",
+    "label": "int64",
+    "name": "str",
+    "volume_ml": "float64",
+    "label_median_ml": "float64",
+    "robust_z": "float64",
+}
+PER_SUBJECT_DTYPES = {
+    "subject": "str",
+    "n_labels": "int64",
+    "n_nan_dice": "int64",
+    "mean_dice": "float64",
+    "median_hd95_mm": "float64",
+    "folding_percent": "float64",
+    "log_jacobian_std": "float64",
+}
+OUTLIER_COLUMNS = list(OUTLIER_DTYPES)
+PER_SUBJECT_COLUMNS = list(PER_SUBJECT_DTYPES)
 REGISTRATION_QC_COLUMNS = [
     "subject",
     "similarity_before",
     "similarity_after",
     "brain_mask_dice_before",
     "brain_mask_dice_after",
-    "folding_percent",
-    "log_jacobian_std",
-]
-PER_SUBJECT_COLUMNS = [
-    "subject",
-    "n_labels",
-    "n_nan_dice",
-    "mean_dice",
-    "median_hd95_mm",
     "folding_percent",
     "log_jacobian_std",
 ]
@@ -284,21 +294,12 @@ def _volume_outliers_partition(frame: pd.DataFrame) -> pd.DataFrame:
                     }
                 )
             )
-    return _outlier_frame(pd.concat(found, ignore_index=True) if found else pd.DataFrame())
+    return _typed(pd.concat(found, ignore_index=True) if found else pd.DataFrame(), OUTLIER_DTYPES)
 
 
-def _outlier_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.reindex(columns=OUTLIER_COLUMNS)
-    return frame.astype(
-        {
-            "subject": "str",
-            "label": "int64",
-            "name": "str",
-            "volume_ml": "float64",
-            "label_median_ml": "float64",
-            "robust_z": "float64",
-        }
-    )
+def _typed(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with exactly the columns of ``dtypes`` (missing ones NaN), in that order and of those dtypes."""
+    return frame.reindex(columns=list(dtypes)).astype(dtypes)
 
 
 def _per_subject_partition(frame: pd.DataFrame) -> pd.DataFrame:
@@ -316,22 +317,7 @@ def _per_subject_partition(frame: pd.DataFrame) -> pd.DataFrame:
             "log_jacobian_std": grouped["log_jacobian_std"].max(),
         }
     )
-    return _per_subject_frame(out.reset_index())
-
-
-def _per_subject_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.reindex(columns=PER_SUBJECT_COLUMNS)
-    return frame.astype(
-        {
-            "subject": "str",
-            "n_labels": "int64",
-            "n_nan_dice": "int64",
-            "mean_dice": "float64",
-            "median_hd95_mm": "float64",
-            "folding_percent": "float64",
-            "log_jacobian_std": "float64",
-        }
-    )
+    return _typed(out.reset_index(), PER_SUBJECT_DTYPES)
 
 
 def aggregate(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -374,8 +360,8 @@ def _compute_tables(results_dir: str | Path, strip_per_label: int = 0):
     # exact quantiles (and robust z-scores) need every value of a label in one place: shuffle by label
     by_label_rows = frame[columns].shuffle(on="label")
     by_label = by_label_rows.map_partitions(_per_label_partition, meta=_per_label_frame([]))
-    outliers = by_label_rows.map_partitions(_volume_outliers_partition, meta=_outlier_frame(pd.DataFrame()))
-    by_subject = frame.map_partitions(_per_subject_partition, meta=_per_subject_frame(pd.DataFrame()))
+    outliers = by_label_rows.map_partitions(_volume_outliers_partition, meta=_typed(pd.DataFrame(), OUTLIER_DTYPES))
+    by_subject = frame.map_partitions(_per_subject_partition, meta=_typed(pd.DataFrame(), PER_SUBJECT_DTYPES))
     todo = [by_label, by_subject, outliers]
     if strip_per_label:
         k = max(1, strip_per_label // max(1, frame.npartitions))
