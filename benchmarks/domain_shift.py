@@ -210,7 +210,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
         "extractor": card["extractor"],
         "train_seed": card["seed"],
         "train_steps": card["steps"],
-        "train_seconds": card.get("train_seconds_this_run"),
+        "train_seconds": card.get("train_seconds", card.get("train_seconds_this_run")),
         "recipe": recipe,
     }
 

@@ -129,3 +129,74 @@ def test_unknown_config_key_is_named(tiny_dataset, tmp_path):
     path.write_text(yaml.safe_dump({"data": {"images": "x", "n_trian": 3}, "output": "o"}))
     with pytest.raises(UniregError, match="unknown config key 'data.n_trian'"):
         load_config(path)
+
+
+def _log_column(run, column):
+    return [(int(r["step"]), r[column]) for r in csv.DictReader(open(run / "log.csv"))]
+
+
+def test_stops_at_a_validation_plateau_and_ships_the_best_weights(tiny_dataset):
+    # min_delta 1.0: no validation can beat the first one, so the second one is the plateau
+    path = _config(tiny_dataset, 20, output="plateau")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(validate_every=1, plateau={"patience": 1, "min_delta": 1.0}, val_io_steps=3)
+    path.write_text(yaml.safe_dump(cfg))
+    run = tiny_dataset / "plateau"
+    assert main(["train", "--config", str(path), "--no-progress", "--restart"]) == 0
+    card = json.loads((run / "model_card.json").read_text())
+    assert (card["steps"], card["stopped"], card["best_step"]) == (2, "plateau", 1)
+    assert [r["step"] for r in card["learning_curve"]] == [1, 2]
+    assert all({"val_dice", "val_dice_affine", "val_dice_io"} <= set(r) for r in card["learning_curve"])
+    table = (run / "model_card.md").read_text()
+    assert "| 1 |" in table and "| 2 |" in table and "network + IO" in table
+    assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the shipped model is step 1's (best.pt), not the last step's
+    import torch
+
+    from unireg.model import load_checkpoint, model_state
+
+    shipped, _ = load_checkpoint(run / "model.pt")
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert all(torch.equal(v, best[k]) for k, v in model_state(shipped).items())
+    # the same command again finds the run finished: no further steps
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert json.loads((run / "model_card.json").read_text())["steps"] == 2
+
+
+def test_sigterm_stops_and_the_resumed_run_equals_an_unstopped_one(tiny_dataset):
+    """Stopped wherever SIGTERM lands, then resumed: every logged number is the same as a straight run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 12
+    straight = _config(tiny_dataset, steps, output="straight")
+    assert main(["train", "--config", str(straight), "--no-progress", "--restart"]) == 0
+    path = tiny_dataset / "stopped.yaml"
+    cfg = yaml.safe_load(straight.read_text())
+    cfg["output"] = "stopped"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tiny_dataset / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unireg", "train", "--config", str(path), "--no-progress", "--restart"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "log.csv").is_file() and len((run / "log.csv").read_text().splitlines()) >= 3:  # 2 steps done
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    stopped_at = len(_log_column(run, "total"))
+    assert 2 <= stopped_at < steps and f"stopped at step {stopped_at}; run the same command to resume" in out
+    assert not (run / "model.pt").exists()
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    for column in ("total", "dice", "val_dice"):
+        assert _log_column(run, column) == _log_column(tiny_dataset / "straight", column)

@@ -14,9 +14,28 @@ and minimises ``similarity + smooth_weight * regulariser + dice_weight * Dice lo
 term uses ``dice_labels`` random labels present in both maps). Frozen extractors' features
 are computed once per image (they do not change); ``scratch`` computes them every step.
 
-Outputs in ``output``: ``config.yaml`` (as run), ``splits.json``, ``log.csv`` (losses per step,
-validation Dice), ``last.pt`` (resumable: model, optimiser, step, RNG states), ``model.pt`` (the
-final model, with ``model.pt.sha256``) and ``model_card.json``.
+**When it stops.** ``train.steps`` is the most steps a run takes. With ``train.plateau.patience``
+= P > 0 it stops earlier, at a *plateau*: when P validations in a row have not raised the best
+validation Dice (network alone) by at least ``train.plateau.min_delta``. The shipped model is the
+best validation checkpoint (``best_step`` in the card), not the last step.
+
+**Stopping and resuming.** ``last.pt`` holds everything the next step depends on (model,
+optimiser, step, numpy and torch RNG states, best-so-far and plateau counter) and is written
+every ``train.checkpoint_every`` steps, at each validation and when the run is stopped: Ctrl-C
+or SIGTERM (e.g. a scheduler's time limit) finish the current step, write ``last.pt`` and
+exit. Running the same command again resumes from it, and the result is the same, step for step,
+as a run that was never stopped (``log.csv`` is cut back to the resumed step). ``--restart``
+starts from step 0. A long run can go on in the background (``nohup unireg train ... &``;
+``log.csv`` grows as it goes).
+
+**Device.** ``train.device``: ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``;
+the recipe is the same on both.
+
+Outputs in ``output``: ``config.yaml`` (as run), ``splits.json``, ``log.csv`` (losses per step;
+at each validation the Dice of the network alone and, with ``train.val_io_steps`` > 0, after
+that many instance-optimisation steps), ``last.pt``, ``best.pt`` (the best validation weights),
+``model.pt`` (the shipped model, with ``model.pt.sha256``), ``model_card.json`` and
+``model_card.md`` (the learning curve as a table) with ``learning_curve.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ import copy
 import csv
 import json
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -37,11 +57,13 @@ from .affine import read_affine_txt
 from .atlas import load_atlas
 from .errors import UniregError
 from .fields import jacobian_stats, warp, warp_affine
-from .io import load_image, save_image, write_text_atomic
+from .io import load_image, save_image, write_atomic, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
-from .model import build_model, save_checkpoint
+from .model import build_model, model_state, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
+from .register import InstanceOptOptions, instance_optimise
+from .runtime import select_device
 from .transforms import resample
 
 DEFAULTS = {
@@ -68,6 +90,10 @@ DEFAULTS = {
         "seed": 0,
         "validate_every": 250,
         "val_pairs": 9,
+        "val_io_steps": 0,
+        "plateau": {"patience": 0, "min_delta": 0.002},
+        "checkpoint_every": 50,
+        "device": "auto",
         "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0},
     },
     "output": None,
@@ -200,6 +226,21 @@ def random_affine_theta(rng: np.random.Generator, augment: dict, shape) -> torch
     return torch.tensor(theta, dtype=torch.float32)[None]
 
 
+LOG_FIELDS = [
+    "step",
+    "total",
+    "similarity",
+    "smooth",
+    "dice",
+    "seconds",
+    "val_dice_affine",
+    "val_dice",
+    "val_dice_io",
+    "val_folding_percent",
+]
+CURVE_FIELDS = ["step", "val_dice_affine", "val_dice", "val_dice_io", "val_folding_percent"]
+
+
 class Trainer:
     """Holds the data, model and optimiser of one training run (see the module docstring)."""
 
@@ -209,6 +250,7 @@ class Trainer:
         self.out = Path(config["output"])
         self.out.mkdir(parents=True, exist_ok=True)
         train_cfg = config["train"]
+        self.device = select_device(train_cfg["device"])
         torch.manual_seed(train_cfg["seed"])
         self.rng = np.random.default_rng(train_cfg["seed"])
         self.atlas = load_atlas(config["atlas"])
@@ -234,7 +276,7 @@ class Trainer:
             f"prepared {len(self.train_set)} train + {len(self.val_set)} val subjects "
             f"in {time.perf_counter() - t0:.0f} s"
         )
-        self.model = build_model(config["model"])
+        self.model = build_model(config["model"]).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimiser = torch.optim.Adam(self.params, lr=train_cfg["learning_rate"])
@@ -244,6 +286,9 @@ class Trainer:
         self.dice = dice_loss()
         self.step = 0
         self.history = []
+        self.best = {"val_dice": float("-inf"), "step": 0, "stale": 0}  # plateau bookkeeping
+        self.train_seconds = 0.0  # over all runs of this training, resumes included
+        self.stop_requested = False
         # frozen features of an image never change, unless its intensities are augmented
         self.cache_features = not self.model.extractor.trainable and not train_cfg["augment"]["gamma"]
         self._features = {}
@@ -252,7 +297,10 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def _image(self, record) -> torch.Tensor:
-        return torch.from_numpy(record["image"].astype(np.float32))[None, None]
+        return torch.from_numpy(record["image"].astype(np.float32))[None, None].to(self.device)
+
+    def _labels(self, record) -> torch.Tensor | None:
+        return None if record["labels"] is None else torch.from_numpy(record["labels"])[None, None].to(self.device)
 
     def _features_of(self, record) -> torch.Tensor:
         if not self.cache_features:
@@ -278,8 +326,9 @@ class Trainer:
             fixed_feat, moving_feat = self.model.features(fixed_img), self.model.features(moving_img)
         else:
             fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
-        moving_lab = torch.from_numpy(moving["labels"])[None, None] if moving["labels"] is not None else None
+        moving_lab = self._labels(moving)
         if theta is not None:
+            theta = theta.to(self.device)
             moving_img = warp_affine(moving_img, theta)
             moving_feat = warp_affine(moving_feat, theta)
             if moving_lab is not None:
@@ -289,15 +338,15 @@ class Trainer:
         warped = warp(moving_img, ddf)
         terms = {"similarity": self.similarity(warped, fixed_img), "smooth": self.smooth(ddf)}
         if cfg["dice_weight"] > 0 and moving_lab is not None and fixed["labels"] is not None:
-            fixed_lab = torch.from_numpy(fixed["labels"])[None, None]
-            common = np.intersect1d(np.unique(fixed["labels"]), np.unique(moving_lab.numpy()))
+            fixed_lab = self._labels(fixed)
+            common = np.intersect1d(np.unique(fixed["labels"]), np.unique(moving_lab.cpu().numpy()))
             common = common[common > 0]
             pick = self.rng.choice(common, size=min(cfg["dice_labels"], common.size), replace=False)
-            values = torch.from_numpy(np.sort(pick))
+            values = torch.from_numpy(np.sort(pick)).to(self.device)
             warped_onehot = warp(one_hot(moving_lab, values), ddf)
             terms["dice"] = self.dice(warped_onehot, one_hot(fixed_lab, values))
         else:
-            terms["dice"] = torch.zeros(())
+            terms["dice"] = torch.zeros((), device=self.device)
         terms["total"] = (
             terms["similarity"] + cfg["smooth_weight"] * terms["smooth"] + cfg["dice_weight"] * terms["dice"]
         )
@@ -319,30 +368,44 @@ class Trainer:
         n = len(self.val_set)
         return [(k % n, (k + 1) % n) for k in range(min(self.config["train"]["val_pairs"], n))] if n > 1 else []
 
-    @torch.no_grad()
+    def _warped_labels(self, moving, ddf: torch.Tensor) -> np.ndarray:
+        return warp(self._labels(moving).float(), ddf, label=True)[0, 0].round().long().cpu().numpy()
+
     def validate(self) -> dict[str, float]:
-        """Mean label Dice (fixed labels vs warped moving labels) over validation pairs."""
+        """Mean label Dice (fixed labels vs warped moving labels) over the validation pairs: affine
+        only, the network alone and, with ``train.val_io_steps``, after instance optimisation."""
         self.model.eval()
-        before, after, folding = [], [], []
+        io_steps = self.config["train"]["val_io_steps"]
+        scores = {"val_dice_affine": [], "val_dice": [], "val_dice_io": [], "val_folding_percent": []}
         for i, j in self.validation_pairs():
             fixed, moving = self.val_set[i], self.val_set[j]
             if fixed["labels"] is None or moving["labels"] is None:
                 continue
-            velocity = self.model.velocity(self._features_of(fixed), self._features_of(moving))
-            ddf = self.model.displacement(velocity, fixed["image"].shape)
-            lab = torch.from_numpy(moving["labels"])[None, None].float()
-            warped = warp(lab, ddf, label=True)[0, 0].round().long().numpy()
-            before.append(mean_dice(fixed["labels"], moving["labels"]))
-            after.append(mean_dice(fixed["labels"], warped))
-            folding.append(jacobian_stats(ddf)["folding_percent"])
+            with torch.no_grad():
+                velocity = self.model.velocity(self._features_of(fixed), self._features_of(moving))
+                ddf = self.model.displacement(velocity, fixed["image"].shape)
+                scores["val_dice_affine"].append(mean_dice(fixed["labels"], moving["labels"]))
+                scores["val_dice"].append(mean_dice(fixed["labels"], self._warped_labels(moving, ddf)))
+                scores["val_folding_percent"].append(jacobian_stats(ddf)["folding_percent"])
+            if io_steps:
+                options = InstanceOptOptions.schedule(io_steps)
+                ddf = instance_optimise(self.model, self._image(fixed), self._image(moving), velocity, options)
+                with torch.no_grad():
+                    scores["val_dice_io"].append(mean_dice(fixed["labels"], self._warped_labels(moving, ddf)))
         self.model.train()
-        if not after:
-            return {}
-        return {
-            "val_dice_affine": float(np.mean(before)),
-            "val_dice": float(np.mean(after)),
-            "val_folding_percent": float(np.mean(folding)),
-        }
+        return {k: float(np.mean(v)) for k, v in scores.items() if v}
+
+    def _plateau(self, val_dice: float) -> bool:
+        """Record a validation; True when ``train.plateau.patience`` validations in a row have not
+        raised the best by ``min_delta`` (the best weights go to best.pt)."""
+        plateau = self.config["train"]["plateau"]
+        if val_dice > self.best["val_dice"] + plateau["min_delta"] or self.best["step"] == 0:
+            self.best = {"val_dice": val_dice, "step": self.step, "stale": 0}
+            torch.save(model_state(self.model), self.out / ".best.pt.tmp")
+            (self.out / ".best.pt.tmp").replace(self.out / "best.pt")
+        else:
+            self.best["stale"] += 1
+        return bool(plateau["patience"]) and self.best["stale"] >= plateau["patience"]
 
     # -- checkpoints --------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
@@ -351,8 +414,12 @@ class Trainer:
         self.optimiser.load_state_dict(state["optimiser"])
         self.step = state["step"]
         self.history = state.get("history", [])
+        self.best = state.get("best", self.best)
+        self.train_seconds = state.get("train_seconds", 0.0)
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.log(f"resumed from {path} at step {self.step}")
 
     def save_last(self) -> None:
@@ -361,65 +428,91 @@ class Trainer:
             "optimiser": self.optimiser.state_dict(),
             "step": self.step,
             "history": self.history,
+            "best": self.best,
+            "train_seconds": self.train_seconds,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "config": self.config,
         }
-        tmp = self.out / ".last.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / "last.pt")
+        write_atomic(self.out / "last.pt", lambda tmp: torch.save(state, tmp))
+
+    def request_stop(self, *_) -> None:
+        """Stop after the current step, with last.pt written (Ctrl-C, SIGTERM)."""
+        self.stop_requested = True
+
+    def _open_log(self):
+        """log.csv holding exactly the steps up to ``self.step`` (rows a stopped run wrote after its
+        last.pt are dropped), opened for appending."""
+        path = self.out / "log.csv"
+        rows = list(csv.DictReader(open(path))) if path.is_file() and self.step > 0 else []
+        kept = [r for r in rows if int(r["step"]) <= self.step]
+        fh = open(path, "w", newline="")
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        return fh, writer
 
     def run(self, progress: bool = True) -> dict:
         cfg = self.config["train"]
         steps = cfg["steps"]
-        log_path = self.out / "log.csv"
-        fields = [
-            "step",
-            "total",
-            "similarity",
-            "smooth",
-            "dice",
-            "seconds",
-            "val_dice_affine",
-            "val_dice",
-            "val_folding_percent",
-        ]
-        new_log = not log_path.is_file() or self.step == 0
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        t_start = time.perf_counter()
-        with open(log_path, "w" if new_log else "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            if new_log:
-                writer.writeheader()
-            while self.step < steps:
+        patience = cfg["plateau"]["patience"]
+        stopped = "plateau" if patience and self.best["stale"] >= patience else "max_steps"  # a finished run
+        fh, writer = self._open_log()
+        with fh:
+            while self.step < steps and stopped == "max_steps":
                 t0 = time.perf_counter()
                 row = self.train_step()
                 row.update(step=self.step, seconds=round(time.perf_counter() - t0, 3))
-                if self.step % cfg["validate_every"] == 0 or self.step == steps:
+                validated = self.step % cfg["validate_every"] == 0 or self.step == steps
+                if validated:
                     row.update(self.validate())
-                    self.save_last()
-                writer.writerow({k: row.get(k, "") for k in fields})
+                    if "val_dice" in row and self._plateau(row["val_dice"]):
+                        stopped = "plateau"
+                self.train_seconds += time.perf_counter() - t0
+                writer.writerow(row)
                 fh.flush()
                 self.history.append(row)
                 bar.set_postfix(loss=f"{row['total']:.3f}", dice=f"{row['dice']:.3f}")
                 bar.update(1)
+                if self.stop_requested:
+                    stopped = "interrupted"
+                if validated or self.stop_requested or self.step % cfg["checkpoint_every"] == 0:
+                    self.save_last()
+                if stopped != "max_steps":
+                    break
         bar.close()
+        if stopped == "interrupted":
+            self.log(f"stopped at step {self.step}: state in {self.out / 'last.pt'}; run the same command to resume")
+            return {"steps": self.step, "stopped": "interrupted"}
+        return self.finish(stopped)
+
+    def finish(self, stopped: str) -> dict:
+        """Ship the best validation weights as model.pt with its card and learning curve."""
+        if (self.out / "best.pt").is_file():
+            self.model.load_state_dict(torch.load(self.out / "best.pt", map_location=self.device), strict=False)
         final = self.validate()
-        elapsed = time.perf_counter() - t_start
+        curve = [{k: r[k] for k in CURVE_FIELDS if k in r} for r in self.history if "val_dice" in r]
         card = {
             "unireg_version": __version__,
             "extractor": self.model.extractor.name,
             "extractor_weights_sha256": self.model.extractor.weights_sha256,
             "steps": self.step,
-            "train_seconds_this_run": round(elapsed, 1),
-            "seed": cfg["seed"],
+            "best_step": self.best["step"],
+            "stopped": stopped,
+            "stop_rule": self.config["train"]["plateau"],
+            "train_seconds": round(self.train_seconds, 1),
+            "device": str(self.device),
+            "seed": self.config["train"]["seed"],
             "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
             "atlas": self.atlas.path,
             "train_subjects": [r["id"] for r in self.train_set],
             "val_subjects": [r["id"] for r in self.val_set],
             "validation": final,
+            "learning_curve": curve,
             "normalisation": "percentile 0.5/99.5 in deepbet brain mask, [0, 1]"
             if self.config["preprocess"]["brain_extraction"]
             else "percentile 0.5/99.5 of non-zero voxels",
@@ -431,9 +524,59 @@ class Trainer:
             extra={"model_card": card, "grid": card["grid"], "train_config": self.config},
         )
         write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
+        write_learning_curve(card, self.out)
         return card
 
 
+def write_learning_curve(card: dict, out_dir: Path) -> None:
+    """``model_card.md`` (the card's learning curve as a table) and ``learning_curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = card["learning_curve"]
+    with_io = any("val_dice_io" in r for r in curve)
+
+    def cell(row, key):
+        return f"{row[key]:.4f}" if key in row else ""
+
+    lines = [
+        f"# Model card: {card['extractor']}, {card['steps']} steps",
+        "",
+        f"Stopped: {card['stopped']} (rule {card['stop_rule']}); shipped weights: step {card['best_step']} "
+        f"(best validation Dice of the network alone); {card['train_seconds']:.0f} s of training on "
+        f"{card['device']}; validation subjects {', '.join(card['val_subjects'])}.",
+        "",
+        "| step | affine | network alone | network + IO | folding % |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['step']} | {cell(r, 'val_dice_affine')} | {cell(r, 'val_dice')} | {cell(r, 'val_dice_io')} | "
+        f"{cell(r, 'val_folding_percent')} |"
+        for r in curve
+    ]
+    write_text_atomic(out_dir / "model_card.md", "\n".join(lines) + "\n\n![learning curve](learning_curve.png)\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    steps = [r["step"] for r in curve]
+    for key, label in (("val_dice", "network alone"), ("val_dice_io", "network + IO"), ("val_dice_affine", "affine")):
+        if key != "val_dice_io" or with_io:
+            ax.plot(steps, [r.get(key, float("nan")) for r in curve], marker="o", label=label)
+    ax.axvline(card["best_step"], color="grey", linestyle=":", label="shipped weights")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation mean Dice")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    write_atomic(out_dir / "learning_curve.png", lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
 def train(config_path: str | Path, resume: bool = True, progress: bool = True) -> dict:
+    """Run (or resume) a training; Ctrl-C and SIGTERM stop it after the current step, resumable."""
     trainer = Trainer(load_config(config_path), resume=resume)
-    return trainer.run(progress=progress)
+    previous = {sig: signal.signal(sig, trainer.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return trainer.run(progress=progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -15,8 +15,12 @@ def run(args) -> None:
     from ..train import train
 
     card = train(args.config, resume=not args.restart, progress=not args.no_progress)
+    if card["stopped"] == "interrupted":
+        print(f"unireg train: stopped at step {card['steps']}; run the same command to resume")
+        return
     val = card.get("validation", {})
     print(
-        f"unireg train: {card['steps']} steps; validation Dice {val.get('val_dice_affine', float('nan')):.3f} "
-        f"(affine) -> {val.get('val_dice', float('nan')):.3f} (UniReg)"
+        f"unireg train: {card['steps']} steps ({card['stopped'].replace('_', ' ')}), shipped step "
+        f"{card['best_step']}; validation Dice {val.get('val_dice_affine', float('nan')):.3f} (affine) -> "
+        f"{val.get('val_dice', float('nan')):.3f} (UniReg)"
     )
