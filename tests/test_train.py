@@ -200,3 +200,31 @@ def test_sigterm_stops_and_the_resumed_run_equals_an_unstopped_one(tiny_dataset)
     assert main(["train", "--config", str(path), "--no-progress"]) == 0
     for column in ("total", "dice", "val_dice"):
         assert _log_column(run, column) == _log_column(tiny_dataset / "straight", column)
+
+
+def test_random_remap_is_the_piecewise_linear_curve_through_its_knots():
+    import torch
+
+    from unireg.train import random_remap
+
+    values = np.array([0.0, 0.9, 0.2, 0.6, 1.0, 0.1])  # non-monotone: the tissue order changes
+    x = torch.tensor([0.0, 0.2, 0.1, 0.5, 0.9, 1.0, 1.3], dtype=torch.float64)
+    expected = np.interp(np.clip(x.numpy(), 0, 1), np.linspace(0, 1, 6), values)
+    np.testing.assert_allclose(random_remap(x, values).numpy(), expected, atol=1e-12)
+
+
+def test_remap_augmentation_changes_only_what_the_network_sees(tiny_dataset):
+    path = _config(tiny_dataset, 2, output="remap")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["augment"] = {"remap": 1.0}
+    path.write_text(yaml.safe_dump(cfg))
+    from unireg.train import Trainer
+
+    trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
+    assert not trainer.cache_features
+    image = trainer._image(trainer.train_set[0])
+    remapped = [trainer._remap(image) for _ in range(4)]
+    assert all(float((r - image).abs().max()) > 0.05 for r in remapped)
+    assert all(float(r[image == 0].abs().max()) == 0.0 for r in remapped)  # background stays 0
+    trainer.run(progress=False)
+    assert (tiny_dataset / "remap" / "model.pt").is_file()

@@ -8,8 +8,11 @@ image is first brought onto the atlas grid by :mod:`unireg.preprocess` (cached i
 
 Each step draws a random ordered pair (fixed, moving) of training subjects, applies a small
 random affine to the moving one (image, labels and features alike) and, with
-``train.augment.gamma > 0``, a random gamma to both images' intensities (features are then
-recomputed every step), predicts the displacement
+``train.augment.gamma > 0``, a random gamma to both images' intensities, and with
+``train.augment.remap`` = p > 0, to each image independently with probability p a random
+contrast (a random monotone or non-monotone intensity curve: the source dataset seen under
+contrasts it does not have); features are then recomputed every step from the augmented images,
+while the loss compares the original ones. It predicts the displacement
 and minimises ``similarity + smooth_weight * regulariser + dice_weight * Dice loss`` (the Dice
 term uses ``dice_labels`` random labels present in both maps). Frozen extractors' features
 are computed once per image (they do not change); ``scratch`` computes them every step.
@@ -94,7 +97,7 @@ DEFAULTS = {
         "plateau": {"patience": 0, "min_delta": 0.002},
         "checkpoint_every": 50,
         "device": "auto",
-        "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0},
+        "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0, "remap": 0.0},
     },
     "output": None,
 }
@@ -241,6 +244,20 @@ LOG_FIELDS = [
 CURVE_FIELDS = ["step", "val_dice_affine", "val_dice", "val_dice_io", "val_folding_percent"]
 
 
+REMAP_KNOTS = 6  # knots of augment.remap's random intensity curves, evenly spaced over [0, 1]
+
+
+def random_remap(image: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    """``image`` (intensities in [0, 1]) through the piecewise-linear curve taking evenly spaced
+    knots over [0, 1] to ``values``."""
+    knots = torch.linspace(0.0, 1.0, len(values), dtype=image.dtype, device=image.device)
+    curve = torch.as_tensor(values, dtype=image.dtype, device=image.device)
+    x = image.clamp(0.0, 1.0).contiguous()
+    upper = torch.bucketize(x, knots).clamp(1, len(values) - 1)
+    x0, x1, y0, y1 = knots[upper - 1], knots[upper], curve[upper - 1], curve[upper]
+    return y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+
+
 class Trainer:
     """Holds the data, model and optimiser of one training run (see the module docstring)."""
 
@@ -290,7 +307,8 @@ class Trainer:
         self.train_seconds = 0.0  # over all runs of this training, resumes included
         self.stop_requested = False
         # frozen features of an image never change, unless its intensities are augmented
-        self.cache_features = not self.model.extractor.trainable and not train_cfg["augment"]["gamma"]
+        augment = train_cfg["augment"]
+        self.cache_features = not self.model.extractor.trainable and not augment["gamma"] and not augment["remap"]
         self._features = {}
         if resume and (self.out / "last.pt").is_file():
             self._resume(self.out / "last.pt")
@@ -318,12 +336,28 @@ class Trainer:
             return image
         return image.clamp(min=0) ** float(np.exp(self.rng.uniform(-1, 1) * np.log1p(amount)))
 
+    def _remap(self, image: torch.Tensor) -> torch.Tensor:
+        """With probability ``augment.remap``, a random contrast: intensities in [0, 1] through a
+        piecewise-linear curve with :data:`REMAP_KNOTS` random values, sorted (monotone) or not
+        (non-monotone: tissue order changes, as between T1, T2, PD and CT), 0 kept at 0."""
+        if self.rng.uniform() >= self.config["train"]["augment"]["remap"]:
+            return image
+        values = self.rng.uniform(0.0, 1.0, REMAP_KNOTS)
+        if self.rng.uniform() < 0.5:
+            values = np.sort(values)
+        values[0] = 0.0
+        return random_remap(image, values)
+
+    def _intensity(self, image: torch.Tensor) -> torch.Tensor:
+        return self._remap(self._gamma(image))
+
     def losses(self, fixed, moving, theta=None, augment: bool = False) -> dict[str, torch.Tensor]:
         cfg = self.config["loss"]
         fixed_img, moving_img = self._image(fixed), self._image(moving)
         if augment and not self.cache_features:
-            fixed_img, moving_img = self._gamma(fixed_img), self._gamma(moving_img)
-            fixed_feat, moving_feat = self.model.features(fixed_img), self.model.features(moving_img)
+            # the network sees the images under random contrasts; the loss compares the originals
+            fixed_feat = self.model.features(self._intensity(fixed_img))
+            moving_feat = self.model.features(self._intensity(moving_img))
         else:
             fixed_feat, moving_feat = self._features_of(fixed), self._features_of(moving)
         moving_lab = self._labels(moving)
