@@ -84,7 +84,13 @@ METHODS = {
         "config/train_scratch.yaml",
         REPO / "runs" / "scratch" / "model.pt",
     ),
+    "remap": (
+        "UniReg, frozen ImageNet MobileNet, random-contrast augmentation",
+        "config/train_remap.yaml",
+        REPO / "runs" / "remap" / "model.pt",
+    ),
 }
+TRAINED_HERE = ("reinit", "scratch", "remap")  # checkpoints trained from config/ into runs/, not packaged
 CONTRAST_TITLES = {"t1": "T1 (source)", "t2": "T2-like", "pd": "PD-like", "ct": "CT-like"}
 SMOKE = {"grid_mm": 4.0, "pairs": 1}
 COLUMNS = [
@@ -181,7 +187,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
             "train_steps": None,
             "train_seconds": None,
         }
-    if smoke and method in ("reinit", "scratch"):
+    if smoke and method in TRAINED_HERE:
         torch.manual_seed(0)
         model = build_model(load_config(REPO / recipe)["model"]).eval()
         return model, {
@@ -358,8 +364,13 @@ def parse_args(argv=None):
     parser.add_argument("--pairs", type=int, default=9, help="validation pairs (k -> k + 1), 1..9 (default 9)")
     parser.add_argument("--grid-mm", type=float, default=2.0, help="atlas grid spacing (the models: 2 mm)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
-    parser.add_argument("--scratch-model", type=Path, default=METHODS["scratch"][2])
-    parser.add_argument("--reinit-model", type=Path, default=METHODS["reinit"][2])
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="a method's checkpoint instead of its default (repeatable), e.g. remap=runs/remap/model.pt",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument(
@@ -372,7 +383,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help=f"quick check: {SMOKE}, reinit and scratch untrained stand-ins (no checkpoints needed)",
+        help=f"quick check: {SMOKE}, {', '.join(TRAINED_HERE)} untrained stand-ins (no checkpoints needed)",
     )
     args = parser.parse_args(argv)
     if args.smoke:
@@ -383,6 +394,8 @@ def parse_args(argv=None):
         parser.error(f"methods must include affine and come from {', '.join(METHODS)} (got {unknown or args.methods})")
     if not 1 <= args.pairs <= 9:
         parser.error("--pairs must be 1..9")
+    if any("=" not in item or item.split("=", 1)[0] not in METHODS for item in args.checkpoint):
+        parser.error(f"--checkpoint takes METHOD=PATH with METHOD one of {', '.join(METHODS)}")
     return args
 
 
@@ -403,7 +416,7 @@ def main(argv=None) -> None:
     cache = args.cache or home / "domain_shift" / f"{args.grid_mm:g}mm"
     train_ids, val_ids = validation_split()
     assert not set(train_ids) & set(val_ids)
-    checkpoints = {"reinit": args.reinit_model, "scratch": args.scratch_model}
+    checkpoints = {method: Path(path) for method, path in (item.split("=", 1) for item in args.checkpoint)}
     models = {}
     loaded = {}
     for method in [m for m in METHODS if m in args.methods]:
@@ -418,7 +431,7 @@ def main(argv=None) -> None:
         rows += evaluate(method, model, cases, ixi002, atlas.grid)
         log(f"{method}: {len(cases) + 3} registrations in {time.perf_counter() - t0:.0f} s")
 
-    steps = {rec["train_steps"] for m, rec in models.items() if m in ("mobilenet", "mind", "reinit", "scratch")}
+    steps = {rec["train_steps"] for m, rec in models.items() if m != "affine"}
     for row in rows:
         row.update(
             {
@@ -437,7 +450,7 @@ def main(argv=None) -> None:
         f"cache {cache})",
         f"grid: MNI 2009a atlas grid {grid} at {args.grid_mm:g} mm"
         + (" (the models' training grid)" if args.grid_mm == 2 else " (NOT the models' 2 mm training grid)")
-        + ("; SMOKE settings: reinit and scratch are untrained stand-ins" if args.smoke else ""),
+        + (f"; SMOKE settings: {', '.join(TRAINED_HERE)} are untrained stand-ins" if args.smoke else ""),
         f"pairs: {args.pairs} validation pairs of the shared split (fixed {', '.join(val_ids[: args.pairs])}; moving "
         f"the next subject of {', '.join(val_ids)}); IXI002 atlas = {val_ids[0]}",
     ]
