@@ -1,5 +1,5 @@
 """The domain-shift benchmark (benchmarks/domain_shift.py) end to end on real IXI data, in its --smoke
-mode: 1 pair on the 4 mm grid, the packaged models, untrained stand-ins for the two runs it trains.
+mode: 1 pair on the 4 mm grid, the packaged models, untrained stand-ins for the runs it trains.
 No timing is asserted: the machine may be shared.
 """
 
@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import read_commented_csv, run_benchmark_smoke
 
-METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch")
+METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch", "remap")
 CONTRASTS = ("T1 (source)", "T2-like", "PD-like", "CT-like")
 REAL = "IXI002 real T2 (T2 -> T1)"
 
@@ -39,7 +39,7 @@ def test_every_method_and_contrast_has_a_row_with_sane_numbers(smoke):
     for method in ("mobilenet", "mind"):
         row = rows[(method, CONTRASTS[0])]
         assert (row["train_seed"], row["train_steps"]) == ("0", "1000") and "sha256" in row["checkpoint"]
-    for method in ("reinit", "scratch"):
+    for method in ("reinit", "scratch", "remap"):
         assert rows[(method, CONTRASTS[0])]["train_steps"] == "0"
 
 
