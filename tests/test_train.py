@@ -108,15 +108,21 @@ def test_training_is_deterministic_for_a_seed(tiny_dataset):
     assert losses[0] == losses[1]
 
 
-def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
-    path = _config(tiny_dataset, 2, output="gamma")
-    cfg = yaml.safe_load(path.read_text())
-    cfg["train"]["augment"] = {"gamma": 0.5}
-    path.write_text(yaml.safe_dump(cfg))
+def _augmented_trainer(root, output: str, augment: dict):
+    """A 2-step Trainer with intensity augmentation: features are then recomputed every step."""
     from unireg.train import Trainer
 
+    path = _config(root, 2, output=output)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["augment"] = augment
+    path.write_text(yaml.safe_dump(cfg))
     trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
     assert not trainer.cache_features
+    return trainer
+
+
+def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
+    trainer = _augmented_trainer(tiny_dataset, "gamma", {"gamma": 0.5})
     image = trainer._image(trainer.train_set[0])
     gammas = {float(trainer._gamma(image).sum()) for _ in range(5)}
     assert len(gammas) == 5  # a different contrast every time
@@ -214,14 +220,7 @@ def test_random_remap_is_the_piecewise_linear_curve_through_its_knots():
 
 
 def test_remap_augmentation_changes_only_what_the_network_sees(tiny_dataset):
-    path = _config(tiny_dataset, 2, output="remap")
-    cfg = yaml.safe_load(path.read_text())
-    cfg["train"]["augment"] = {"remap": 1.0}
-    path.write_text(yaml.safe_dump(cfg))
-    from unireg.train import Trainer
-
-    trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
-    assert not trainer.cache_features
+    trainer = _augmented_trainer(tiny_dataset, "remap", {"remap": 1.0})
     image = trainer._image(trainer.train_set[0])
     remapped = [trainer._remap(image) for _ in range(4)]
     assert all(float((r - image).abs().max()) > 0.05 for r in remapped)
