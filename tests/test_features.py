@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_torchvision_file
 
-from unireg import features
+from unireg import defaults, features
 from unireg.errors import UniregError
 from unireg.weights import MOBILENET_SHA256, WEIGHT_SOURCES
 
@@ -77,7 +77,7 @@ def random_volume(shape=(1, 1, 32, 32, 32), seed=0) -> torch.Tensor:
 
 def test_registry_lists_every_extractor_default_first():
     assert features.available_extractors() == list(EXPECTED)
-    assert features.available_extractors()[0] == features.DEFAULT_EXTRACTOR == "mobilenet_v1_025"
+    assert features.available_extractors()[0] == defaults.DEFAULT_EXTRACTOR == "mobilenet_v1_025"
 
 
 def test_unknown_extractor_names_the_valid_ones():

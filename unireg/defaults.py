@@ -18,6 +18,10 @@ INSTANCE_OPT_STEPS = 30
 INSTANCE_OPT_SIMILARITIES = ("lncc", "mind")  # unireg.losses.ImageSimilarity
 INSTANCE_OPT_SIMILARITY = "lncc"
 
-# where `unireg register` runs: auto = CUDA when visible, else CPU (unireg.runtime.select_device)
+# the feature extractor of a new model (unireg train; unireg.features.build_extractor names them all)
+DEFAULT_EXTRACTOR = "mobilenet_v1_025"
+
+# where `unireg register` and `unireg train` run: auto = CUDA when visible, else CPU
+# (unireg.runtime.select_device)
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE = "auto"

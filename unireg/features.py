@@ -75,7 +75,6 @@ from .weights import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SLICE_CHUNK = 64  # 2-D slices per network call: bounds peak memory without autograd
-DEFAULT_EXTRACTOR = "mobilenet_v1_025"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,8 +104,6 @@ PER_SUBJECT_DTYPES = {
     "folding_percent": "float64",
     "log_jacobian_std": "float64",
 }
-OUTLIER_COLUMNS = list(OUTLIER_DTYPES)
-PER_SUBJECT_COLUMNS = list(PER_SUBJECT_DTYPES)
 REGISTRATION_QC_COLUMNS = [
     "subject",
     "similarity_before",
@@ -151,7 +149,7 @@ def metric_tables(results_dir: str | Path) -> list[Path]:
 
 
 def _empty_metrics() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in READ_DTYPES.items()})
+    return _typed(pd.DataFrame(), READ_DTYPES)
 
 
 def _read_tables(paths: list[str]) -> pd.DataFrame:
@@ -178,11 +176,8 @@ def _read_tables(paths: list[str]) -> pd.DataFrame:
             keep_default_na=False,
             na_values=["", "nan", "NaN"],
         )
-        frames.append(frame.reindex(columns=list(READ_DTYPES)))
-    if not frames:
-        return _empty_metrics()
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.astype(READ_DTYPES)
+        frames.append(frame)
+    return _typed(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), READ_DTYPES)
 
 
 def read_metrics(results_dir: str | Path):

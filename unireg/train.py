@@ -58,6 +58,7 @@ import yaml
 from . import __version__
 from .affine import read_affine_txt
 from .atlas import load_atlas
+from .defaults import DEFAULT_EXTRACTOR, DEVICE
 from .errors import UniregError
 from .fields import jacobian_stats, warp, warp_affine
 from .io import load_image, save_image, write_atomic, write_text_atomic
@@ -74,7 +75,7 @@ DEFAULTS = {
     "atlas": "mni2009a",
     "preprocess": {"brain_extraction": True, "similarity": "mi"},
     "model": {
-        "extractor": "mobilenet_v1_025",
+        "extractor": DEFAULT_EXTRACTOR,
         "extractor_weights": None,
         "channels": [16, 32, 32, 32],
         "flow_stride": 2,
@@ -96,7 +97,7 @@ DEFAULTS = {
         "val_io_steps": 0,
         "plateau": {"patience": 0, "min_delta": 0.002},
         "checkpoint_every": 50,
-        "device": "auto",
+        "device": DEVICE,
         "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0, "remap": 0.0},
     },
     "output": None,
@@ -435,8 +436,8 @@ class Trainer:
         plateau = self.config["train"]["plateau"]
         if val_dice > self.best["val_dice"] + plateau["min_delta"] or self.best["step"] == 0:
             self.best = {"val_dice": val_dice, "step": self.step, "stale": 0}
-            torch.save(model_state(self.model), self.out / ".best.pt.tmp")
-            (self.out / ".best.pt.tmp").replace(self.out / "best.pt")
+            weights = model_state(self.model)
+            write_atomic(self.out / "best.pt", lambda tmp: torch.save(weights, tmp))
         else:
             self.best["stale"] += 1
         return bool(plateau["patience"]) and self.best["stale"] >= plateau["patience"]
@@ -479,8 +480,10 @@ class Trainer:
         """log.csv holding exactly the steps up to ``self.step`` (rows a stopped run wrote after its
         last.pt are dropped), opened for appending."""
         path = self.out / "log.csv"
-        rows = list(csv.DictReader(open(path))) if path.is_file() and self.step > 0 else []
-        kept = [r for r in rows if int(r["step"]) <= self.step]
+        kept = []
+        if path.is_file() and self.step > 0:
+            with open(path, newline="") as previous:
+                kept = [r for r in csv.DictReader(previous) if int(r["step"]) <= self.step]
         fh = open(path, "w", newline="")
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -526,9 +529,12 @@ class Trainer:
 
     def finish(self, stopped: str) -> dict:
         """Ship the best validation weights as model.pt with its card and learning curve."""
-        if (self.out / "best.pt").is_file():
+        measured = [r for r in self.history if r["step"] == self.best["step"] and "val_dice" in r]
+        if measured and (self.out / "best.pt").is_file():
             self.model.load_state_dict(torch.load(self.out / "best.pt", map_location=self.device), strict=False)
-        final = self.validate()
+            final = {k: measured[0][k] for k in CURVE_FIELDS[1:] if k in measured[0]}  # measured at best_step
+        else:
+            final = self.validate()
         curve = [{k: r[k] for k in CURVE_FIELDS if k in r} for r in self.history if "val_dice" in r]
         card = {
             "unireg_version": __version__,

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .defaults import DEFAULT_EXTRACTOR
 from .errors import UniregError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "data" / "weights"
@@ -138,7 +139,7 @@ def fetch_weights(name: str, dest_dir: str | Path | None = None) -> Path:
     if name not in WEIGHT_SOURCES:
         raise UniregError(
             f"no weights to fetch for {name!r}; fetchable: {', '.join(WEIGHT_SOURCES)} "
-            "(mobilenet_v1_025 ships with unireg, mind and scratch have no weights)"
+            f"({DEFAULT_EXTRACTOR} ships with unireg, mind and scratch have no weights)"
         )
     source = WEIGHT_SOURCES[name]
     folder = Path(dest_dir).expanduser() if dest_dir is not None else hub_checkpoint_dir()
