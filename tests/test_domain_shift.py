@@ -8,53 +8,66 @@ import math
 import pytest
 from conftest import read_commented_csv, run_benchmark_smoke
 
-METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch", "remap")
-CONTRASTS = ("T1 (source)", "T2-like", "PD-like", "CT-like")
+METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch", "remap", "mobilenet_mind")
+T1 = "T1 (source)"
+SAME = ("T2-like -> T2-like", "PD-like -> PD-like", "CT-like -> CT-like")
+CROSS = ("T1 -> T2-like", "T1 -> PD-like", "T1 -> CT-like")
+CONTRASTS = (T1, *SAME, *CROSS)
 REAL = "IXI002 real T2 (T2 -> T1)"
+NETWORK, IO = "network alone", "+ 3 IO steps"  # --smoke runs 3 IO steps
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("domain_shift")
     stdout = run_benchmark_smoke("domain_shift.py", out)
-    rows = {(r["method"], r["contrast"]): r for r in read_commented_csv(out / "domain_shift.csv")}
+    rows = {(r["method"], r["mode"], r["contrast"]): r for r in read_commented_csv(out / "domain_shift.csv")}
     return {"dir": out, "stdout": stdout, "rows": rows}
 
 
-def test_every_method_and_contrast_has_a_row_with_sane_numbers(smoke):
+def test_every_method_mode_and_case_has_a_row_with_sane_numbers(smoke):
     rows = smoke["rows"]
-    assert set(rows) == {(m, c) for m in METHODS for c in (*CONTRASTS, REAL)}
-    for (method, contrast), row in rows.items():
+    expected = {(m, NETWORK, c) for m in METHODS for c in (*CONTRASTS, REAL)}
+    expected |= {(m, IO, c) for m in METHODS if m != "affine" for c in (*CONTRASTS, REAL)}
+    assert set(rows) == expected
+    for (method, mode, contrast), row in rows.items():
         folding = float(row["folding_percent"])
-        assert 0.0 <= folding < 5.0, (method, contrast, row)
+        assert 0.0 <= folding < 5.0, (method, mode, contrast, row)
         if contrast == REAL:
             for key in ("brain_mask_dice", "agreement_dice"):
                 assert 0.0 <= float(row[key]) <= 1.0, (method, key, row)
             continue
         dice, drop = float(row["dice_mean"]), float(row["drop_from_t1"])
         assert 0.0 <= dice <= 1.0 and math.isfinite(drop), (method, contrast, row)
-        t1 = float(rows[(method, CONTRASTS[0])]["dice_mean"])
+        t1 = float(rows[(method, mode, T1)]["dice_mean"])
         assert drop == pytest.approx(t1 - dice, abs=1e-4)
     # the packaged models record their training runs; the stand-ins say they are untrained
     for method in ("mobilenet", "mind"):
-        row = rows[(method, CONTRASTS[0])]
+        row = rows[(method, NETWORK, T1)]
         assert (row["train_seed"], row["train_steps"]) == ("0", "1000") and "sha256" in row["checkpoint"]
-    for method in ("reinit", "scratch", "remap"):
-        assert rows[(method, CONTRASTS[0])]["train_steps"] == "0"
+    for method in ("reinit", "scratch", "remap", "mobilenet_mind"):
+        assert rows[(method, NETWORK, T1)]["train_steps"] == "0"
+    assert rows[("mobilenet_mind", NETWORK, T1)]["extractor"] == "mobilenet_v1_025+mind"
 
 
 def test_numbers_that_catch_a_broken_pipeline(smoke):
     rows = smoke["rows"]
-    affine = {c: float(rows[("affine", c)]["dice_mean"]) for c in CONTRASTS}
-    # the same affine-aligned labels whatever the fixed image's contrast: identical, and real overlap
-    assert len(set(affine.values())) == 1 and affine[CONTRASTS[0]] > 0.2
-    assert float(rows[("affine", CONTRASTS[0])]["folding_percent"]) == 0.0
-    assert float(rows[("affine", REAL)]["brain_mask_dice"]) > 0.85  # the two scans nearly share scanner space
+    affine = {c: float(rows[("affine", NETWORK, c)]["dice_mean"]) for c in CONTRASTS}
+    # the same affine-aligned labels whatever the images' contrasts: identical, and real overlap
+    assert len(set(affine.values())) == 1 and affine[T1] > 0.2
+    assert float(rows[("affine", NETWORK, T1)]["folding_percent"]) == 0.0
+    assert float(rows[("affine", NETWORK, REAL)]["brain_mask_dice"]) > 0.85  # the scans nearly share scanner space
     # the trained models deform (on the coarse smoke grid they need not beat affine) without tearing
     for method in ("mobilenet", "mind"):
-        row = rows[(method, CONTRASTS[0])]
-        assert float(row["dice_mean"]) > 0.2 and float(row["dice_mean"]) != affine[CONTRASTS[0]], row
-        assert float(row["folding_percent"]) < 1.0, row
+        for mode in (NETWORK, IO):
+            row = rows[(method, mode, T1)]
+            assert float(row["dice_mean"]) > 0.2 and float(row["dice_mean"]) != affine[T1], row
+            assert float(row["folding_percent"]) < 1.0, row
+        # IO moves the field: its result differs from the network's
+        assert rows[(method, IO, T1)]["dice_mean"] != rows[(method, NETWORK, T1)]["dice_mean"]
+    # a same-contrast case remaps the moving image too: its Dice differs from the cross-contrast one
+    row_same, row_cross = rows[("mobilenet", NETWORK, SAME[0])], rows[("mobilenet", NETWORK, CROSS[0])]
+    assert row_same["dice_mean"] != row_cross["dice_mean"]
 
 
 def test_report_names_its_provenance(smoke):

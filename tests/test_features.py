@@ -284,3 +284,46 @@ def test_shifting_the_volume_by_one_stride_shifts_the_features_by_one_voxel(make
             torch.testing.assert_close(
                 moved[interior], torch.roll(reference, 1, dims=axis)[interior], rtol=1e-4, atol=1e-5
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Concatenation ("a+b")
+# ---------------------------------------------------------------------------------------------
+
+
+def test_concatenation_puts_each_part_on_the_coarsest_grid():
+    """mobilenet_v1_025+mind: the MobileNet channels unchanged, then MIND pooled onto stride 2
+    with windows centred on the MobileNet samples (voxel 2 i), so both describe the same place."""
+    both = features.build_extractor("mobilenet_v1_025+mind")
+    assert (both.name, both.out_channels, both.stride, both.grid_offset) == ("mobilenet_v1_025+mind", 28, 2, 0.0)
+    assert not both.trainable and not any(p.requires_grad for p in both.parameters())
+    assert both.weights_sha256 == f"{MOBILENET_SHA256}+-"
+    volume = random_volume(seed=3)
+    with torch.no_grad():
+        out = both(volume)
+        torch.testing.assert_close(out[:, :16], features.build_extractor("mobilenet_v1_025")(volume))
+        mind = features.build_extractor("mind")(volume)
+    assert out.shape == (1, 28, 16, 16, 16)
+    for i, j, k in [(1, 1, 1), (5, 9, 3), (0, 4, 15)]:
+        window = tuple(slice(max(0, 2 * n - 1), 2 * n + 2) for n in (i, j, k))
+        torch.testing.assert_close(out[0, 16:, i, j, k], mind[0][(slice(None), *window)].mean((1, 2, 3)))
+
+
+def test_concatenation_names_are_checked():
+    for name in ("mobilenet_v1_025+dino", "mind+mind"):
+        with pytest.raises(UniregError, match="unknown feature extractor"):
+            features.build_extractor(name)
+    with pytest.raises(UniregError, match="grids differ"):  # stride 2 at offsets 0 and 0.5
+        features.Concatenated([features.build_extractor("mobilenet_v1_025"), _vgg_like()])
+
+
+def _vgg_like() -> features.FeatureExtractor:
+    return features.SliceWise3d(torch.nn.Conv2d(3, 4, 2, 2), name="stand-in", out_channels=4, stride=2, grid_offset=0.5)
+
+
+def test_concatenation_passes_a_weight_file_to_its_one_weighted_part(tmp_path):
+    with pytest.raises(UniregError, match="exactly one part"):
+        features.build_extractor("mind+scratch", tmp_path / "w.pt")
+    with pytest.raises(UniregError, match="sha256"):  # the file goes to the MobileNet part, which checks it
+        (tmp_path / "w.pt").write_bytes(b"not the weights")
+        features.build_extractor("mobilenet_v1_025+mind", tmp_path / "w.pt")

@@ -20,6 +20,10 @@ name                   C     s   what
                                  (global torch seed) and trainable
 =====================  ====  ==  ======================================================
 
+Extractors joined by ``+`` (e.g. ``mobilenet_v1_025+mind``, C 28, s 2) give their channels side
+by side on the coarsest part's grid (:class:`Concatenated`): frozen ImageNet features next to
+weight-free MIND-SSC, for the network to learn which to trust under a contrast it never saw.
+
 ``mobilenet_v1_025_reinit`` (C 16, s 2), an ablation for ``benchmarks/domain_shift.py``: the
 ``mobilenet_v1_025`` encoder with its earliest layer (the 3->8 conv, re-drawn with PyTorch's
 default init from seed 0, and its BN reset to identity) random and the depthwise-separable
@@ -371,6 +375,59 @@ class MindSSC(FeatureExtractor):
 
 
 # ---------------------------------------------------------------------------------------------
+# Concatenation: ``a+b``
+# ---------------------------------------------------------------------------------------------
+
+
+class Concatenated(FeatureExtractor):
+    """The channels of several extractors side by side, on the grid of the coarsest one.
+
+    A part with a finer stride is average-pooled onto that grid with windows centred on its
+    samples (:func:`_through_plane_window`, on all three axes), so feature voxel ``i`` of every
+    part describes the same place. Named ``a+b`` after its parts; frozen if all parts are.
+    ``weights_sha256`` joins the parts' with ``+`` (``-`` for a part without weights) so that a
+    checkpoint still records which weight files it was trained on.
+    """
+
+    def __init__(self, parts: list[FeatureExtractor]):
+        stride = max(part.stride for part in parts)
+        offsets = {part.grid_offset for part in parts if part.stride == stride}
+        if len(offsets) > 1 or any(stride % part.stride for part in parts):
+            raise UniregError(f"cannot concatenate extractors {'+'.join(p.name for p in parts)}: their grids differ")
+        digests = [part.weights_sha256 for part in parts]
+        super().__init__(
+            name="+".join(part.name for part in parts),
+            out_channels=sum(part.out_channels for part in parts),
+            stride=stride,
+            grid_offset=offsets.pop(),
+            weights_sha256="+".join(d or "-" for d in digests) if any(digests) else None,
+            trainable=any(part.trainable for part in parts),
+        )
+        self.parts = nn.ModuleList(parts)
+        self.pools = []
+        for part in parts:
+            factor = stride // part.stride
+            if factor == 1:
+                self.pools.append(None)
+                continue
+            # part voxel j sits at part.stride * j + part.grid_offset; ours at stride * i + grid_offset
+            offset = (self.grid_offset - part.grid_offset) / part.stride
+            kernel, padding = _through_plane_window(factor, offset)
+            self.pools.append((kernel, factor, padding))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        features = []
+        for part, pool in zip(self.parts, self.pools):
+            f = part(x)
+            if pool is not None:
+                kernel, stride, padding = pool
+                f = F.avg_pool3d(f, kernel, stride, padding, count_include_pad=False)
+            features.append(f)
+        return torch.cat(features, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
 
@@ -447,6 +504,9 @@ EXTRACTORS: dict[str, Callable[[Path | None], FeatureExtractor]] = {
 }
 
 
+WEIGHT_FREE = ("mind", "scratch")  # extractors that take no weight file
+
+
 def available_extractors() -> list[str]:
     """Registered extractor names, the default first."""
     return list(EXTRACTORS)
@@ -459,6 +519,18 @@ def build_extractor(name: str, weights: str | Path | None = None) -> FeatureExtr
     must match :data:`unireg.weights.MOBILENET_SHA256`; torchvision's file in
     :func:`unireg.weights.hub_checkpoint_dir`). Never downloads: see :func:`unireg.weights.fetch_weights`.
     """
-    if name not in EXTRACTORS:
-        raise UniregError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name](None if weights is None else Path(weights).expanduser())
+    names = name.split("+")
+    unknown = [n for n in names if n not in EXTRACTORS]
+    if unknown or len(set(names)) < len(names):
+        raise UniregError(
+            f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}, "
+            "or several different ones joined by '+'"
+        )
+    path = None if weights is None else Path(weights).expanduser()
+    if len(names) == 1:
+        return EXTRACTORS[name](path)
+    if path is not None:
+        weighted = [n for n in names if n not in WEIGHT_FREE]
+        if len(weighted) != 1:
+            raise UniregError(f"feature extractor {name}: a weight file needs exactly one part that takes one")
+    return Concatenated([EXTRACTORS[n](None if n in WEIGHT_FREE else path) for n in names])

@@ -4,7 +4,8 @@ The dataset is a folder of NIfTI images (optionally a folder of label maps whose
 with the image's name without extension, e.g. ``IXI012_T1.nii.gz`` -> ``IXI012_T1_DLMUSE.nii.gz``)
 or a TSV with columns ``image`` and optionally ``labels`` (paths relative to the TSV). Every
 image is first brought onto the atlas grid by :mod:`unireg.preprocess` (cached in
-``<output>/cache``); its labels follow through the same affine (nearest neighbour).
+``data.cache``, default ``<output>/cache``: recipes with the same data, atlas and preprocessing
+may share one); its labels follow through the same affine (nearest neighbour).
 
 Each step draws a random ordered pair (fixed, moving) of training subjects, applies a small
 random affine to the moving one (image, labels and features alike) and, with
@@ -71,7 +72,7 @@ from .runtime import select_device
 from .transforms import resample
 
 DEFAULTS = {
-    "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": []},
+    "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": [], "cache": None},
     "atlas": "mni2009a",
     "preprocess": {"brain_extraction": True, "similarity": "mi"},
     "model": {
@@ -127,7 +128,7 @@ def load_config(path: str | Path) -> dict:
         raise UniregError(f"cannot read training config ({type(exc).__name__})", path=path) from exc
     config = merge_config(user)
     base = path.parent
-    for section, key in (("data", "images"), ("data", "labels")):
+    for section, key in (("data", "images"), ("data", "labels"), ("data", "cache")):
         if config[section][key]:
             config[section][key] = str((base / config[section][key]).resolve())
     if not config["data"]["images"]:
@@ -286,7 +287,7 @@ class Trainer:
         )
         write_text_atomic(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         options = PreprocessOptions(**config["preprocess"])
-        cache = self.out / "cache"
+        cache = Path(config["data"]["cache"]) if config["data"]["cache"] else self.out / "cache"
         t0 = time.perf_counter()
         self.train_set = [prepare_subject(r, self.atlas, cache, options) for r in train_items]
         self.val_set = [prepare_subject(r, self.atlas, cache, options) for r in val_items]
