@@ -225,6 +225,7 @@ def markdown(rows: list[dict], header: list[str], notes: list[str]) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> None:
+    """One panel per (score, contrast): consistency against MobileNet depth; one-layer extractors as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,26 +233,27 @@ def figure(rows: list[dict], path: Path) -> None:
 
     titles = list(CONTRAST_TITLES.values())
     families = list(dict.fromkeys(r["extractor"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, metric in zip(axes, ("vector_r", "channel_lncc")):
-        for family in families:
-            mine = [r for r in rows if r["extractor"] == family]
-            layers = list(dict.fromkeys(r["layer"] for r in mine))
-            mean = [np.mean([r[metric] for r in mine if r["layer"] == layer]) for layer in layers]
-            x = [list(MOBILENET_LAYERS).index(layer) if layer in MOBILENET_LAYERS else -0.5 for layer in layers]
-            if len(x) == 1:
-                ax.axhline(mean[0], ls="--", lw=1, label=family, color=None)
-            else:
-                ax.plot(x, mean, marker="o", label=family)
-        ax.set_xticks(range(len(MOBILENET_LAYERS)), list(MOBILENET_LAYERS))
+    colours = {f: f"C{i}" for i, f in enumerate(families)}
+    fig, axes = plt.subplots(2, len(titles), figsize=(4 * len(titles), 7), sharey=True, sharex=True)
+    for row_axes, metric in zip(axes, ("vector_r", "channel_lncc")):
+        for ax, title in zip(row_axes, titles):
+            for family in families:
+                mine = [r for r in rows if r["extractor"] == family and r["contrast"] == title]
+                if len(mine) == 1:
+                    ax.axhline(float(mine[0][metric]), ls="--", lw=1.2, color=colours[family], label=family)
+                else:
+                    x = [list(MOBILENET_LAYERS).index(r["layer"]) for r in mine]
+                    ax.plot(x, [float(r[metric]) for r in mine], marker="o", color=colours[family], label=family)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_title(f"{metric.replace('_', ' ')}: T1 vs {title}", fontsize=10)
+            ax.set_xticks(range(len(MOBILENET_LAYERS)), list(MOBILENET_LAYERS))
+            ax.grid(alpha=0.3)
+        row_axes[0].set_ylabel("consistency (1 = identical)")
+    for ax in axes[-1]:
         ax.set_xlabel("MobileNet layer (depth)")
-        ax.set_title(f"{metric.replace('_', ' ')}, mean over {', '.join(titles)}")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("consistency T1 vs remapped (1 = identical)")
-    axes[1].legend(fontsize=8)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
