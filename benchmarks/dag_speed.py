@@ -1,7 +1,7 @@
 """Seconds for `snakemake -n` (DAG building) on a cohort of N fake subjects (prints a table).
 
 Run: .venv/bin/python benchmarks/dag_speed.py [--subjects 1000]
-The cohort TSV and manifest are written into a temporary folder; nothing is executed.
+The cohort TSV, manifest and file list are written into a temporary folder; nothing is executed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> None:
             ids = [f"s{k:05d}" for k in range(n)]
             (work / "cohort.tsv").write_text("subject\tnifti\n" + "".join(f"{s}\tnifti/{s}.nii.gz\n" for s in ids))
             (work / "results").mkdir()
+            (work / "work").mkdir()
+            (work / "work" / "manifest.files.json").write_text("{}\n")  # the index's other output
             (work / "results" / "manifest.tsv").write_text(
                 "subject\tkind\tpath\treference\n" + "".join(f"{s}\tnifti\tnifti/{s}.nii.gz\t\n" for s in ids)
             )

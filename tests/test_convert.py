@@ -19,7 +19,15 @@ import pytest
 from conftest import MPRAGE_UID, by_description, copy_series, mprage_files, shared_file
 
 from unireg.cli import main
-from unireg.cohort import anonymous_subject_id, files_path, hashed_uid, read_manifest, read_uid_salt, series_key
+from unireg.cohort import (
+    anonymous_subject_id,
+    files_path,
+    hashed_uid,
+    read_manifest,
+    read_uid_salt,
+    series_key,
+    write_manifest,
+)
 from unireg.convert import SIDECAR_ADDED, SIDECAR_KEYS, convert_command, convert_series, sidecar_path
 from unireg.errors import UniregError
 from unireg.io import apply_affine
@@ -165,10 +173,18 @@ def siemens_uid(kind: int, n: int = 0) -> str:
     return f"1.3.12.2.1107.5.2.32.35162.{kind}.{PLANTED_DATE_TIME}{n:05d}"
 
 
+def name_by_sop_uid(folder: Path) -> None:
+    """Rename every file below ``folder`` ``MR.<SOPInstanceUID>.dcm``, as many exports name them."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        path.rename(path.with_name(f"MR.{pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID}.dcm"))
+
+
 def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
-    """Planted identifiers, the original UIDs, the dates and the dates inside the UIDs reach no manifest,
-    file list, sidecar, NIfTI (header or extension) or message of ``unireg index`` / ``unireg convert``,
-    including the one-line error of a patient without an anatomical series."""
+    """Planted identifiers, the original UIDs, the dates and the dates inside the UIDs reach no path or
+    content under the results folder (manifest, sidecar, NIfTI header or extension) nor any message of
+    ``unireg index`` / ``unireg convert``, including the one-line error of a patient without an
+    anatomical series. The files are named by their SOPInstanceUID, as many exports name them: their
+    list (``--files-out``) lives in the work folder, where ``unireg convert --files`` finds it."""
     dicom = tmp_path / "dicom"
     uids = {"StudyInstanceUID": siemens_uid(1), "FrameOfReferenceUID": siemens_uid(2)}
     copy_series(
@@ -204,12 +220,28 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
         SOPInstanceUID=lambda n: siemens_uid(9, n),
         SeriesDescription="localizer",
     )
+    name_by_sop_uid(dicom)
     out = tmp_path / "out"
-    salt_file = tmp_path / "work" / "uid_salt"
+    salt_file, listing = tmp_path / "work" / "uid_salt", tmp_path / "work" / "manifest.files.json"
     assert (
-        main(["index", "--input", str(dicom), "--out", str(out / "manifest.tsv"), "--salt-file", str(salt_file)]) == 0
+        main(
+            [
+                "index",
+                "--input",
+                str(dicom),
+                "--out",
+                str(out / "manifest.tsv"),
+                "--files-out",
+                str(listing),
+                "--salt-file",
+                str(salt_file),
+            ]
+        )
+        == 0
     )
-    manifest = read_manifest(out / "manifest.tsv")
+    # the UIDs are in the file names, so in the file list: kept in the work folder, out of the results
+    assert siemens_uid(4, 0) in listing.read_text()
+    manifest = read_manifest(out / "manifest.tsv", listing)
     subject, lonely = anonymous_subject_id("PHIID123"), anonymous_subject_id("PHIID999")
     assert sorted(manifest["subject"]) == sorted([subject, subject, lonely])
     nifti = out / f"sub-{subject}" / "anat" / "T1w.nii.gz"
@@ -219,6 +251,8 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
                 "convert",
                 "--manifest",
                 str(out / "manifest.tsv"),
+                "--files",
+                str(listing),
                 "--subject",
                 subject,
                 "--out",
@@ -235,6 +269,8 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
                 "convert",
                 "--manifest",
                 str(out / "manifest.tsv"),
+                "--files",
+                str(listing),
                 "--subject",
                 lonely,
                 "--out",
@@ -250,7 +286,6 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
     produced = [p for p in out.rglob("*") if p.is_file()]
     assert {p.name for p in produced} == {
         "manifest.tsv",
-        "manifest.files.json",
         "T1w.nii.gz",
         "T1w.json",
         "dataset_description.json",
@@ -279,6 +314,9 @@ def test_planted_phi_never_reaches_outputs(tmp_path, capsys):
     for name, blob in blobs.items():
         for value in forbidden:
             assert value.encode() not in blob, f"{value} found in {name}"
+    for path in produced:
+        relative = str(path.relative_to(out))
+        assert not any(value in relative for value in forbidden), relative
     salt = read_uid_salt(salt_file)
     assert set(manifest["series_uid"]) == {hashed_uid(siemens_uid(k), salt) for k in (3, 5, 8)}
     assert set(manifest["study_uid"]) == {hashed_uid(siemens_uid(k), salt) for k in (1, 7)}
@@ -321,6 +359,26 @@ def test_convert_selected_series(dicom_cohort):
     out = convert_command(root / "manifest.tsv", manifest["subject"].iloc[0], root / "t2" / "x.nii.gz", None, "t2")
     assert nib.load(out).shape == (512, 512, 12)
     assert json.loads(sidecar_path(out).read_text())["SeriesDescription"] == "t2_tse_tra"
+
+
+def test_the_file_list_can_live_outside_the_results(dicom_cohort, tmp_path):
+    """``write_manifest``/``read_manifest``/``convert_command`` with the file list in a work folder
+    (the workflow's ``<work>/manifest.files.json``): nothing but the TSV in the results."""
+    root, manifest, _ = dicom_cohort
+    results, listing = tmp_path / "results", tmp_path / "work" / "manifest.files.json"
+    write_manifest(manifest, results / "manifest.tsv", listing)
+    assert [p.name for p in results.iterdir()] == ["manifest.tsv"]
+    assert read_manifest(results / "manifest.tsv", listing).attrs["files"] == manifest.attrs["files"]
+    assert read_manifest(results / "manifest.tsv").attrs["files"] == {}  # the default: beside it, absent
+    subject = manifest["subject"].iloc[0]
+    with pytest.raises(UniregError, match=r"results/manifest\.files\.json; run 'unireg index' again"):
+        convert_command(results / "manifest.tsv", subject, tmp_path / "x.nii.gz", None, "t2")
+    elsewhere = tmp_path / "other.files.json"
+    elsewhere.write_text("{}\n")
+    with pytest.raises(UniregError, match=r"file list .*other\.files\.json; run 'unireg index' again"):
+        convert_command(results / "manifest.tsv", subject, tmp_path / "x.nii.gz", None, "t2", files=elsewhere)
+    out = convert_command(results / "manifest.tsv", subject, tmp_path / "t2" / "x.nii.gz", None, "t2", files=listing)
+    assert nib.load(out).shape == (512, 512, 12)
 
 
 def test_convert_missing_file_list(dicom_cohort, tmp_path):

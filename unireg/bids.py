@@ -62,7 +62,7 @@ NON_BIDS_PATTERNS = (
     "*_xfm.*",
     "*_metrics.tsv",
     "/manifest.tsv",
-    "/manifest.files.json",
+    "/manifest.files.json",  # `unireg index` without --files-out only: the workflow keeps it in <work>
     "/report.html",
     "/cohort_metrics*",
 )

@@ -25,8 +25,12 @@ keys, the messages and the logs only ever show hashed UIDs; ``unireg convert`` n
 
 The list of files of each series travels with the manifest as ``manifest.attrs["files"]``
 (``{"<subject>/<hashed series_uid>": [path, ...]}``, :func:`series_key`); :func:`write_manifest`
-stores it beside the TSV as ``<name>.files.json`` (the paths are the user's own, so they may say
-whatever the user's folder names say; the TSV itself holds no path of a DICOM file).
+stores it in its own JSON, ``files`` (default :func:`files_path`: ``<name>.files.json`` beside the
+TSV), and :func:`read_manifest` reads it back from there. The paths are the user's own and say
+whatever the user's folder and file names say: many exports name files by SOPInstanceUID, so the
+list is *not* a shareable result. The workflow keeps it in its work folder
+(``<work>/manifest.files.json``), never under ``results/``; the TSV itself holds no path of a
+DICOM file.
 
 ``problem`` column: empty, or one line saying why the subject must not be converted as it is:
 the same images (SOPInstanceUID) found under two or more subjects (the same scan exported under
@@ -526,26 +530,34 @@ def index_cohort(
 
 
 def files_path(manifest_path: str | Path) -> Path:
-    """The JSON beside the manifest that lists each series' files: ``<name>.files.json``."""
+    """The default place of the list of each series' files: ``<name>.files.json`` beside the manifest.
+
+    It holds the input files' paths, which may carry identifying names (SOPInstanceUIDs): the
+    workflow passes a path in its work folder instead (``unireg index --files-out``,
+    ``unireg convert --files``).
+    """
     manifest_path = Path(manifest_path)
     stem = manifest_path.name[:-4] if manifest_path.name.endswith(".tsv") else manifest_path.name
     return manifest_path.with_name(stem + ".files.json")
 
 
-def write_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
-    """Write the manifest TSV and its ``.files.json`` (from ``manifest.attrs["files"]``), atomically.
+def write_manifest(manifest: pd.DataFrame, path: str | Path, files: str | Path | None = None) -> Path:
+    """Write the manifest TSV ``path`` and its file list (``manifest.attrs["files"]``) to ``files``
+    (default :func:`files_path`: beside the TSV), atomically.
 
     The TSV is written last, so its presence means both are complete.
     """
     path = Path(path)
-    write_text_atomic(files_path(path), json.dumps(manifest.attrs.get("files", {}), indent=1) + "\n")
+    files = Path(files) if files is not None else files_path(path)
+    write_text_atomic(files, json.dumps(manifest.attrs.get("files", {}), indent=1) + "\n")
     columns = MANIFEST_COLUMNS + [c for c in manifest.columns if c not in MANIFEST_COLUMNS]  # e.g. bids_*
     write_text_atomic(path, manifest.reindex(columns=columns).to_csv(sep="\t", index=False, lineterminator="\n"))
     return path
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest TSV (integer columns as int, the rest as text) and its ``.files.json``."""
+def read_manifest(path: str | Path, files: str | Path | None = None) -> pd.DataFrame:
+    """Read a manifest TSV (integer columns as int, the rest as text) and, into ``attrs["files"]``,
+    its file list ``files`` (default :func:`files_path`: beside the TSV; absent: empty)."""
     path = Path(path)
     if not path.is_file():
         raise UniregError("manifest not found; run 'unireg index' first", path=path)
@@ -561,7 +573,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     for column in INT_COLUMNS:
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column].replace("", "0"), errors="coerce").fillna(0).astype(int)
-    listing = files_path(path)
+    listing = Path(files) if files is not None else files_path(path)
     frame.attrs["files"] = json.loads(listing.read_text()) if listing.is_file() else {}
     return frame
 
@@ -574,18 +586,21 @@ def index_command(
     modality: str | None = None,
     description_regex: str | None = None,
     salt_file: str | Path | None = None,
+    files_out: str | Path | None = None,
 ) -> pd.DataFrame:
     """``unireg index``: index a DICOM folder or cohort TSV, select each subject's series, write the
     manifest, print a summary (and one warning line per problem).
 
     ``modality``/``description_regex``: the series filter (config ``series_filter``); ``salt_file``:
-    the UID salt (default :func:`default_salt_file`), created when missing.
+    the UID salt (default :func:`default_salt_file`), created when missing; ``files_out``: where the
+    list of each series' files goes (default :func:`files_path`, beside the manifest; the workflow
+    keeps it in its work folder, out of the shareable results: the input files' names may be UIDs).
     """
     salt = read_uid_salt(salt_file, create=True)
     manifest = index_cohort(dicom_root, subject_map, salt=salt, modality=modality, description_regex=description_regex)
     if not len(manifest):
         raise UniregError("no DICOM image series or NIfTI files found in the cohort", path=dicom_root)
-    write_manifest(manifest, manifest_out)
+    write_manifest(manifest, manifest_out, files_out)
     from .bids import is_bids_root, write_dataset_description
 
     # the results folder the manifest lies in is a BIDS derivatives dataset (README "Outputs")

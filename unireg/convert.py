@@ -457,6 +457,7 @@ def convert_command(
     modality: str | None = None,
     description_regex: str | None = None,
     salt_file: str | Path | None = None,
+    files: str | Path | None = None,
 ) -> Path:
     """``unireg convert``: convert the subject's selected series (the manifest's ``selected`` row).
 
@@ -464,10 +465,13 @@ def convert_command(
     filter instead. A subject with a ``problem`` (:mod:`unireg.cohort`) or without a selected series
     is a one-line error. A subject given as a NIfTI file (cohort TSV) is copied with a cleared
     header instead. ``salt_file``: the UID salt ``unireg index`` used (default
-    :func:`unireg.cohort.default_salt_file`).
+    :func:`unireg.cohort.default_salt_file`); ``files``: the list of each series' files that
+    ``unireg index`` wrote (its ``files_out``; default :func:`unireg.cohort.files_path`, beside the
+    manifest).
     """
     validate_subject_id(subject)
-    manifest = read_manifest(manifest_path)
+    files_list = Path(files) if files is not None else files_path(manifest_path)
+    manifest = read_manifest(manifest_path, files_list)
     mine = manifest[manifest["subject"] == subject]
     if not len(mine):
         raise UniregError("subject is not in the manifest; check the id or run 'unireg index' again", subject=subject)
@@ -486,12 +490,11 @@ def convert_command(
         sidecar = scrub_sidecar(json.loads(given.read_text())) if given.is_file() else {}
         return _write_converted(source, {**sidecar, "Source": "NIfTI from the cohort"}, Path(out_nifti), subject)
     salt = read_uid_salt(salt_file)
-    listing = manifest.attrs["files"]
-    files = listing.get(series_key(subject, row["series_uid"]))
-    if not files:
+    series_files = manifest.attrs["files"].get(series_key(subject, row["series_uid"]))
+    if not series_files:
         raise UniregError(
-            f"series {row['series_uid']} has no file list beside the manifest "
-            f"({files_path(manifest_path).name}); run 'unireg index' again",
+            f"series {row['series_uid']} is not in the file list {files_list}; run 'unireg index' again "
+            "(with --files-out where 'unireg convert' reads --files)",
             subject=subject,
         )
-    return convert_series(files, out_nifti, subject, row["series_uid"], salt=salt)
+    return convert_series(series_files, out_nifti, subject, row["series_uid"], salt=salt)

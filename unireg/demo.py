@@ -25,7 +25,7 @@ closest RAS orientation (losslessly, as :func:`unireg.transforms.reorient_to_ras
 
 Layout written by :func:`make_demo_cohort`::
 
-    dicom/<subject>/MR.<SOPInstanceUID>.dcm     one file per slice, every series of the subject
+    dicom/<subject>/IM-<series>-<instance>.dcm  one file per slice, every series of the subject
     reference/sub-<subject>_labels.nii.gz       tissue labels on the dcm2niix grid of the main series
     cohort.tsv                                  subject, dicom, reference (paths relative to out_dir)
     demo.json                                   what :func:`make_demo_cohort` returns (no absolute paths)
@@ -214,7 +214,8 @@ def write_dicom_series(
     sequence, ``SeriesInstanceUID``, optional ``RescaleIntercept``/``RescaleSlope``); geometry,
     pixel and instance tags are added here. SOP instance UIDs derive from the series UID and
     the instance number, so the same inputs give byte-identical files. Files are named
-    ``MR.<SOPInstanceUID>.dcm`` (their order says nothing about the slice order).
+    ``IM-<SeriesNumber>-<InstanceNumber>.dcm`` (4 digits each, as OsiriX/Horos exports do): never
+    by a UID, which would carry an identifier into every path that lists them.
     """
     grid = stack.nifti_grid()
     if volume.shape != grid.shape or not np.allclose(volume.affine, grid.affine, atol=1e-4):
@@ -258,7 +259,7 @@ def write_dicom_series(
         ds.HighBit = ds.BitsStored - 1
         ds.PixelRepresentation = 0
         ds.PixelData = pixels.astype("<u2").tobytes()
-        path = folder / f"MR.{sop_uid}.dcm"
+        path = folder / f"IM-{int(tags.get('SeriesNumber', 0)):04d}-{instance:04d}.dcm"
         write_atomic(path, lambda tmp, ds=ds: ds.save_as(tmp, enforce_file_format=True))
         paths.append(path)
     return paths

@@ -15,6 +15,11 @@ SALT_FILE_HELP = (
     "$UNIREG_HOME/uid_salt or ~/.cache/unireg/uid_salt); index and convert must use the same one"
 )
 REFERENCE_DIR_HELP = "folder of sub-<id>_labels.nii.gz reference label maps"
+FILES_LIST_HELP = (
+    "JSON listing each series' DICOM files ({}; default: <manifest name>.files.json beside the "
+    "manifest); its paths may carry identifying file names (SOPInstanceUIDs), so keep it out of "
+    "shared results (the workflow uses <work>/manifest.files.json); index and convert must use the same one"
+)
 
 
 def add_actions(verbs: argparse._SubParsersAction, verb: str, help: str) -> argparse._SubParsersAction:
@@ -35,4 +40,13 @@ def add_salt_file(parser: argparse.ArgumentParser, *, created: bool) -> None:
     """``--salt-file`` of index (which creates the salt) and convert (which needs it to exist)."""
     parser.add_argument(
         "--salt-file", help=SALT_FILE_HELP.format("created once if missing" if created else "must exist")
+    )
+
+
+def add_files_list(parser: argparse.ArgumentParser, *, written: bool) -> None:
+    """``--files-out`` of index (which writes the list of each series' files) and ``--files`` of
+    convert (which reads it)."""
+    parser.add_argument(
+        "--files-out" if written else "--files",
+        help=FILES_LIST_HELP.format("written by index" if written else "as written by 'unireg index --files-out'"),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_salt_file
+from ._common import add_files_list, add_salt_file
 
 
 def add_parser(verbs) -> None:
@@ -17,11 +17,14 @@ def add_parser(verbs) -> None:
         "--description", help="select again, among series whose SeriesDescription matches this regular expression"
     )
     add_salt_file(p, created=False)
+    add_files_list(p, written=False)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..convert import convert_command
 
-    out = convert_command(args.manifest, args.subject, args.out, args.modality, args.description, args.salt_file)
+    out = convert_command(
+        args.manifest, args.subject, args.out, args.modality, args.description, args.salt_file, args.files
+    )
     print(f"unireg convert: wrote {out}")

@@ -25,6 +25,7 @@ checkpoint index:
         cohort=cohort_input(),
     output:
         manifest=f"{RESULTS}/manifest.tsv",
+        files=SERIES_FILES,
     log:
         log("index", "index"),
     benchmark:
@@ -36,5 +37,5 @@ checkpoint index:
         select=SERIES_FILTER,
         salt=UID_SALT,
     shell:
-        "{params.unireg} index --input {input.cohort} --out {output.manifest} {params.select} "
-        "--salt-file {params.salt} > {log} 2>&1"
+        "{params.unireg} index --input {input.cohort} --out {output.manifest} --files-out {output.files} "
+        "{params.select} --salt-file {params.salt} > {log} 2>&1"

@@ -22,6 +22,9 @@ LOGS = f"{WORK}/logs"
 DEMO_DIR = f"{WORK}/demo"
 # the secret salt of the hashed study/series UIDs (made once by `unireg index`; keep it to keep the hashes)
 UID_SALT = f"{WORK}/uid_salt"
+# each series' DICOM file paths (written by `unireg index`, read by `unireg convert`): intermediate,
+# and the input files' names may be UIDs, so never under RESULTS (which users share)
+SERIES_FILES = f"{WORK}/manifest.files.json"
 # series_filter as `unireg index` options (an empty value: no filter)
 SERIES_FILTER = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in config["series_filter"].items() if v)
 # the results layout (unireg/layout.py): every per-subject file's path, with the {subject} wildcard

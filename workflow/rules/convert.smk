@@ -4,6 +4,7 @@
 rule convert:
     input:
         manifest=f"{RESULTS}/manifest.tsv",
+        files=SERIES_FILES,
     output:
         image=FILES["image"],
     log:
@@ -16,5 +17,5 @@ rule convert:
         unireg=UNIREG,
         salt=UID_SALT,
     shell:
-        "{params.unireg} convert --manifest {input.manifest} --subject {wildcards.subject} --salt-file {params.salt} "
-        "--out {output.image} > {log} 2>&1"
+        "{params.unireg} convert --manifest {input.manifest} --files {input.files} --subject {wildcards.subject} "
+        "--salt-file {params.salt} --out {output.image} > {log} 2>&1"
