@@ -20,8 +20,8 @@ Adam lr 1e-3, seed 0) and differs only in its feature extractor:
   UNet (extractor ``scratch``), config/train_scratch.yaml -> runs/scratch/model.pt;
 * ``remap``: the default recipe with random-contrast augmentation (``train.augment.remap`` 0.5),
   config/train_remap.yaml -> runs/remap/model.pt;
-* ``mobilenet_mind``: frozen MobileNet + MIND-SSC channels (extractor ``mobilenet_v1_025+mind``)
-  with the same augmentation, config/train_mobilenet_mind.yaml -> runs/mobilenet_mind/model.pt;
+* ``mobilenet_mind``: frozen MobileNet + MIND-SSC channels side by side (extractor
+  ``mobilenet_v1_025+mind``), config/train_mobilenet_mind.yaml -> runs/mobilenet_mind/model.pt;
 * ``affine``: no deformable step (the floor).
 
 Each checkpoint's own model card gives the seed, steps and training time reported in the table;
@@ -97,7 +97,7 @@ METHODS = {
         REPO / "runs" / "remap" / "model.pt",
     ),
     "mobilenet_mind": (
-        "UniReg, frozen ImageNet MobileNet + MIND-SSC, random-contrast augmentation",
+        "UniReg, frozen ImageNet MobileNet + MIND-SSC",
         "config/train_mobilenet_mind.yaml",
         REPO / "runs" / "mobilenet_mind" / "model.pt",
     ),
@@ -532,10 +532,10 @@ def main(argv=None) -> None:
         "was seen in training. Same recipe and seed policy for all (config/train_default.yaml with only "
         "model.extractor and train.augment.remap changed; train.seed 0, Adam lr 1e-3, LNCC + diffusion + Dice on "
         "16 random labels per step); training budgets in the Models table.",
-        "remap / mobilenet_mind: train.augment.remap 0.5 (each image of a training pair independently, with "
-        "probability 0.5, through a random piecewise-linear intensity curve, monotone or not, for the network's "
-        "input only; the loss compares the original T1s). mobilenet_mind: extractor mobilenet_v1_025+mind, the "
-        "16 frozen MobileNet channels and the 12 MIND-SSC channels pooled onto the same stride-2 grid.",
+        "remap: train.augment.remap 0.5 (each image of a training pair independently, with probability 0.5, "
+        "through a random piecewise-linear intensity curve, monotone or not, for the network's input only; the "
+        "loss compares the original T1s). mobilenet_mind: extractor mobilenet_v1_025+mind, the 16 frozen "
+        "MobileNet channels and the 12 MIND-SSC channels pooled onto the same stride-2 grid.",
         "Synthetic contrasts, the remaps of benchmarks/peers.py, through each image's own CSF/GM/WM means: "
         + "; ".join(
             f"{k.upper()}-like {v['points']} at (0, CSF, GM, WM, 1) = {v['what']}" for k, v in CONTRASTS.items()
