@@ -176,6 +176,9 @@ def test_top_level_help_lists_every_verb():
         ("register", "--instance-opt-similarity", defaults.INSTANCE_OPT_SIMILARITIES, defaults.INSTANCE_OPT_SIMILARITY),
         ("register", "--instance-opt", None, defaults.INSTANCE_OPT_STEPS),
         ("register", "--device", None, defaults.DEVICE),
+        ("atlas prepare", "--name", defaults.BUILTIN_ATLASES, defaults.DEFAULT_ATLAS),
+        ("preprocess", "--atlas", None, defaults.DEFAULT_ATLAS),
+        ("propagate", "--atlas", None, defaults.DEFAULT_ATLAS),
     ],
 )
 def test_cli_choices_and_defaults_come_from_defaults(verb, flag, choices, default):
@@ -185,11 +188,13 @@ def test_cli_choices_and_defaults_come_from_defaults(verb, flag, choices, defaul
 
 
 def test_modules_check_against_the_same_vocabularies():
-    from unireg import affine, intensity, losses
+    from unireg import affine, atlas, intensity, layout, losses
 
     assert affine.SIMILARITIES is defaults.AFFINE_SIMILARITIES
     assert intensity.NONFINITE_POLICIES is defaults.NONFINITE_POLICIES
     assert losses.SIMILARITIES is defaults.INSTANCE_OPT_SIMILARITIES
+    assert atlas.BUILTIN_ATLASES is defaults.BUILTIN_ATLASES
+    assert tuple(layout.BUILTIN_ATLASES) == defaults.BUILTIN_ATLASES  # each built-in's BIDS space and label set
 
 
 def test_config_schema_and_shipped_config_agree_with_the_package():
@@ -201,7 +206,10 @@ def test_config_schema_and_shipped_config_agree_with_the_package():
     assert register["instance_opt_similarity"]["default"] == defaults.INSTANCE_OPT_SIMILARITY
     assert tuple(register["device"]["enum"]) == defaults.DEVICES
     assert schema["subjects"]["items"]["pattern"] == f"^{SUBJECT_PATTERN}$"
+    assert tuple(schema["atlas"]["examples"]) == defaults.BUILTIN_ATLASES
+    assert schema["atlas"]["default"] == defaults.DEFAULT_ATLAS
     # the shipped configuration is the package's defaults
+    assert config["atlas"] == defaults.DEFAULT_ATLAS
     assert config["preprocess"]["similarity"] == defaults.AFFINE_SIMILARITY
     assert config["register"]["instance_opt"] == defaults.INSTANCE_OPT_STEPS
     assert config["register"]["instance_opt_similarity"] == defaults.INSTANCE_OPT_SIMILARITY

@@ -104,6 +104,24 @@ def test_label_resampling_on_synthetic_map_keeps_only_present_values():
         assert set(np.unique(out.data)) <= {0, 3, 17, 250}
 
 
+def test_onehot_label_resampling_is_partial_volume():
+    """4x coarser: a label covering a quarter of an output voxel vanishes, one covering three
+    quarters stays, and where labels meet without background no hole opens."""
+    data = np.zeros((16, 16, 16), np.int32)
+    data[6] = 7  # 1 of the 4 fine slices of coarse slice 1 (fine 4..7)
+    data[8:11] = 9  # 3 of the 4 fine slices of coarse slice 2 (fine 8..11)
+    coarse = grid_with_spacing(Grid(data.shape, np.eye(4)), 4.0)
+    out = resample(Image(data, np.eye(4), is_label=True), coarse, label_mode="onehot").data
+    assert 7 not in out and (out[2] == 9).all() and (out[[0, 1, 3]] == 0).all()
+    nearest = resample(Image(data, np.eye(4), is_label=True), coarse, label_mode="nearest").data
+    assert (nearest[1] == 7).all()  # point sampling keeps the thin slice: what partial volume avoids
+    three = np.ones((16, 16, 16), np.int32)
+    three[:, 6:] = 2
+    three[:, 10:] = 3
+    out = resample(Image(three, np.eye(4), is_label=True), coarse, label_mode="onehot").data
+    assert (out > 0).all() and set(np.unique(out)) <= {1, 2, 3}
+
+
 def test_grid_with_spacing_keeps_field_of_view():
     grid = Grid((91, 109, 91), np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]]))
     fine = grid_with_spacing(grid, 1.0)

@@ -1,17 +1,21 @@
 """Atlases: a template image, a label map on the same grid, and a label table.
 
 An atlas lives in a folder with a fixed layout (written by ``unireg atlas prepare`` for the
-default MNI atlas, or ``unireg atlas import`` for your own)::
+built-in atlases, or ``unireg atlas import`` for your own)::
 
     atlas.nii.gz          template, intensities normalised to [0, 1], RAS, shape divisible by 16
     atlas_labels.nii.gz   integer label map on the same grid (0 = background)
-    atlas_labels.tsv      columns ``index`` and ``name``: one row per label id
+    atlas_labels.tsv      columns ``index`` and ``name`` (then any others): one row per label id
     atlas_brainmask.nii.gz  brain (foreground) mask on the same grid
     atlas.json            where it came from and how it was made
 
-The default atlas is the MNI ICBM152 2009a nonlinear symmetric T1 template (shipped inside the
-nilearn wheel, so it is built offline) with tissue labels 1 = CSF (intracranial, neither GM nor
-WM), 2 = grey matter, 3 = white matter, from the argmax of its tissue probability maps.
+Both built-in atlases (:data:`unireg.defaults.BUILTIN_ATLASES`) use the MNI ICBM152 2009a
+nonlinear symmetric T1 template (shipped inside the nilearn wheel, so they are built offline):
+
+* ``mni2009a`` (the default): tissue labels 1 = CSF (intracranial, neither GM nor WM), 2 = grey
+  matter, 3 = white matter, from the argmax of the template's tissue probability maps.
+* ``mni2009a-allen``: the structures of the Allen Human Reference Atlas 3D (2020), shipped in the
+  package, split into left and right (:mod:`unireg.atlas_allen`).
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import BUILTIN_ATLASES, DEFAULT_ATLAS
 from .errors import UniregError
 from .intensity import normalise_intensity
 from .io import Image, load_image, read_label_table, save_image, write_label_table, write_text_atomic
 from .transforms import crop_or_pad, crop_to_multiple, grid_with_spacing, reorient_to_ras, resample
 
-DEFAULT_ATLAS = "mni2009a"
 ATLAS_FILES = {
     "image": "atlas.nii.gz",
     "labels": "atlas_labels.nii.gz",
@@ -58,15 +62,16 @@ class Atlas:
 
 
 def load_atlas(path: str | Path) -> Atlas:
-    """Load an atlas folder; ``"mni2009a"`` means the default atlas (built into the cache if needed)."""
-    if str(path) == DEFAULT_ATLAS:
-        path = default_atlas_dir()
+    """Load an atlas folder; a built-in atlas's name (``"mni2009a"``, ``"mni2009a-allen"``) means
+    that atlas at 2 mm in the cache (built there if needed)."""
+    if str(path) in BUILTIN_ATLASES:
+        name, path = str(path), default_atlas_dir(name=str(path))
         if not (path / ATLAS_FILES["image"]).is_file():
-            prepare_default_atlas(path)
+            prepare_atlas(name, path)
     path = Path(path)
     if not path.is_dir():
         raise UniregError(
-            f"atlas folder not found (use '{DEFAULT_ATLAS}' for the default, "
+            f"atlas folder not found (use {' or '.join(repr(n) for n in BUILTIN_ATLASES)} for a built-in atlas, "
             "or build one with 'unireg atlas prepare' / 'unireg atlas import')",
             path=path,
         )
@@ -85,10 +90,22 @@ def load_atlas(path: str | Path) -> Atlas:
     return Atlas(image=image, labels=labels, mask=mask, table=table, path=str(path))
 
 
-def default_atlas_dir(spacing: float = 2.0) -> Path:
-    """Cache folder of the default atlas: ``$UNIREG_HOME`` or ``~/.cache/unireg``."""
+def default_atlas_dir(spacing: float = 2.0, name: str = DEFAULT_ATLAS) -> Path:
+    """Cache folder of a built-in atlas, ``atlas-<name>-<spacing>mm`` in ``$UNIREG_HOME`` or
+    ``~/.cache/unireg``: each atlas and spacing has its own."""
     home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
-    return home / f"atlas-{DEFAULT_ATLAS}-{spacing:g}mm"
+    return home / f"atlas-{name}-{spacing:g}mm"
+
+
+def prepare_atlas(name: str, out_dir: str | Path, spacing: float = 2.0) -> Atlas:
+    """Build the built-in atlas ``name`` (:data:`unireg.defaults.BUILTIN_ATLASES`) at ``spacing`` mm, offline."""
+    if name not in BUILTIN_ATLASES:
+        raise UniregError(f"unknown built-in atlas {name!r}; choose one of {', '.join(BUILTIN_ATLASES)}")
+    if name == DEFAULT_ATLAS:
+        return prepare_default_atlas(out_dir, spacing)
+    from .atlas_allen import prepare_allen_atlas  # the other one; it builds on this module
+
+    return prepare_allen_atlas(out_dir, spacing)
 
 
 def _nilearn_file(key: str) -> Path:
@@ -102,12 +119,25 @@ def _nilearn_file(key: str) -> Path:
     return path
 
 
-def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table: dict[int, str], info: dict) -> Atlas:
+def write_atlas(
+    out_dir: Path,
+    image: Image,
+    labels: Image,
+    mask: Image,
+    table: dict[int, str],
+    info: dict,
+    columns: dict[str, dict[int, object]] | None = None,
+    files: tuple[Path, ...] = (),
+) -> Atlas:
+    """Write the atlas layout; ``columns`` are the label table's extra columns, ``files`` are
+    copied beside the atlas (licence and attribution notices)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_image(image, out_dir / ATLAS_FILES["image"])
     save_image(labels, out_dir / ATLAS_FILES["labels"])
     save_image(mask, out_dir / ATLAS_FILES["mask"])
-    write_label_table(out_dir / ATLAS_FILES["table"], table)
+    write_label_table(out_dir / ATLAS_FILES["table"], table, columns)
+    for source in files:
+        write_text_atomic(out_dir / source.name, source.read_text())
     info = dict(
         info,
         shape=list(image.shape),
@@ -118,9 +148,10 @@ def _write_atlas(out_dir: Path, image: Image, labels: Image, mask: Image, table:
     return load_atlas(out_dir)
 
 
-def mni_template_images() -> tuple[Image, Image, Image]:
-    """The MNI ICBM152 2009a T1 template and its GM and WM probability maps (0..255), 1 mm, RAS."""
-    return tuple(reorient_to_ras(load_image(_nilearn_file(key))) for key in ("t1", "gm", "wm"))
+def mni_template_images(keys: tuple[str, ...] = ("t1", "gm", "wm")) -> tuple[Image, ...]:
+    """The MNI ICBM152 2009a T1 template and its GM and WM probability maps (0..255), 1 mm, RAS
+    (``keys``: which of them)."""
+    return tuple(reorient_to_ras(load_image(_nilearn_file(key))) for key in keys)
 
 
 def template_brain(t1: Image) -> np.ndarray:
@@ -139,16 +170,21 @@ def tissue_labels(t1: Image, gm: Image, wm: Image) -> Image:
     return t1.with_data(tissue.astype(np.int32), is_label=True)
 
 
+def template_atlas_images(t1: Image, labels: Image) -> tuple[Image, Image, Image]:
+    """Template, labels and brain mask of an atlas on the MNI template ``t1`` (``t1`` and ``labels``
+    already on the atlas grid): the template brain is the mask, and the grid is cropped around it
+    to a shape divisible by 16."""
+    brain = template_brain(t1)
+    mask = t1.with_data(brain.astype(np.uint8), is_label=True)
+    image, start = crop_to_multiple(normalise_intensity(t1, mask=brain), brain, multiple=16)
+    return image, crop_or_pad(labels, start, image.shape), crop_or_pad(mask, start, image.shape)
+
+
 def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
     """Build the default MNI ICBM152 2009a atlas at ``spacing`` mm from nilearn's files (offline)."""
     t1, gm, wm = mni_template_images()
     grid = grid_with_spacing(t1.grid, spacing)
     t1_r, gm_r, wm_r = (resample(img, grid) for img in (t1, gm, wm))
-    brain = template_brain(t1_r)
-    mask = t1_r.with_data(brain.astype(np.uint8), is_label=True)
-    image, start = crop_to_multiple(normalise_intensity(t1_r, mask=brain), brain, multiple=16)
-    labels = crop_or_pad(tissue_labels(t1_r, gm_r, wm_r), start, image.shape)
-    mask = crop_or_pad(mask, start, image.shape)
     info = {
         "name": DEFAULT_ATLAS,
         "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "
@@ -157,7 +193,8 @@ def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
         "Montreal Neurological Institute, McGill University; free use with attribution",
         "labels_from": "argmax of (255 - GM - WM, GM, WM) probabilities inside the template brain",
     }
-    return _write_atlas(Path(out_dir), image, labels, mask, dict(MNI_TISSUE_TABLE), info)
+    image, labels, mask = template_atlas_images(t1_r, tissue_labels(t1_r, gm_r, wm_r))
+    return write_atlas(Path(out_dir), image, labels, mask, dict(MNI_TISSUE_TABLE), info)
 
 
 def import_atlas(
@@ -193,4 +230,4 @@ def import_atlas(
         "name": Path(out_dir).name,
         "source": {"image": str(image_path), "labels": str(labels_path), "table": str(table_path)},
     }
-    return _write_atlas(Path(out_dir), image, labels, mask, table, info)
+    return write_atlas(Path(out_dir), image, labels, mask, table, info)

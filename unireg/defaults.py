@@ -25,3 +25,9 @@ DEFAULT_EXTRACTOR = "mobilenet_v1_025"
 # (unireg.runtime.select_device)
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE = "auto"
+
+# Atlases built offline by `unireg atlas prepare --name` and accepted by name wherever an atlas
+# folder is (unireg.atlas; the workflow's `atlas:`): the 3 tissue classes of the MNI ICBM152 2009a
+# symmetric template, and the Allen Human Reference Atlas structures on that same template.
+BUILTIN_ATLASES = ("mni2009a", "mni2009a-allen")
+DEFAULT_ATLAS = "mni2009a"

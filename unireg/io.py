@@ -263,7 +263,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def read_label_table(path: str | Path) -> dict[int, str]:
-    """Read a TSV with columns ``index`` and ``name`` (a header row is required)."""
+    """Read a TSV whose first columns are ``index`` and ``name`` (a header row is required; any
+    further columns, such as an atlas's ``side`` or ``abbreviation``, are left to their readers)."""
     path = Path(path)
     if not path.is_file():
         raise UniregError("label table not found", path=path)
@@ -283,8 +284,13 @@ def read_label_table(path: str | Path) -> dict[int, str]:
     return table
 
 
-def write_label_table(path: str | Path, table: dict[int, str]) -> None:
-    rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(table.items())]
+def write_label_table(
+    path: str | Path, table: dict[int, str], columns: dict[str, dict[int, object]] | None = None
+) -> None:
+    """Write ``index``, ``name`` and then each of ``columns`` (column name -> value per index)."""
+    columns = columns or {}
+    rows = ["\t".join(["index", "name", *columns])]
+    rows += ["\t".join([str(k), v, *(str(values[k]) for values in columns.values())]) for k, v in sorted(table.items())]
     write_text_atomic(path, "\n".join(rows) + "\n")
 
 

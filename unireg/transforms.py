@@ -8,7 +8,9 @@ Conventions (defined here once, imported everywhere):
   ``out[v] = image(T @ ref.affine @ v)`` ("pull" direction, as ITK and ANTs apply transforms).
   The affine pre-alignment writes exactly this matrix (atlas world -> subject world).
 * Label maps are never interpolated: ``label_mode="nearest"`` picks the nearest voxel's label;
-  ``label_mode="onehot"`` interpolates each label's indicator linearly and takes the argmax.
+  ``label_mode="onehot"`` is partial-volume resampling: each label's indicator (background
+  included) is smoothed like an intensity when the output voxels are larger, sampled linearly,
+  and the largest weight wins (ties go to the background, then to the smaller label value).
   Both only ever output label values present in the input (plus background 0 outside the FOV).
 * A deformable transform in world space is a :class:`DisplacementField`: ``p -> p + d(p)`` in
   mm, ``d`` sampled trilinearly on its own grid. Its voxel-grid (torch) counterpart, used by the
@@ -109,8 +111,10 @@ def resample(
         image: intensity image (trilinear interpolation) or label map (``image.is_label``).
         grid: output grid (e.g. the atlas grid).
         transform: optional 4x4 world->world matrix, output world -> input world (see module doc).
-        label_mode: ``"nearest"`` or ``"onehot"`` (linear per label + argmax) for label maps.
-        antialias: Gaussian-prefilter intensities when the output voxels are larger.
+        label_mode: ``"nearest"`` or ``"onehot"`` (partial volume: linear per label + argmax) for
+            label maps.
+        antialias: Gaussian-prefilter intensities (and, for ``"onehot"``, each label's indicator)
+            when the output voxels are larger.
         fill: value outside the input's field of view (intensities; labels get 0).
     """
     coords = voxel_coordinates(image.affine, grid, transform)
@@ -125,20 +129,54 @@ def resample(
     if label_mode == "nearest":
         out = ndimage.map_coordinates(image.data, coords, order=0, mode="constant", cval=0)
     elif label_mode == "onehot":
-        out = np.zeros(grid.shape, dtype=image.data.dtype)
-        best = np.full(grid.shape, 0.5, dtype=np.float32)  # below 0.5 everywhere: background wins
-        for value in np.unique(image.data):
-            if value == 0:
-                continue
-            weight = ndimage.map_coordinates(
-                (image.data == value).astype(np.float32), coords, order=1, mode="constant", cval=0.0
-            )
-            better = weight > best
-            out[better] = value
-            best[better] = weight[better]
+        sigma = _antialias_sigma(image, grid, transform) if antialias else np.zeros(3)
+        out = _partial_volume_labels(image.data, coords, sigma)
     else:
         raise ValueError(f"label_mode must be 'nearest' or 'onehot', not {label_mode!r}")
     return Image(out.astype(image.data.dtype), grid.affine, path=None, is_label=True, meta=dict(image.meta))
+
+
+def _partial_volume_labels(data: np.ndarray, coords: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Argmax over labels of each label's (smoothed) indicator sampled at ``coords`` (input voxels).
+
+    The background's weight is one minus the labels' sum, so a voxel gets a label only where that
+    label covers more of it than the background and than any other label. Smoothing extends an
+    indicator past the image's edge by its edge value (as for intensities); sampling outside the
+    field of view gives 0. Each label is smoothed and sampled only inside its bounding box (plus
+    the kernel's reach): cost grows with the labels' size, not with their number times the image size.
+    """
+    values = np.unique(data)
+    values = values[values != 0]
+    if data.dtype.kind in "iu" and values.size and values.min() > 0 and values.max() < 2**16:
+        ids = data  # find_objects' box k - 1 is label value k
+    else:  # large or negative ids: number the labels 1..n first
+        ids = np.where(data == 0, 0, np.searchsorted(values, data) + 1).astype(np.int32)
+    boxes = ndimage.find_objects(ids)
+    reach = np.ceil(4.0 * np.asarray(sigma)).astype(int) + 2  # Gaussian truncation + linear interpolation
+    points = coords.reshape(3, -1)
+    out = np.zeros(points.shape[1], dtype=data.dtype)
+    best = np.zeros(points.shape[1], dtype=np.float32)
+    total = np.zeros(points.shape[1], dtype=np.float32)
+    for number, value in enumerate(values, start=1):
+        box = boxes[(int(value) if ids is data else number) - 1]
+        start = np.array([max(sl.start - r, 0) for sl, r in zip(box, reach)])
+        stop = np.array([min(sl.stop + r, n) for sl, r, n in zip(box, reach, data.shape)])
+        inside = np.all((points >= start[:, None] - 1) & (points <= stop[:, None]), axis=0)
+        if not inside.any():
+            continue
+        indicator = (data[tuple(slice(a, b) for a, b in zip(start, stop))] == value).astype(np.float32)
+        if np.any(sigma > 0):
+            indicator = ndimage.gaussian_filter(indicator, sigma, mode="nearest")
+        where = np.flatnonzero(inside)
+        weight = ndimage.map_coordinates(
+            indicator, points[:, where] - start[:, None], order=1, mode="constant", cval=0.0
+        ).astype(np.float32)
+        total[where] += weight
+        better = weight > best[where]
+        out[where[better]] = value
+        best[where[better]] = weight[better]
+    out[best <= 1.0 - total] = 0  # the background covers at least as much as the best label
+    return out.reshape(coords.shape[1:])
 
 
 def foreground_bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

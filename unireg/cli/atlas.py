@@ -1,14 +1,24 @@
-"""``unireg atlas prepare`` / ``unireg atlas import``: build the default atlas or import your own."""
+"""``unireg atlas prepare`` / ``unireg atlas import``: build a built-in atlas or import your own."""
 
 from __future__ import annotations
 
+from ..defaults import BUILTIN_ATLASES, DEFAULT_ATLAS
 from ._common import add_actions
 
 
 def add_parser(verbs) -> None:
-    actions = add_actions(verbs, "atlas", "build the default atlas or import your own")
-    p = actions.add_parser("prepare", help="build the default MNI ICBM152 2009a tissue atlas offline (from nilearn)")
-    p.add_argument("--out", help="output folder (default: $UNIREG_HOME or ~/.cache/unireg)")
+    actions = add_actions(verbs, "atlas", "build a built-in atlas or import your own")
+    p = actions.add_parser(
+        "prepare", help="build a built-in atlas offline on the MNI ICBM152 2009a template (from nilearn)"
+    )
+    p.add_argument(
+        "--name",
+        choices=BUILTIN_ATLASES,
+        default=DEFAULT_ATLAS,
+        help=f"which atlas (default {DEFAULT_ATLAS}): mni2009a = 3 tissue classes (CSF, grey, white matter); "
+        "mni2009a-allen = the Allen Human Reference Atlas structures, left and right (CC BY 4.0)",
+    )
+    p.add_argument("--out", help="output folder (default: atlas-<name>-<spacing>mm in $UNIREG_HOME or ~/.cache/unireg)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2)")
     p.set_defaults(func=run_prepare)
     p = actions.add_parser("import", help="bring a user atlas (image + labels + TSV) into the atlas layout")
@@ -22,10 +32,10 @@ def add_parser(verbs) -> None:
 
 
 def run_prepare(args) -> None:
-    from ..atlas import default_atlas_dir, prepare_default_atlas
+    from ..atlas import default_atlas_dir, prepare_atlas
 
-    out = args.out or default_atlas_dir(args.spacing)
-    atlas = prepare_default_atlas(out, spacing=args.spacing)
+    out = args.out or default_atlas_dir(args.spacing, args.name)
+    atlas = prepare_atlas(args.name, out, spacing=args.spacing)
     print(
         f"unireg atlas prepare: wrote {atlas.path} (grid {atlas.grid.shape}, {args.spacing:g} mm, "
         f"{len(atlas.table)} labels)"

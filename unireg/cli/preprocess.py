@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from ..defaults import AFFINE_SIMILARITIES, AFFINE_SIMILARITY, NONFINITE_POLICIES, NONFINITE_POLICY
+from ..defaults import (
+    AFFINE_SIMILARITIES,
+    AFFINE_SIMILARITY,
+    BUILTIN_ATLASES,
+    DEFAULT_ATLAS,
+    NONFINITE_POLICIES,
+    NONFINITE_POLICY,
+)
 from ._common import SUBJECT_HELP, add_layout_naming
 
 
 def add_parser(verbs) -> None:
     p = verbs.add_parser("preprocess", help="reorient, brain-extract, normalise and affine-align one image to an atlas")
     p.add_argument("--image", required=True, help="input NIfTI (.nii/.nii.gz)")
-    p.add_argument("--atlas", default="mni2009a", help="atlas folder, or 'mni2009a' for the default (default)")
+    p.add_argument(
+        "--atlas",
+        default=DEFAULT_ATLAS,
+        help=f"atlas folder, or a built-in atlas's name ({', '.join(BUILTIN_ATLASES)}; default {DEFAULT_ATLAS})",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--subject", help=SUBJECT_HELP + " and preprocess.json")
     p.add_argument(

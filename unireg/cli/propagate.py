@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import BUILTIN_ATLASES, DEFAULT_ATLAS
+
 
 def add_parser(verbs) -> None:
     p = verbs.add_parser(
@@ -16,7 +18,11 @@ def add_parser(verbs) -> None:
     p.add_argument("--affine", required=True, help="affine.txt from unireg preprocess")
     p.add_argument("--displacement", help="displacement.nii.gz from unireg register (omit: affine only)")
     p.add_argument("--atlas-labels", help="atlas label map (default: the --atlas folder's)")
-    p.add_argument("--atlas", default="mni2009a")
+    p.add_argument(
+        "--atlas",
+        default=DEFAULT_ATLAS,
+        help=f"atlas folder, or a built-in atlas's name ({', '.join(BUILTIN_ATLASES)}; default {DEFAULT_ATLAS})",
+    )
     p.add_argument("--out", required=True, help="output label map (.nii.gz)")
     p.add_argument("--subject")
     p.add_argument(

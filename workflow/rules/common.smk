@@ -1,12 +1,14 @@
 # Config validation, paths, subject list and wildcard constraints shared by all rules.
 import csv
 import os
+import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
+from unireg.defaults import BUILTIN_ATLASES
 from unireg.layout import SUBJECT_PATTERN, atlas_entities, subject_files
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -30,8 +32,11 @@ SERIES_FILTER = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in config["se
 # the results layout (unireg/layout.py): every per-subject file's path, with the {subject} wildcard
 SPACE, ATLAS_LABEL = atlas_entities(config["atlas"])
 FILES = {key: f"{RESULTS}/{name}" for key, name in subject_files("{subject}", SPACE, ATLAS_LABEL).items()}
-DEFAULT_ATLAS_DIR = f"{WORK}/atlas/mni2009a"  # built by the atlas rule
-ATLAS_DIR = DEFAULT_ATLAS_DIR if config["atlas"] == "mni2009a" else config["atlas"]
+# a built-in atlas (unireg.defaults.BUILTIN_ATLASES) is built by the atlas rule into <work>/atlas/<name>
+BUILTIN_ATLAS_DIR = f"{WORK}/atlas/{{atlas_name}}"
+ATLAS_DIR = (
+    BUILTIN_ATLAS_DIR.format(atlas_name=config["atlas"]) if config["atlas"] in BUILTIN_ATLASES else config["atlas"]
+)
 USE_GPU = bool(config["register"]["gpu"])
 REGISTER_DEVICE = config["register"].get("device", "auto")
 if REGISTER_DEVICE == "auto":
@@ -40,6 +45,7 @@ if REGISTER_DEVICE == "auto":
 
 wildcard_constraints:
     subject=SUBJECT_PATTERN,
+    atlas_name="|".join(re.escape(name) for name in BUILTIN_ATLASES),
 
 
 def cohort_input():

@@ -3,14 +3,14 @@
 
 rule atlas:
     output:
-        image=f"{DEFAULT_ATLAS_DIR}/atlas.nii.gz",
-        labels=f"{DEFAULT_ATLAS_DIR}/atlas_labels.nii.gz",
-        table=f"{DEFAULT_ATLAS_DIR}/atlas_labels.tsv",
-        mask=f"{DEFAULT_ATLAS_DIR}/atlas_brainmask.nii.gz",
+        image=f"{BUILTIN_ATLAS_DIR}/atlas.nii.gz",
+        labels=f"{BUILTIN_ATLAS_DIR}/atlas_labels.nii.gz",
+        table=f"{BUILTIN_ATLAS_DIR}/atlas_labels.tsv",
+        mask=f"{BUILTIN_ATLAS_DIR}/atlas_brainmask.nii.gz",
     log:
-        log("atlas", "atlas"),
+        log("atlas", "{atlas_name}"),
     benchmark:
-        bench("atlas", "atlas")
+        bench("atlas", "{atlas_name}")
     conda:
         "../../envs/preprocess.yaml"
     params:
@@ -18,7 +18,7 @@ rule atlas:
         out=lambda w, output: Path(output.image).parent,
         spacing=config["atlas_spacing"],
     shell:
-        "{params.unireg} atlas prepare --out {params.out} --spacing {params.spacing} > {log} 2>&1"
+        "{params.unireg} atlas prepare --name {wildcards.atlas_name} --out {params.out} --spacing {params.spacing} > {log} 2>&1"
 
 
 rule preprocess:
