@@ -25,7 +25,9 @@ Adam lr 1e-3, seed 0) and differs only in its feature extractor:
 * ``affine``: no deformable step (the floor).
 
 Each checkpoint's own model card gives the seed, steps and training time reported in the table;
-the validation subjects of every card are checked to be the ones tested here.
+the validation subjects of every card are checked to be the ones tested here. Each method's rows
+are kept in ``<cache>/scores/`` under a key of its checkpoint (path and sha256), grid, pairs and IO
+settings: a rerun with one more method, or a retrained checkpoint, only scores what changed.
 
 **Test pairs.** The 10 validation subjects of that split, paired as ``unireg train`` validates
 (fixed = subject k, moving = subject k + 1, k = 0..8), preprocessed like the training data
@@ -53,6 +55,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import json
 import os
 import sys
 import time
@@ -495,14 +499,25 @@ def main(argv=None) -> None:
     t_prep = time.perf_counter() - t_start
     rows = []
     io_cases = [c for c in cases if c["pair"] < args.io_pairs]
+    scored = cache / "scores"  # one method's rows, kept so that a rerun (e.g. with a new method) does not pay again
     for method, model in loaded.items():
+        settings = [args.pairs, args.io_steps if model is not None else 0, args.io_pairs, models[method]["checkpoint"]]
+        key = hashlib.sha256(json.dumps([method, args.grid_mm, *settings]).encode()).hexdigest()[:16]
+        kept = scored / f"{method}-{key}.json"
+        if kept.is_file() and not args.smoke:
+            rows += json.loads(kept.read_text())
+            log(f"{method}: rows from {kept} (same checkpoint, pairs and IO settings)")
+            continue
         t0 = time.perf_counter()
-        rows += evaluate(method, model, cases, ixi002, atlas.grid)
+        mine = evaluate(method, model, cases, ixi002, atlas.grid)
         log(f"{method}: {len(cases) + 3} registrations in {time.perf_counter() - t0:.0f} s")
         if args.io_steps and model is not None:
             t0 = time.perf_counter()
-            rows += evaluate(method, model, io_cases, ixi002, atlas.grid, args.io_steps)
+            mine += evaluate(method, model, io_cases, ixi002, atlas.grid, args.io_steps)
             log(f"{method} + IO: {len(io_cases) + 3} registrations in {time.perf_counter() - t0:.0f} s")
+        scored.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(mine))
+        rows += mine
 
     steps = {rec["train_steps"] for m, rec in models.items() if m != "affine"}
     for row in rows:
