@@ -44,13 +44,14 @@ def read_timestamped(path: Path) -> list[tuple[float, str]]:
 
 
 def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
-    """(rule, subject or "") for every Snakemake job the SLURM job ran, from its log."""
+    """(rule, wildcard value or "") for every Snakemake job the SLURM job ran, from its log (the
+    value of its first wildcard: the subject, or e.g. the atlas rule's atlas_name)."""
     jobs, rule = set(), None
     for line in path.read_text(errors="replace").splitlines():
         if m := re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", line):
             rule = m.group(1)
             jobs.add((rule, ""))
-        elif rule and (m := re.match(r"\s*wildcards: subject=(\w+)", line)):
+        elif rule and (m := re.match(r"\s*wildcards: \w+=([\w.-]+)", line)):
             jobs.discard((rule, ""))
             jobs.add((rule, m.group(1)))
     return jobs
