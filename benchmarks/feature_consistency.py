@@ -81,7 +81,7 @@ def layer_extractors() -> dict[tuple[str, str], object]:
     random.load_state_dict(
         {k: v for k, v in imagenet.state_dict().items() if "running" in k or "num_batches" in k}, strict=False
     )
-    reinit = build_extractor("mobilenet_v1_025_reinit").encoder
+    reinit = build_extractor("mobilenet_v1_025_reinit")  # loaded once: its conv1 and its whole output
     out = {}
     for family, net in (("ImageNet MobileNet", imagenet), ("random MobileNet", random)):
         for layer, blocks in MOBILENET_LAYERS.items():
@@ -92,9 +92,9 @@ def layer_extractors() -> dict[tuple[str, str], object]:
                 encoder, name=f"{family} {layer}", out_channels=channels, stride=stride, grid_offset=0.0
             )
     out[("reinit", "conv1")] = SliceWise3d(
-        torch.nn.Sequential(reinit[0]), name="reinit conv1", out_channels=8, stride=2, grid_offset=0.0
+        torch.nn.Sequential(reinit.encoder[0]), name="reinit conv1", out_channels=8, stride=2, grid_offset=0.0
     )
-    out[("reinit", "dw1")] = build_extractor("mobilenet_v1_025_reinit")
+    out[("reinit", "dw1")] = reinit
     out[("MIND-SSC", "-")] = build_extractor("mind")
     return out
 
