@@ -8,7 +8,7 @@ rule atlas:
         table=f"{BUILTIN_ATLAS_DIR}/atlas_labels.tsv",
         mask=f"{BUILTIN_ATLAS_DIR}/atlas_brainmask.nii.gz",
     log:
-        log("atlas", "{atlas_name}"),
+        log("atlas", "{atlas_name}/atlas"),  # one level down: the report reads logs/<rule>/<subject>.log
     benchmark:
         bench("atlas", "{atlas_name}")
     conda:
