@@ -283,11 +283,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"feature_consistency: real data not found: {peers.IXI} (../shared/data is absent)")
     import torch
 
-    from unireg.atlas import default_atlas_dir, load_atlas, prepare_default_atlas
+    from unireg.atlas import builtin_atlas
+    from unireg.defaults import TISSUE_ATLAS
 
     torch.set_num_threads(args.threads)
-    folder = default_atlas_dir(2.0)
-    atlas = load_atlas(folder) if (folder / "atlas.nii.gz").is_file() else prepare_default_atlas(folder, 2.0)
+    atlas = builtin_atlas(TISSUE_ATLAS, 2.0)
     home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
     cache = args.cache or home / "domain_shift" / "2mm"
     _, val_ids = peers.model_split()

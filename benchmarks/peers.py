@@ -817,10 +817,10 @@ def main(argv=None) -> None:
                 ) from None
     import torch
 
-    from unireg.atlas import default_atlas_dir, load_atlas, prepare_default_atlas
+    from unireg.atlas import builtin_atlas
+    from unireg.defaults import TISSUE_ATLAS
 
-    folder = default_atlas_dir(args.grid_mm)
-    atlas = load_atlas(folder) if (folder / "atlas.nii.gz").is_file() else prepare_default_atlas(folder, args.grid_mm)
+    atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
     home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
     cache = (args.cache or home / "peers") / f"{args.grid_mm:g}mm"
     train_ids, val_ids = model_split()

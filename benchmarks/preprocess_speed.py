@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unireg.affine import align_affine  # noqa: E402
-from unireg.atlas import prepare_default_atlas  # noqa: E402
+from unireg.atlas import prepare_tissue_atlas  # noqa: E402
 from unireg.io import Grid, load_image  # noqa: E402
 from unireg.preprocess import preprocess_image  # noqa: E402
 from unireg.transforms import resample  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        atlas, t = timed(lambda: prepare_default_atlas(Path(tmp) / "atlas", 2.0), 1)
+        atlas, t = timed(lambda: prepare_tissue_atlas(Path(tmp) / "atlas", 2.0), 1)
         rows.append(("atlas prepare (MNI 2009a, 2 mm)", f"{atlas.grid.shape}", t))
         shift = np.eye(4)
         shift[:3, 3] = [6.0, -4.0, 3.0]

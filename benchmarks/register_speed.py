@@ -25,12 +25,12 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
     import numpy as np
     import torch
 
-    from unireg.atlas import default_atlas_dir, load_atlas, prepare_default_atlas
+    from unireg.atlas import builtin_atlas
+    from unireg.defaults import TISSUE_ATLAS
     from unireg.model import load_checkpoint
     from unireg.register import InstanceOptOptions, register_images
 
-    folder = default_atlas_dir(spacing)
-    atlas = load_atlas(folder) if (folder / "atlas.nii.gz").is_file() else prepare_default_atlas(folder, spacing)
+    atlas = builtin_atlas(TISSUE_ATLAS, spacing)
     fixed = atlas.image
     moving = fixed.with_data(np.roll(fixed.data, 2, axis=0))
     model, _ = load_checkpoint(device=device)

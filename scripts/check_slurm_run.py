@@ -20,16 +20,18 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unireg.layout import subject_files  # noqa: E402  (pure Python)
+from unireg.defaults import DEFAULT_ATLAS  # noqa: E402  (pure Python)
+from unireg.layout import atlas_entities, subject_files  # noqa: E402
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.")
 PER_SUBJECT_RULES = ("convert", "preprocess", "register", "propagate", "metrics")
 MAX_REPORT_DELAY_S = 60.0
+MIN_MEAN_DICE = 0.5  # over the atlas structures, as tests/test_workflow.py asks of the same cohort
 
 
 def _at(work: Path, subject: str, key: str) -> Path:
     """File ``key`` of a subject in the run's results layout (default atlas)."""
-    return work / "results" / subject_files(subject, "MNI152NLin2009aSym", "tissue")[key]
+    return work / "results" / subject_files(subject, *atlas_entities(DEFAULT_ATLAS))[key]
 
 
 def read_timestamped(path: Path) -> list[tuple[float, str]]:
@@ -120,12 +122,12 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
             f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}",
         )
-        metrics = pd.read_csv(_at(work, subject, "metrics"), sep="\t").set_index("name")
-        gm, wm = metrics.loc["grey_matter", "dice"], metrics.loc["white_matter", "dice"]
+        metrics = pd.read_csv(_at(work, subject, "metrics"), sep="\t")
+        mean_dice, n_labels = metrics["dice"].mean(), int(metrics["dice"].notna().sum())
         # the bounds of tests/test_workflow.py's local run of the same cohort
         expect(
-            gm > 0.55 and wm > 0.6,
-            f"{subject}: propagated labels against the reference: Dice grey matter {gm:.3f}, white matter {wm:.3f}",
+            mean_dice > MIN_MEAN_DICE and n_labels > 100,
+            f"{subject}: propagated labels against the reference: mean Dice {mean_dice:.3f} over {n_labels} labels",
         )
 
     # the failing subject: Snakemake failed, said so within a minute of each failed SLURM job, named it

@@ -25,9 +25,9 @@ def shared_file(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def default_atlas(tmp_path_factory):
     """The default MNI 2009a tissue atlas at 2 mm, built offline from nilearn's files."""
-    from unireg.atlas import prepare_default_atlas
+    from unireg.atlas import prepare_tissue_atlas
 
-    return prepare_default_atlas(tmp_path_factory.mktemp("atlas") / "mni2009a-2mm", spacing=2.0)
+    return prepare_tissue_atlas(tmp_path_factory.mktemp("atlas") / "mni2009a-2mm", spacing=2.0)
 
 
 @pytest.fixture(autouse=True)

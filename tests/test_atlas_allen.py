@@ -190,3 +190,18 @@ def test_structure_names_cover_every_source_id_once():
     merged = atlas_allen.source_structures()[138]
     assert merged.abbreviation == "FP+PaCG+RoG+FMG" and merged.name.startswith("frontal pole + paracingulate gyrus")
     assert set(atlas_allen.source_structures()) == set(range(1, 142)) - {135, 136, 137}
+
+
+def test_structure_labels_on_another_grid_are_the_atlas_labels(built):
+    """The demo's reference labels: drawn on the atlas's own (uncropped) grid they are exactly the
+    atlas's labels, the same structures dropped; on the 1 mm template grid the same ids remain."""
+    from unireg.atlas_allen import atlas_grid, structure_labels
+    from unireg.transforms import resample
+
+    atlas, rows, _ = built[2.0]
+    t1, grid = atlas_grid(2.0)
+    on_atlas_grid = structure_labels(grid, 2.0)
+    cropped = resample(on_atlas_grid, atlas.grid, label_mode="nearest")  # the crop: voxels line up
+    assert np.array_equal(cropped.data, atlas.labels.data)
+    fine = structure_labels(t1.grid, 2.0)
+    assert set(np.unique(fine.data).tolist()) - {0} == set(rows)

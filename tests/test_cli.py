@@ -176,6 +176,7 @@ def test_top_level_help_lists_every_verb():
         ("register", "--instance-opt-similarity", defaults.INSTANCE_OPT_SIMILARITIES, defaults.INSTANCE_OPT_SIMILARITY),
         ("register", "--instance-opt", None, defaults.INSTANCE_OPT_STEPS),
         ("register", "--device", None, defaults.DEVICE),
+        ("register", "--network-grid", defaults.NETWORK_GRIDS, defaults.NETWORK_GRID),
         ("atlas prepare", "--name", defaults.BUILTIN_ATLASES, defaults.DEFAULT_ATLAS),
         ("preprocess", "--atlas", None, defaults.DEFAULT_ATLAS),
         ("propagate", "--atlas", None, defaults.DEFAULT_ATLAS),
@@ -205,6 +206,8 @@ def test_config_schema_and_shipped_config_agree_with_the_package():
     assert tuple(register["instance_opt_similarity"]["enum"]) == defaults.INSTANCE_OPT_SIMILARITIES
     assert register["instance_opt_similarity"]["default"] == defaults.INSTANCE_OPT_SIMILARITY
     assert tuple(register["device"]["enum"]) == defaults.DEVICES
+    assert tuple(register["network_grid"]["enum"]) == defaults.NETWORK_GRIDS
+    assert register["network_grid"]["default"] == config["register"]["network_grid"] == defaults.NETWORK_GRID
     assert schema["subjects"]["items"]["pattern"] == f"^{SUBJECT_PATTERN}$"
     assert tuple(schema["atlas"]["examples"]) == defaults.BUILTIN_ATLASES
     assert schema["atlas"]["default"] == defaults.DEFAULT_ATLAS

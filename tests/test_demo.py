@@ -58,7 +58,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "cohort"
-    return out, make_demo_cohort(out, low_res=True, seed=0)
+    return out, make_demo_cohort(out, low_res=True, seed=0, reference_atlas="mni2009a")  # tissue labels
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +198,41 @@ def test_deformations_are_real_smooth_and_distinct(cohort):
 
 def test_same_seed_gives_byte_identical_files(cohort, tmp_path):
     out_dir, info = cohort
-    again = make_demo_cohort(tmp_path / "again", low_res=True, seed=0)
+    again = make_demo_cohort(tmp_path / "again", low_res=True, seed=0, reference_atlas="mni2009a")
     assert tree_digest(tmp_path / "again") == tree_digest(out_dir)
     assert {k: v for k, v in again.items() if k != "out_dir"} == {k: v for k, v in info.items() if k != "out_dir"}
+
+
+def test_structure_reference_labels_are_the_allen_atlas_under_the_same_deformation(cohort, tmp_path):
+    """The default reference: the structures of mni2009a-allen (ids of the 2 mm atlas), drawn through
+    the very same deformation as the images (which do not change) and the tissue labels."""
+    from unireg.atlas import load_atlas
+
+    out_dir, info = cohort
+    allen = make_demo_cohort(tmp_path / "allen", low_res=True, seed=0)  # the default reference atlas
+    assert allen["reference_labels"] == {"atlas": "mni2009a-allen", "atlas_spacing_mm": 2.0}
+    assert tree_digest(tmp_path / "allen" / "dicom") == tree_digest(out_dir / "dicom")
+    table = load_atlas("mni2009a-allen").table
+    hippocampus = [i for i, name in table.items() if "hippocampus" in name and "parahippocampal" not in name]
+    for subject, tissue_subject in zip(allen["subjects"], info["subjects"]):
+        structures = load_image(tmp_path / "allen" / subject["reference"], label=True)
+        tissue = load_image(out_dir / tissue_subject["reference"], label=True)
+        assert structures.shape == tissue.shape and np.allclose(structures.affine, tissue.affine)
+        assert set(np.unique(structures.data).tolist()) - {0} <= set(table)
+        assert len(np.unique(structures.data)) > 100  # many structures, not 3 classes
+        labelled = structures.data > 0
+        assert (tissue.data[labelled] > 0).mean() > 0.95  # structures lie inside the brain
+        in_hippocampus = np.isin(structures.data, hippocampus)
+        assert in_hippocampus.sum() > 20 and (tissue.data[in_hippocampus] == GM).mean() > 0.5
+
+
+def test_no_reference_labels_for_an_atlas_of_your_own(tmp_path):
+    info = make_demo_cohort(tmp_path, n_subjects=1, low_res=True, reference_atlas=None)
+    assert info["reference_labels"] is None and info["subjects"][0]["reference"] is None
+    assert not (tmp_path / "reference").exists()
+    assert (tmp_path / "cohort.tsv").read_text().splitlines()[1] == "demo01\tdicom/demo01\t"
+    with pytest.raises(UniregError, match="built-in atlas"):
+        make_demo_cohort(tmp_path / "x", n_subjects=1, low_res=True, reference_atlas="aal")
 
 
 def test_refuses_to_replace_folders_it_did_not_write(tmp_path):

@@ -10,7 +10,7 @@ from conftest import shared_file
 from unireg.affine import read_affine_txt
 from unireg.cli import main
 from unireg.fields import integrate, warp
-from unireg.io import load_displacement, load_image, save_image
+from unireg.io import Image, load_displacement, load_image, save_image
 from unireg.metrics import mean_dice
 from unireg.model import load_checkpoint
 from unireg.preprocess import OUTPUT_FILES, preprocess_file
@@ -207,3 +207,47 @@ def test_registration_qc_before_and_after_a_known_shift_and_mask_fallbacks():
     assert qc["brain_mask_dice_after"] == round(mask_dice(_t(np.ones(fixed.shape)), _t(fixed_mask)), 4)
     assert registration_qc(fixed, moving, result)["brain_mask_dice_after"] is None
     assert np.isnan(mask_dice(torch.zeros(3), torch.zeros(3)))
+
+
+def test_network_factor_is_the_integer_ratio_of_model_to_grid_spacing():
+    from unireg.register import network_factor
+
+    assert network_factor((1.0, 1.0, 1.0), (2.0, 2.0, 2.0)) == 2
+    assert network_factor((2.0, 2.0, 2.0), (2.0, 2.0, 2.0)) == 1
+    assert network_factor((0.5, 0.5, 0.5), (2.0, 2.0, 2.0)) == 4
+    assert network_factor((1.5, 1.5, 1.5), (2.0, 2.0, 2.0)) == 1  # not an integer factor
+    assert network_factor((1.0, 1.0, 2.0), (2.0, 2.0, 2.0)) == 1  # not the same on every axis
+    assert network_factor((4.0, 4.0, 4.0), (2.0, 2.0, 2.0)) == 1  # coarser than the model: as given
+
+
+def test_a_2mm_model_on_a_1mm_grid_predicts_at_2mm_and_recovers_a_known_field(default_model, default_atlas):
+    """The 2 mm template upsampled to 1 mm, deformed by a known field: the network run on the images
+    pooled back to 2 mm (network_factor 2) recovers the field in 1 mm voxels, better than run on
+    the 1 mm grid it was not trained at."""
+    model, _ = default_model
+    g = torch.Generator().manual_seed(1)
+    fine_shape = tuple(2 * s for s in default_atlas.grid.shape)
+    coarse = torch.randn(1, 3, *(s // 32 for s in fine_shape), generator=g) * 5.0  # 1 mm voxels
+    truth = integrate(torch.nn.functional.interpolate(coarse, size=fine_shape, mode="trilinear", align_corners=True), 7)
+    fine_affine = default_atlas.image.affine.copy()
+    fine_affine[:3, :3] /= 2
+    fine_affine[:3, 3] -= 0.5 * np.diag(fine_affine[:3, :3])  # voxel centres of the 2 mm grid, halved
+    with torch.no_grad():
+        atlas_t = torch.nn.functional.interpolate(
+            torch.from_numpy(default_atlas.image.data)[None, None], size=fine_shape, mode="trilinear"
+        )
+        fixed_t = warp(atlas_t, truth)
+    fixed = Image(fixed_t[0, 0].numpy(), fine_affine)
+    moving = Image(atlas_t[0, 0].numpy(), fine_affine)
+    brain = torch.nn.functional.interpolate(
+        torch.from_numpy(default_atlas.mask.data.astype(np.float32))[None, None], size=fine_shape
+    )[0, 0].bool()
+    errors = {}
+    for factor in (1, 2):
+        result = register_images(fixed, moving, model, network_factor=factor)
+        assert result.ddf.shape[2:] == fine_shape and result.info["network_factor"] == factor
+        errors[factor] = float((result.ddf[0] - truth[0]).norm(dim=0)[brain].mean())
+    before = float(truth[0].norm(dim=0)[brain].mean())
+    print(f"1 mm known field, error (mm): {before:.2f} -> network at 1 mm {errors[1]:.2f}, 2 mm {errors[2]:.2f}")
+    assert errors[2] < 0.75 * before
+    assert errors[2] < errors[1]

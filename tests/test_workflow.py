@@ -14,17 +14,21 @@ import pydicom
 import pytest
 import yaml
 
+from unireg.defaults import DEFAULT_ATLAS
 from unireg.io import load_image
-from unireg.layout import subject_files
+from unireg.layout import atlas_entities, subject_files
 from unireg.metrics import dice_per_label
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
+SPACE, ATLAS = atlas_entities(DEFAULT_ATLAS)  # the workflow's default atlas: Allen structures
+
+
 def _at(results: Path, subject: str, key: str) -> Path:
     """File ``key`` of the results layout (unireg.layout) with the default atlas."""
-    return results / subject_files(subject, "MNI152NLin2009aSym", "tissue")[key]
+    return results / subject_files(subject, SPACE, ATLAS)[key]
 
 
 def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,7 +71,11 @@ def finished_run(tmp_path_factory):
 
 
 def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run):
+    """The default atlas's structures, propagated, against the demo's known reference structures."""
+    import pandas as pd
+
     results = finished_run / "results"
+    table = pd.read_csv(finished_run / "work" / "atlas" / DEFAULT_ATLAS / "atlas_labels.tsv", sep="\t")
     for subject in ("demo01", "demo02"):
         labels = load_image(_at(results, subject, "labels"), label=True)
         native = load_image(_at(results, subject, "image"))
@@ -75,14 +83,19 @@ def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run)
             finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz", label=True
         )
         assert labels.shape == native.shape and np.allclose(labels.affine, native.affine, atol=1e-4)
-        dice = dice_per_label(reference.data, labels.data, [1, 2, 3])
-        print(subject, {k: round(v, 3) for k, v in dice.items()})
-        assert dice[2] > 0.55 and dice[3] > 0.6, dice  # grey and white matter
-        assert (_at(results, subject, "metrics")).is_file()
+        assert set(np.unique(reference.data).tolist()) - {0} <= set(table["index"])
+        dice = dice_per_label(reference.data, labels.data, table["index"].tolist())
+        mean = np.nanmean(list(dice.values()))
+        print(subject, f"mean Dice {mean:.3f} over {len(dice)} structures")
+        assert mean > 0.5, mean  # scripts/check_slurm_run.py asks the same of the SLURM run
+        hippocampus = table["index"][table["name"] == "left body of hippocampus"].item()
+        assert dice[hippocampus] > 0.3, dice[hippocampus]
+        metrics = pd.read_csv(_at(results, subject, "metrics"), sep="\t")
+        assert len(metrics) == len(table) and abs(metrics["dice"].mean() - mean) < 0.02
         assert (finished_run / "work" / "logs" / "register" / f"{subject}.log").is_file()
         assert (finished_run / "work" / "benchmarks" / "preprocess" / f"{subject}.tsv").is_file()
     report = (results / "report.html").read_text()
-    assert "demo01" in report and "grey_matter" in report
+    assert "demo01" in report and "left body of hippocampus" in report
 
 
 def _readable_bytes(path: Path) -> bytes:
@@ -179,12 +192,16 @@ def test_misspelt_config_key_is_rejected_clearly(tmp_path):
 
 def test_report_regenerates_with_new_references_without_touching_registration(finished_run):
     """`snakemake report` with a new reference folder redoes metrics + report only."""
+    import pandas as pd
+
     new_refs = finished_run / "new_refs"
     new_refs.mkdir(exist_ok=True)
+    table = pd.read_csv(finished_run / "work" / "atlas" / DEFAULT_ATLAS / "atlas_labels.tsv", sep="\t")
+    dropped = table["index"][table["name"] == "left body of hippocampus"].item()
     for subject in ("demo01", "demo02"):
         ref = load_image(finished_run / "work" / "demo" / "reference" / f"sub-{subject}_labels.nii.gz", label=True)
         data = ref.data.copy()
-        data[data == 1] = 0  # a "new segmentation" without CSF
+        data[data == dropped] = 0  # a "new segmentation" without it
         from unireg.io import save_image
 
         save_image(ref.with_data(data), new_refs / f"sub-{subject}_labels.nii.gz")
@@ -193,7 +210,7 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
     _snakemake(finished_run, "--cores", "2", "report", "--config", f"reference_labels={new_refs}")
     assert registration.stat().st_mtime_ns == before
     metrics = _at(finished_run / "results", "demo01", "metrics").read_text()
-    assert "empty in reference" in metrics  # CSF is gone from the new references
+    assert "empty in reference" in metrics  # the structure is gone from the new references
     _snakemake(
         finished_run,
         "--report",
@@ -226,7 +243,7 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     assert proc.returncode != 0
     results = tmp_path / "results"
     for subject in ("demo01", "demo02"):
-        name = subject_files(subject, "MNI152NLin2009aSym", "tissue")["labels"]
+        name = subject_files(subject, SPACE, ATLAS)["labels"]
         assert np.array_equal(
             load_image(results / name, label=True).data, load_image(finished_run / "results" / name, label=True).data
         ), subject
@@ -240,7 +257,7 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
     for subject, message in errors.items():
         assert subject in report and message in report, subject
     summary = (results / "cohort_metrics.tsv").read_text()
-    assert "demo01" in summary or "grey_matter" in summary
+    assert "demo01" in summary or "hippocampus" in summary
     # the next run redoes the failed subjects and the report, nothing of the good subjects
     dry = _snakemake(tmp_path, "--cores", "2", "-n", check=False).stdout
     assert "rule report:" in dry and "subject=bad01" in dry and "subject=demo01" not in dry
@@ -262,7 +279,7 @@ def test_results_are_a_valid_bids_derivatives_dataset(finished_run):
     files = {p.name for p in (results / "sub-demo01" / "anat").iterdir()}
     assert {
         "sub-demo01_T1w.nii.gz",
-        "sub-demo01_atlas-tissue_dseg.nii.gz",
-        "sub-demo01_atlas-tissue_dseg.tsv",
+        "sub-demo01_atlas-AllenHRA_dseg.nii.gz",
+        "sub-demo01_atlas-AllenHRA_dseg.tsv",
         "sub-demo01_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
     } <= files, files

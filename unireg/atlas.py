@@ -12,10 +12,10 @@ built-in atlases, or ``unireg atlas import`` for your own)::
 Both built-in atlases (:data:`unireg.defaults.BUILTIN_ATLASES`) use the MNI ICBM152 2009a
 nonlinear symmetric T1 template (shipped inside the nilearn wheel, so they are built offline):
 
-* ``mni2009a`` (the default): tissue labels 1 = CSF (intracranial, neither GM nor WM), 2 = grey
-  matter, 3 = white matter, from the argmax of the template's tissue probability maps.
-* ``mni2009a-allen``: the structures of the Allen Human Reference Atlas 3D (2020), shipped in the
-  package, split into left and right (:mod:`unireg.atlas_allen`).
+* ``mni2009a-allen`` (the default): the structures of the Allen Human Reference Atlas 3D (2020),
+  shipped in the package, split into left and right (:mod:`unireg.atlas_allen`).
+* ``mni2009a``: tissue labels 1 = CSF (intracranial, neither GM nor WM), 2 = grey matter,
+  3 = white matter, from the argmax of the template's tissue probability maps.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .defaults import BUILTIN_ATLASES, DEFAULT_ATLAS
+from .defaults import BUILTIN_ATLASES, DEFAULT_ATLAS, TISSUE_ATLAS
 from .errors import UniregError
 from .intensity import normalise_intensity
 from .io import Image, load_image, read_label_table, save_image, write_label_table, write_text_atomic
@@ -65,9 +65,7 @@ def load_atlas(path: str | Path) -> Atlas:
     """Load an atlas folder; a built-in atlas's name (``"mni2009a"``, ``"mni2009a-allen"``) means
     that atlas at 2 mm in the cache (built there if needed)."""
     if str(path) in BUILTIN_ATLASES:
-        name, path = str(path), default_atlas_dir(name=str(path))
-        if not (path / ATLAS_FILES["image"]).is_file():
-            prepare_atlas(name, path)
+        return builtin_atlas(str(path))
     path = Path(path)
     if not path.is_dir():
         raise UniregError(
@@ -97,13 +95,22 @@ def default_atlas_dir(spacing: float = 2.0, name: str = DEFAULT_ATLAS) -> Path:
     return home / f"atlas-{name}-{spacing:g}mm"
 
 
+def builtin_atlas(name: str, spacing: float = 2.0) -> Atlas:
+    """The built-in atlas ``name`` at ``spacing`` mm from the cache (:func:`default_atlas_dir`),
+    built there first if it is not yet."""
+    folder = default_atlas_dir(spacing, name)
+    if (folder / ATLAS_FILES["image"]).is_file():
+        return load_atlas(folder)
+    return prepare_atlas(name, folder, spacing)
+
+
 def prepare_atlas(name: str, out_dir: str | Path, spacing: float = 2.0) -> Atlas:
     """Build the built-in atlas ``name`` (:data:`unireg.defaults.BUILTIN_ATLASES`) at ``spacing`` mm, offline."""
     if name not in BUILTIN_ATLASES:
         raise UniregError(f"unknown built-in atlas {name!r}; choose one of {', '.join(BUILTIN_ATLASES)}")
-    if name == DEFAULT_ATLAS:
-        return prepare_default_atlas(out_dir, spacing)
-    from .atlas_allen import prepare_allen_atlas  # the other one; it builds on this module
+    if name == TISSUE_ATLAS:
+        return prepare_tissue_atlas(out_dir, spacing)
+    from .atlas_allen import prepare_allen_atlas  # it builds on this module
 
     return prepare_allen_atlas(out_dir, spacing)
 
@@ -112,7 +119,7 @@ def _nilearn_file(key: str) -> Path:
     try:
         import nilearn
     except ImportError as exc:  # pragma: no cover - nilearn is a dependency
-        raise UniregError("the default atlas needs the nilearn package: pip install nilearn") from exc
+        raise UniregError("the built-in atlases need the nilearn package: pip install nilearn") from exc
     path = Path(nilearn.__file__).parent / "datasets" / "data" / _NILEARN_FILES[key]
     if not path.is_file():
         raise UniregError("nilearn does not ship the MNI ICBM152 2009a template in this version", path=path)
@@ -180,13 +187,13 @@ def template_atlas_images(t1: Image, labels: Image) -> tuple[Image, Image, Image
     return image, crop_or_pad(labels, start, image.shape), crop_or_pad(mask, start, image.shape)
 
 
-def prepare_default_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
-    """Build the default MNI ICBM152 2009a atlas at ``spacing`` mm from nilearn's files (offline)."""
+def prepare_tissue_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
+    """Build the tissue atlas ``mni2009a`` at ``spacing`` mm from nilearn's files (offline)."""
     t1, gm, wm = mni_template_images()
     grid = grid_with_spacing(t1.grid, spacing)
     t1_r, gm_r, wm_r = (resample(img, grid) for img in (t1, gm, wm))
     info = {
-        "name": DEFAULT_ATLAS,
+        "name": TISSUE_ATLAS,
         "source": "MNI ICBM152 2009a nonlinear symmetric T1 template and GM/WM probability maps, "
         "as shipped in the nilearn package (datasets/data)",
         "licence": "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from .atlas import Atlas, mni_template_images, template_atlas_images, write_atlas
+from .defaults import ALLEN_ATLAS
 from .errors import UniregError
-from .io import Image, load_image
+from .io import Grid, Image, load_image
 from .transforms import grid_with_spacing, reorient_to_ras, resample
 
-ALLEN_ATLAS = "mni2009a-allen"
 SOURCE_DIR = Path(__file__).parent / "data" / "atlases" / "allen_hra_2020"
 SOURCE_LABELS = SOURCE_DIR / "AllenAtlas.nii.gz"
 STRUCTURE_NAMES = SOURCE_DIR / "structure_names.tsv"
@@ -151,25 +151,69 @@ def split_sides(labels: Image, lateral: set[int]) -> Image:
     return labels.with_data(np.where(is_lateral[data], data + offset, data))
 
 
-def prepare_allen_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
-    """Build ``mni2009a-allen`` at ``spacing`` mm into ``out_dir`` (offline; module doc for the rules)."""
-    structures = source_structures()
+@dataclass(frozen=True)
+class SideSplitSource:
+    """The source at 0.5 mm with its lateral structures split (:func:`split_sides`)."""
+
+    structures: dict[int, Structure]
+    sides: dict[int, Laterality]
+    lateral: set[int]
+    labels: Image
+
+    def ids(self, index: int) -> tuple[int, ...]:
+        """The atlas ids of source structure ``index``: (left, right) when lateral, else (index,)."""
+        return (LEFT_OFFSET + index, RIGHT_OFFSET + index) if index in self.lateral else (index,)
+
+    def dropped(self, labels: Image) -> set[int]:
+        """Source structures too small to keep on ``labels``'s grid (:data:`MIN_VOXELS`, either side)."""
+        counts = np.bincount(labels.data.ravel().astype(np.int64), minlength=RIGHT_OFFSET + max(self.structures) + 1)
+        return {index for index in self.sides if min(counts[i] for i in self.ids(index)) < MIN_VOXELS}
+
+    def without(self, labels: Image, dropped: set[int]) -> Image:
+        """``labels`` with the ids of the ``dropped`` structures set to 0 (unlabelled)."""
+        keep = np.ones(RIGHT_OFFSET + max(self.structures) + 1, dtype=bool)
+        keep[[i for index in dropped for i in self.ids(index)]] = False
+        keep[0] = True
+        return labels.with_data(np.where(keep[labels.data], labels.data, 0).astype(labels.data.dtype))
+
+
+def side_split_source() -> SideSplitSource:
+    """Load the shipped source, decide each structure's laterality, split the lateral ones."""
     source = load_source_labels()
     sides = laterality(source)
     lateral = {index for index, where in sides.items() if where.lateral}
-    (t1,) = mni_template_images(("t1",))
-    grid = grid_with_spacing(t1.grid, spacing)
-    image, labels, mask = template_atlas_images(
-        resample(t1, grid), resample(split_sides(source, lateral), grid, label_mode="onehot")
-    )
+    return SideSplitSource(source_structures(), sides, lateral, split_sides(source, lateral))
 
+
+def atlas_grid(spacing: float) -> tuple[Image, Grid]:
+    """The template T1 (1 mm) and the grid of the atlas at ``spacing`` mm (before its crop)."""
+    (t1,) = mni_template_images(("t1",))
+    return t1, grid_with_spacing(t1.grid, spacing)
+
+
+def structure_labels(grid: Grid, spacing: float = 2.0) -> Image:
+    """The structures of ``mni2009a-allen`` at ``spacing`` mm (the same ids, the same structures
+    dropped), drawn by partial volume on another ``grid`` of MNI space, e.g. the 1 mm template's:
+    the demo's reference labels come from this."""
+    split = side_split_source()
+    on_grid = resample(split.labels, grid, label_mode="onehot")
+    _, atlas = atlas_grid(spacing)
+    same = atlas.shape == grid.shape and np.allclose(atlas.affine, grid.affine)
+    at_spacing = on_grid if same else resample(split.labels, atlas, label_mode="onehot")
+    return split.without(on_grid, split.dropped(at_spacing))
+
+
+def prepare_allen_atlas(out_dir: str | Path, spacing: float = 2.0) -> Atlas:
+    """Build ``mni2009a-allen`` at ``spacing`` mm into ``out_dir`` (offline; module doc for the rules)."""
+    split = side_split_source()
+    structures, sides, lateral = split.structures, split.sides, split.lateral
+    t1, grid = atlas_grid(spacing)
+    image, labels, mask = template_atlas_images(resample(t1, grid), resample(split.labels, grid, label_mode="onehot"))
+    dropped = split.dropped(labels)
+    labels = split.without(labels, dropped)
     counts = np.bincount(labels.data.ravel().astype(np.int64), minlength=RIGHT_OFFSET + max(structures) + 1)
     voxel_mm3 = float(np.prod(labels.spacing))
-    ids = {index: ((LEFT_OFFSET + index, RIGHT_OFFSET + index) if index in lateral else (index,)) for index in sides}
-    dropped = {index for index, own in ids.items() if min(counts[i] for i in own) < MIN_VOXELS}
-    keep = np.zeros(counts.size, dtype=bool)
-    keep[[i for index, own in ids.items() if index not in dropped for i in own]] = True
-    labels = labels.with_data(np.where(keep[labels.data], labels.data, 0).astype(labels.data.dtype))
+    ids = {index: split.ids(index) for index in sides}
 
     table, columns = {}, {"side": {}, "abbreviation": {}, "allen_id": {}, "volume_mm3": {}}
     for index in sorted(set(ids) - dropped):

@@ -18,6 +18,14 @@ INSTANCE_OPT_STEPS = 30
 INSTANCE_OPT_SIMILARITIES = ("lncc", "mind")  # unireg.losses.ImageSimilarity
 INSTANCE_OPT_SIMILARITY = "lncc"
 
+# where the network predicts (`unireg register --network-grid`, the workflow's register.network_grid):
+# "model" = on the images pooled to the spacing the model was trained at (2 mm for the packaged
+# model) when the atlas grid is an integer factor finer, e.g. a 1 mm atlas; "atlas" = on the atlas
+# grid itself. Instance optimisation always runs on the atlas grid. Chosen on Mindboggle 1 mm pairs
+# (benchmarks/results/mindboggle.md).
+NETWORK_GRIDS = ("model", "atlas")
+NETWORK_GRID = "model"
+
 # the feature extractor of a new model (unireg train; unireg.features.build_extractor names them all)
 DEFAULT_EXTRACTOR = "mobilenet_v1_025"
 
@@ -29,5 +37,7 @@ DEVICE = "auto"
 # Atlases built offline by `unireg atlas prepare --name` and accepted by name wherever an atlas
 # folder is (unireg.atlas; the workflow's `atlas:`): the 3 tissue classes of the MNI ICBM152 2009a
 # symmetric template, and the Allen Human Reference Atlas structures on that same template.
-BUILTIN_ATLASES = ("mni2009a", "mni2009a-allen")
-DEFAULT_ATLAS = "mni2009a"
+TISSUE_ATLAS = "mni2009a"
+ALLEN_ATLAS = "mni2009a-allen"
+BUILTIN_ATLASES = (ALLEN_ATLAS, TISSUE_ATLAS)
+DEFAULT_ATLAS = ALLEN_ATLAS

@@ -7,14 +7,18 @@ A *synthetic subject* is the template seen through a random deformation. For a p
 the subject's scanner world (RAS mm)::
 
     image(x)  = bias(x) * contrast(template(D(A x))) + Rician noise
-    labels(x) = tissue(D(A x))                                  (nearest: label-preserving)
+    labels(x) = atlas labels(D(A x))                            (nearest: label-preserving)
 
 ``A`` is a small random affine (subject world -> MNI world: rotation <= 10 deg, shift <= 10 mm,
 scale +-5 % per axis) and ``D(y) = y + u(y)`` a smooth diffeomorphism: a smooth random
 stationary velocity integrated by :func:`unireg.fields.integrate` (scaling and squaring). Image
 and labels are read at the *same* point ``D(A x)``, so the reference labels are exact for the
 image, up to partial volume (the image averages over the slice thickness, labels are taken at
-the voxel centre). Tissue labels are those of the default atlas: 1 CSF, 2 GM, 3 WM.
+the voxel centre). The reference labels are those of the built-in atlas the cohort is segmented
+with (``reference_atlas``), drawn on the 1 mm template grid: the structures of ``mni2009a-allen``
+(:func:`unireg.atlas_allen.structure_labels`: the same ids, and the same small structures
+dropped, as the atlas at ``atlas_spacing``) or the 3 tissue classes of ``mni2009a`` (1 CSF, 2 GM,
+3 WM). The images do not depend on that choice: the same seed gives the same DICOM files.
 
 DICOM geometry (:class:`SliceStack`) is in patient coordinates, LPS mm. The NIfTI grid of a
 series is the one dcm2niix writes, computed from the tag values as written (16-character
@@ -26,7 +30,7 @@ closest RAS orientation (losslessly, as :func:`unireg.transforms.reorient_to_ras
 Layout written by :func:`make_demo_cohort`::
 
     dicom/<subject>/IM-<series>-<instance>.dcm  one file per slice, every series of the subject
-    reference/sub-<subject>_labels.nii.gz       tissue labels on the dcm2niix grid of the main series
+    reference/sub-<subject>_labels.nii.gz       atlas labels on the dcm2niix grid of the main series
     cohort.tsv                                  subject, dicom, reference (paths relative to out_dir)
     demo.json                                   what :func:`make_demo_cohort` returns (no absolute paths)
 """
@@ -49,7 +53,8 @@ from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
 from . import __version__
-from .atlas import MNI_TISSUE_TABLE, mni_template_images, tissue_labels
+from .atlas import mni_template_images, tissue_labels
+from .defaults import ALLEN_ATLAS, BUILTIN_ATLASES, DEFAULT_ATLAS, TISSUE_ATLAS
 from .errors import UniregError
 from .fields import from_world_mm, integrate, jacobian_determinant, to_world_mm
 from .io import Grid, Image, apply_affine, load_image, save_image, write_atomic, write_text_atomic
@@ -485,41 +490,42 @@ def centred_slice(
     return SliceStack(tuple(row), tuple(col), (spacing, spacing), n, n, 1, tuple(first), thickness, thickness)
 
 
-def render(
-    signal: np.ndarray,
-    labels: np.ndarray | None,
-    template_affine: np.ndarray,
-    warp: SubjectWarp,
-    grid: Grid,
-    slice_thickness: float,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sample ``signal(D(A x))`` and ``labels(D(A x))`` for every voxel ``x`` of ``grid``.
+def _sample_points(
+    template_affine: np.ndarray, warp: SubjectWarp, grid: Grid, k: int, offset: float = 0.0
+) -> np.ndarray:
+    """Template voxel coordinates ``(3, n)`` of ``D(A x)`` for the voxel centres ``x`` of slice ``k``
+    of ``grid``, moved by ``offset`` mm along the slice normal."""
+    ij = np.indices(grid.shape[:2], dtype=float).reshape(2, -1)
+    voxels = np.vstack([ij, np.full(ij.shape[1], float(k))])
+    centres = (grid.affine[:3, :3] @ voxels + grid.affine[:3, 3:4]).T
+    k_direction = grid.affine[:3, 2] / np.linalg.norm(grid.affine[:3, 2])
+    return apply_affine(np.linalg.inv(template_affine), warp(centres + offset * k_direction)).T
 
-    ``signal`` and ``labels`` are arrays on the template grid (``template_affine``). The signal
-    is averaged over the slice thickness (an odd number of samples about 1 mm apart along the
-    grid's third axis), labels are taken at the voxel centre (nearest neighbour).
-    """
+
+def render(signal: np.ndarray, template_affine: np.ndarray, warp: SubjectWarp, grid: Grid, slice_thickness: float):
+    """Sample ``signal(D(A x))`` for every voxel ``x`` of ``grid``, averaged over the slice
+    thickness (an odd number of samples about 1 mm apart along the grid's third axis); ``signal``
+    is an array on the template grid (``template_affine``)."""
     n_samples = max(1, int(round(slice_thickness)))
     n_samples += 1 - n_samples % 2
     offsets = ((np.arange(n_samples) + 0.5) / n_samples - 0.5) * slice_thickness
-    k_direction = grid.affine[:3, 2] / np.linalg.norm(grid.affine[:3, 2])
-    to_template = np.linalg.inv(template_affine)
     image = np.zeros(grid.shape, dtype=np.float32)
-    tissue = np.zeros(grid.shape, dtype=np.int32) if labels is not None else None
-    ij = np.indices(grid.shape[:2], dtype=float).reshape(2, -1)
     for k in range(grid.shape[2]):
-        voxels = np.vstack([ij, np.full(ij.shape[1], float(k))])
-        centres = (grid.affine[:3, :3] @ voxels + grid.affine[:3, 3:4]).T
-        total = np.zeros(ij.shape[1])
-        for offset in offsets:
-            where = apply_affine(to_template, warp(centres + offset * k_direction)).T
-            total += ndimage.map_coordinates(signal, where, order=1, mode="constant", cval=0.0)
-            if offset == 0 and tissue is not None:
-                tissue[:, :, k] = ndimage.map_coordinates(labels, where, order=0, mode="constant", cval=0).reshape(
-                    grid.shape[:2]
-                )
+        total = sum(
+            ndimage.map_coordinates(signal, _sample_points(template_affine, warp, grid, k, offset), order=1, cval=0.0)
+            for offset in offsets
+        )
         image[:, :, k] = (total / n_samples).reshape(grid.shape[:2])
-    return image, tissue
+    return image
+
+
+def render_labels(labels: np.ndarray, template_affine: np.ndarray, warp: SubjectWarp, grid: Grid) -> np.ndarray:
+    """``labels(D(A x))`` at every voxel centre ``x`` of ``grid`` (nearest neighbour: label-preserving)."""
+    out = np.zeros(grid.shape, dtype=np.int32)
+    for k in range(grid.shape[2]):
+        where = _sample_points(template_affine, warp, grid, k)
+        out[:, :, k] = ndimage.map_coordinates(labels, where, order=0, cval=0).reshape(grid.shape[:2])
+    return out
 
 
 def scanner_effects(
@@ -607,18 +613,32 @@ def _series_tags(common: dict, seed: int, subject: str, contrast: Contrast, loca
 @dataclass(frozen=True)
 class _Template:
     t1: Image
-    labels: Image
+    labels: Image | None  # the reference labels on the template grid; None: no reference labels
+    brain: np.ndarray  # the template brain (tissue labels > 0), uint8
     brain_centre: np.ndarray  # RAS mm
     brain_corners: np.ndarray  # (8, 3) RAS mm
     field_grid: Grid
 
 
-def _load_template() -> _Template:
-    t1, labels = mni_tissue_labels()
-    brain = np.argwhere(labels.data > 0)
+def _load_template(reference_atlas: str | None, atlas_spacing: float) -> _Template:
+    t1, tissue = mni_tissue_labels()
+    if reference_atlas == ALLEN_ATLAS:
+        from .atlas_allen import structure_labels
+
+        labels = structure_labels(t1.grid, atlas_spacing)
+    else:
+        labels = tissue if reference_atlas == TISSUE_ATLAS else None
+    brain = np.argwhere(tissue.data > 0)  # the field of view does not depend on the reference labels
     lo, hi = brain.min(axis=0), brain.max(axis=0)
     corners = apply_affine(t1.affine, np.array([np.where(bits, hi, lo) for bits in np.ndindex(2, 2, 2)], dtype=float))
-    return _Template(t1, labels, corners.mean(axis=0), corners, grid_with_spacing(t1.grid, FIELD_SPACING_MM))
+    return _Template(
+        t1,
+        labels,
+        (tissue.data > 0).astype(np.uint8),
+        corners.mean(axis=0),
+        corners,
+        grid_with_spacing(t1.grid, FIELD_SPACING_MM),
+    )
 
 
 def _synthetic_subject(
@@ -632,8 +652,9 @@ def _synthetic_subject(
     spacing: float,
     slice_thickness: float,
     localizer: bool,
-) -> tuple[dict, Image]:
-    """Write one synthetic subject's series; return its description and reference labels."""
+) -> tuple[dict, Image | None]:
+    """Write one synthetic subject's series; return its description and reference labels (None
+    when the template has none)."""
     contrast_name, plane, tilt = SUBJECT_PLANS[index % len(SUBJECT_PLANS)]
     contrast = CONTRASTS[contrast_name]
     rng = np.random.default_rng([seed, number])
@@ -649,8 +670,10 @@ def _synthetic_subject(
 
     in_plane_sigma = 0.5 * np.sqrt(max(spacing**2 - 1.0, 0.0)) / np.asarray(template.t1.spacing)
     signal = ndimage.gaussian_filter(contrast(template.t1.data), in_plane_sigma)
-    image, labels = render(signal, template.labels.data, template.t1.affine, warp, grid, stack.slice_thickness)
-    level = float(np.percentile(image[labels > 0], 99.5))
+    image = render(signal, template.t1.affine, warp, grid, stack.slice_thickness)
+    brain = render_labels(template.brain, template.t1.affine, warp, grid) > 0
+    level = float(np.percentile(image[brain], 99.5))
+    labels = None if template.labels is None else render_labels(template.labels.data, template.t1.affine, warp, grid)
     centre = corners.mean(axis=0)
     stored = to_stored(scanner_effects(rng, image, grid, centre, contrast.noise, level), level)
 
@@ -664,7 +687,7 @@ def _synthetic_subject(
             scout = centred_slice(
                 centre, *plane_directions(scout_plane), spacing, fov_mm=240.0, thickness=8.0
             ).as_written()
-            scout_image, _ = render(signal, None, template.t1.affine, warp, scout.nifti_grid(), 8.0)
+            scout_image = render(signal, template.t1.affine, warp, scout.nifti_grid(), 8.0)
             scout_image = scanner_effects(rng, scout_image, scout.nifti_grid(), centre, LOCALIZER.noise, level)
             write_dicom_series(
                 folder,
@@ -679,8 +702,8 @@ def _synthetic_subject(
     orientation = plane if tilt == 0 else f"{plane}, tilted {tilt:g} deg"
     series.append(_series_entry(tags, stack.n_slices, orientation=orientation))
     acquisition_3d = tags["MRAcquisitionType"] == "3D"
-    reference = Image(labels, grid.affine, is_label=True)
-    if acquisition_3d:
+    reference = None if labels is None else Image(labels, grid.affine, is_label=True)
+    if acquisition_3d and reference is not None:
         reference = reorient_to_ras(reference)
     displacement = np.linalg.norm(warp.field.data, axis=0)
     info = {
@@ -761,6 +784,8 @@ def make_demo_cohort(
     seed: int = 0,
     low_res: bool = False,
     real_subject: bool = False,
+    reference_atlas: str | None = DEFAULT_ATLAS,
+    atlas_spacing: float = 2.0,
 ) -> dict:
     """Write the demo cohort (DICOM series, reference labels, ``cohort.tsv``) into ``out_dir``.
 
@@ -778,6 +803,11 @@ def make_demo_cohort(
             partial field of view (66 x 82 x 50 mm, the centre of a brain), which preprocessing
             refuses by design (:data:`unireg.preprocess.MIN_FOV_FRACTION`), so the shipped demo leaves
             it out; tests use it.
+        reference_atlas: whose labels are the reference labels, a built-in atlas
+            (:data:`unireg.defaults.BUILTIN_ATLASES`), or None for none (``reference`` is then
+            empty in ``cohort.tsv``: e.g. for a cohort segmented with an atlas of your own).
+        atlas_spacing: the spacing of the atlas the cohort is segmented with: ``mni2009a-allen``
+            drops structures too small at that spacing, and so do its reference labels.
 
     Returns:
         What ``demo.json`` holds: ``seed``, settings, ``cohort`` (the TSV path) and ``subjects``:
@@ -793,6 +823,11 @@ def make_demo_cohort(
     n_subjects += int(real_subject)
     if n_subjects < 1 or n_synthetic < 0 or spacing <= 0 or slice_thickness <= 0:
         raise UniregError("demo cohort: at least one subject, and spacing, slice_thickness > 0")
+    if reference_atlas is not None and reference_atlas not in BUILTIN_ATLASES:
+        raise UniregError(
+            f"demo cohort: reference labels come from a built-in atlas ({', '.join(BUILTIN_ATLASES)}), "
+            f"not {reference_atlas!r}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier_demo = (out_dir / DEMO_FILE).is_file()
@@ -802,7 +837,7 @@ def make_demo_cohort(
 
     work = Path(tempfile.mkdtemp(prefix=".demo-", dir=out_dir))
     try:
-        template = _load_template() if n_synthetic > 0 else None
+        template = _load_template(reference_atlas, atlas_spacing) if n_synthetic > 0 else None
         subjects = []
         for number in range(1, n_subjects + 1):
             subject = f"demo{number:02d}"
@@ -819,8 +854,9 @@ def make_demo_cohort(
                     slice_thickness=slice_thickness,
                     localizer=number == 1,
                 )
-                reference = f"reference/sub-{subject}_labels.nii.gz"
-                save_image(labels, work / reference)
+                reference = None if labels is None else f"reference/sub-{subject}_labels.nii.gz"
+                if labels is not None:
+                    save_image(labels, work / reference)
             else:
                 info, reference = _nibabel_subject(work / dicom, number, subject, seed=seed), None
             subjects.append({"subject": subject, "dicom": dicom, "reference": reference, **info})
@@ -839,7 +875,9 @@ def make_demo_cohort(
         "low_res": low_res,
         "spacing_mm": spacing,
         "slice_thickness_mm": slice_thickness,
-        "labels": {str(k): v for k, v in MNI_TISSUE_TABLE.items()},
+        "reference_labels": None
+        if reference_atlas is None
+        else {"atlas": reference_atlas, "atlas_spacing_mm": float(atlas_spacing)},
         "cohort": "cohort.tsv",
         "subjects": subjects,
     }

@@ -3,7 +3,7 @@
 ``results/`` is a BIDS derivatives dataset (:mod:`unireg.bids` writes its description). Every
 per-subject file lies in ``sub-<id>/anat/`` and is named by :func:`derivative_name`, entities in
 BIDS order; ``<S>`` is the atlas's space label and ``<A>`` its label set (:func:`atlas_entities`:
-``MNI152NLin2009aSym`` and ``tissue`` for the default atlas, ``AllenHRA`` for ``mni2009a-allen``)::
+``MNI152NLin2009aSym`` and ``AllenHRA`` for the default atlas ``mni2009a-allen``, ``tissue`` for ``mni2009a``)::
 
     key               file (in sub-<id>/anat/)                                      written by
     image             sub-<id>_T1w.nii.gz (+ .json)                                 convert
@@ -86,7 +86,7 @@ INDEX_ENTITIES = ("run", "echo", "flip", "inv", "split", "chunk")  # non-negativ
 
 #: Built-in atlases (unireg.defaults.BUILTIN_ATLASES): (BIDS space label = the TemplateFlow name of
 #: the template, label-set name).
-BUILTIN_ATLASES = {"mni2009a": ("MNI152NLin2009aSym", "tissue"), "mni2009a-allen": ("MNI152NLin2009aSym", "AllenHRA")}
+BUILTIN_ATLASES = {"mni2009a-allen": ("MNI152NLin2009aSym", "AllenHRA"), "mni2009a": ("MNI152NLin2009aSym", "tissue")}
 
 #: Stage outputs outside the workflow (no subject or space given): fixed names in the --out folder.
 PLAIN_NAMES = {

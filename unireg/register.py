@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .defaults import INSTANCE_OPT_SIMILARITY
+from .defaults import INSTANCE_OPT_SIMILARITY, NETWORK_GRID, NETWORK_GRIDS
 from .errors import UniregError
 from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_world_mm, warp, warp_in_box
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
@@ -152,6 +152,14 @@ def instance_optimise(
         return model.displacement(param.detach(), image_shape)
 
 
+def network_factor(grid_spacing, model_spacing) -> int:
+    """k when the model was trained on a grid k times coarser (an integer k >= 2, the same on every
+    axis), else 1: the network then predicts on the images pooled by k (:func:`register_images`)."""
+    ratio = np.asarray(model_spacing, dtype=float) / np.asarray(grid_spacing, dtype=float)
+    k = int(round(float(ratio.mean())))
+    return k if k >= 2 and np.allclose(ratio, k, rtol=0.02) else 1
+
+
 def register_images(
     fixed: Image,
     moving: Image,
@@ -161,9 +169,14 @@ def register_images(
     instance_opt: InstanceOptOptions | None = None,
     device: torch.device | str = "cpu",
     fixed_mask: Image | None = None,
+    network_factor: int = 1,
 ) -> RegistrationResult:
-    """Register ``moving`` onto ``fixed`` (same grid). Returns the warped image and the field."""
-    check_pair(fixed, moving)
+    """Register ``moving`` onto ``fixed`` (same grid). Returns the warped image and the field.
+
+    ``network_factor`` = k > 1: the network predicts on both images average-pooled by k (e.g. a
+    model trained at 2 mm on a 1 mm grid: k = 2, :func:`network_factor`); its field is resized to
+    this grid, where instance optimisation refines it."""
+    check_pair(fixed, moving, multiple=16 * network_factor)
     device = torch.device(device)
     check_memory(fixed.shape, (instance_opt or InstanceOptOptions()).total, device)
     model = model.to(device).eval()
@@ -171,7 +184,12 @@ def register_images(
     fixed_t, moving_t = _tensor(fixed, device), _tensor(moving, device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        velocity = model.velocity(model.features(fixed_t), model.features(moving_t))
+        if network_factor > 1:
+            pooled = [torch.nn.functional.avg_pool3d(t, network_factor) for t in (fixed_t, moving_t)]
+            velocity = model.velocity(*(model.features(t) for t in pooled))
+            velocity = resize_field(velocity, model.flow_shape(tuple(fixed_t.shape[2:])))
+        else:
+            velocity = model.velocity(model.features(fixed_t), model.features(moving_t))
     timings["predict_s"] = time.perf_counter() - t0
     opt = instance_opt or InstanceOptOptions()
     if opt.total > 0:
@@ -194,6 +212,7 @@ def register_images(
     displacement_mm = to_world_mm(ddf, fixed.affine)
     info = {
         "device": str(device),
+        "network_factor": network_factor,
         "instance_opt_steps": opt.total,
         "instance_opt": vars(opt) if opt.total else None,
         "jacobian": stats,
@@ -310,6 +329,7 @@ def register_files(
     subject: str | None = None,
     fixed_mask_path=None,
     moving_mask_path=None,
+    network_grid: str = NETWORK_GRID,
     names: dict[str, str] | None = None,
 ) -> RegistrationResult:
     """Load, register, and write the outputs listed in the module docstring (JSON last).
@@ -317,7 +337,10 @@ def register_files(
     ``moving_mask_path``: the moving image's brain mask (the atlas's ``atlas_brainmask.nii.gz``)
     for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0). ``names``:
     file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow passes
-    :func:`unireg.layout.stage_names`)."""
+    :func:`unireg.layout.stage_names`). ``network_grid``: ``"model"`` predicts at the model's training
+    spacing where the grid is an integer factor finer (:func:`network_factor`), ``"atlas"`` on the grid."""
+    if network_grid not in NETWORK_GRIDS:
+        raise UniregError(f"unknown network grid {network_grid!r}; choose one of {', '.join(NETWORK_GRIDS)}")
     names = {**OUTPUT_FILES, **(names or {})}
     try:
         dev = select_device(device)
@@ -330,9 +353,22 @@ def register_files(
     labels = load_image(moving_labels_path, label=True, subject=subject) if moving_labels_path else None
     mask = load_image(fixed_mask_path, label=True, subject=subject) if fixed_mask_path else None
     moving_mask = load_image(moving_mask_path, label=True, subject=subject) if moving_mask_path else None
+    factor = 1
+    trained = (checkpoint.get("grid") or {}).get("spacing_mm")
+    if network_grid == "model" and trained:
+        factor = network_factor(fixed.spacing, trained)
+        if any(s % (16 * factor) for s in fixed.shape):  # the pooled grid must suit the network
+            factor = 1
     try:
         result = register_images(
-            fixed, moving, model, moving_labels=labels, instance_opt=instance_opt, device=dev, fixed_mask=mask
+            fixed,
+            moving,
+            model,
+            moving_labels=labels,
+            instance_opt=instance_opt,
+            device=dev,
+            fixed_mask=mask,
+            network_factor=factor,
         )
         result.info["qc"] = registration_qc(
             fixed, moving, result, fixed_mask=mask, moving_mask=moving_mask, moving_labels=labels

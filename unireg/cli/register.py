@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ..defaults import DEVICE, INSTANCE_OPT_SIMILARITIES, INSTANCE_OPT_SIMILARITY, INSTANCE_OPT_STEPS
+from ..defaults import (
+    DEVICE,
+    INSTANCE_OPT_SIMILARITIES,
+    INSTANCE_OPT_SIMILARITY,
+    INSTANCE_OPT_STEPS,
+    NETWORK_GRID,
+    NETWORK_GRIDS,
+)
 from ._common import SUBJECT_HELP, add_layout_naming
 
 
@@ -38,6 +45,14 @@ def add_parser(verbs) -> None:
         help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
         "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)",
     )
+    p.add_argument(
+        "--network-grid",
+        choices=NETWORK_GRIDS,
+        default=NETWORK_GRID,
+        help="where the network predicts: model (default) = on the images pooled to the model's training "
+        "spacing when the grid is an integer factor finer (a 2 mm model on a 1 mm atlas: pooled by 2); "
+        "atlas = on the grid as given. Instance optimisation always runs on the given grid",
+    )
     p.add_argument("--device", default=DEVICE, help="auto (CUDA if visible, else CPU; default), cpu, or cuda (cuda:N)")
     p.add_argument("--subject", help=SUBJECT_HELP)
     add_layout_naming(p, atlas_label=True)
@@ -60,6 +75,7 @@ def run(args) -> None:
         subject=args.subject,
         fixed_mask_path=args.fixed_mask,
         moving_mask_path=args.moving_mask,
+        network_grid=args.network_grid,
         names=stage_names("register", args.subject, args.space, args.atlas_label),
     )
     jac, qc = result.info["jacobian"], result.info["qc"]

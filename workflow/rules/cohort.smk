@@ -15,9 +15,13 @@ rule demo:
         low_res="--low-res" if config["demo"]["low_res"] else "",
         n=config["demo"]["subjects"],
         seed=config["demo"]["seed"],
+        # reference labels: the built-in atlas's own, moved by each subject's known deformation
+        atlas=config["atlas"] if config["atlas"] in BUILTIN_ATLASES else "none",
+        spacing=config["atlas_spacing"],
         out=lambda w, output: Path(output.cohort).parent,
     shell:
-        "{params.unireg} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} > {log} 2>&1"
+        "{params.unireg} demo --out {params.out} --subjects {params.n} --seed {params.seed} {params.low_res} "
+        "--atlas {params.atlas} --atlas-spacing {params.spacing} > {log} 2>&1"
 
 
 checkpoint index:

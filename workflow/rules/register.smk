@@ -31,6 +31,7 @@ rule register:
         device=REGISTER_DEVICE,
         steps=config["register"]["instance_opt"],
         similarity=config["register"]["instance_opt_similarity"],
+        network_grid=config["register"]["network_grid"],
         space=SPACE,
         atlas_label=ATLAS_LABEL,
     shell:
@@ -38,4 +39,4 @@ rule register:
         "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} "
         "--space {params.space} --atlas-label {params.atlas_label} {params.model} "
         "--device {params.device} --instance-opt {params.steps} "
-        "--instance-opt-similarity {params.similarity} > {log} 2>&1"
+        "--instance-opt-similarity {params.similarity} --network-grid {params.network_grid} > {log} 2>&1"
