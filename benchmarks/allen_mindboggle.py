@@ -84,8 +84,8 @@ CORRESPONDENCE = (
         "hippocampus",
         ("HiH", "HiB", "HiT"),
         (17, 53),
-        "both: the hippocampal formation's grey matter; FreeSurfer's also takes the fimbria and part of the "
-        "alveus, and its tail boundary differs",
+        "close definitions (hippocampus proper, dentate gyrus, subiculum); the borders with the amygdala and at "
+        "the tail are drawn differently",
     ),
     Group(
         "amygdala",
@@ -94,7 +94,7 @@ CORRESPONDENCE = (
         "Allen's amygdaloid complex + its nuclei; the amygdalohippocampal area (AHA) sits on the "
         "FreeSurfer hippocampus/amygdala border; BNST excluded",
     ),
-    Group("caudate", ("CaH", "CaB", "CaT"), (11, 50), "FreeSurfer's caudate stops short of much of the thin tail"),
+    Group("caudate", ("CaH", "CaB", "CaT"), (11, 50), "the thin tail is where the two differ most"),
     Group("putamen", ("Pu", "PuPV"), (12, 51)),
     Group("pallidum", ("GPe", "GPi"), (13, 52)),
     Group(
@@ -103,14 +103,14 @@ CORRESPONDENCE = (
         (10, 49),
         "Allen's THM is what its named nuclei leave; the midline labels (reuniens Re, midline nuclear complex "
         "MiN) have no side and are left out, the habenula (HN) and zona incerta (ZI) too; FreeSurfer's "
-        "thalamus takes the geniculate and midline nuclei on each side",
+        "thalamus is the whole thalamus of each side, geniculate bodies and midline nuclei included",
     ),
     Group("accumbens", ("NAC",), (26, 58), "the accumbens-caudate-putamen border is drawn differently"),
     Group(
         "lateral ventricle",
         ("aLV", "bLV", "pLV", "xLV"),
         (4, 43),
-        "Allen's from one post-mortem brain (small, partly collapsed ventricles) vs living adults",
+        "the atlas has one brain's ventricles; living adults' differ several-fold (here aseg sd ~4 mL)",
     ),
     Group("inferior lateral ventricle", ("iLV",), (5, 44), "a thin CSF space, a few hundred mm^3"),
     Group("third ventricle", ("3V",), (14,)),
