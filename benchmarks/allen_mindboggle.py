@@ -252,7 +252,8 @@ def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: 
 
 def run_subject(subject: str, atlas_dir: Path, folder: Path, steps: int, brain_extraction: bool) -> dict:
     """Preprocess, register and propagate (affine only and UniReg) one subject into ``folder``;
-    returns the wall seconds of each stage. Skips what the folder already holds."""
+    returns the wall seconds of each stage. A folder with ``timings.json`` (written last) is
+    complete: its timings are returned and nothing runs."""
     from unireg.atlas import ATLAS_FILES, load_atlas
     from unireg.defaults import AFFINE_SIMILARITY, DEVICE, INSTANCE_OPT_SIMILARITY
     from unireg.layout import PLAIN_NAMES
@@ -654,6 +655,8 @@ def main(argv=None) -> None:
         "Propagation: nearest neighbour from the atlas grid into the native 1 mm grid, as `unireg propagate` "
         "does; at 2 mm the Allen labels are 2 mm blocks, which alone costs Dice on small structures.",
         "Affine only: the same preprocess affine, no displacement (`unireg propagate` without --displacement).",
+        "Atlas spacing: the structures dropped as too small at 2 mm (correspondence table) leave their voxels "
+        "unlabelled, so the groups holding them (amygdala, thalamus, caudate) are smaller at 2 mm than at 1 mm.",
         "Seconds: per subject, preprocess + (register) + propagate of that method, wall clock; the 2 cores of "
         "this machine were shared with other jobs, so times are upper bounds.",
         "sd: sample standard deviation over subjects (ddof 1). A structure missing from the propagated labels "
