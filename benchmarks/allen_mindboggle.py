@@ -49,10 +49,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from peers import command_line, fmt, provenance, write_csv  # noqa: E402  (the shared report helpers)
 
+from unireg.defaults import ALLEN_ATLAS, NETWORK_GRID, NETWORK_GRIDS  # noqa: E402  (pure Python)
+
 SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATA = SHARED / "mindboggle_oasis_trt20"
 SUBJECTS = tuple(f"OASIS-TRT-20-{n:02d}" for n in range(1, 20, 2))
-ATLAS = "mni2009a-allen"
+ATLAS = ALLEN_ATLAS
 METHODS = {"affine": "affine only", "unireg": "UniReg"}  # UniReg: the packaged default model + instance optimisation
 SMOKE = {"subjects": 1, "spacings": (2.0,), "instance_opt": 10}
 BRAIN_EXTRACTION_NOTE = (
@@ -228,7 +230,21 @@ def lookup(ids_by_key: dict[int, list[int]], size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: Path) -> tuple[str, dict]:
+def network_pooling(spacing: float, network_grid: str) -> int:
+    """How much the packaged model's network pools the images on an atlas grid of ``spacing`` mm
+    (``unireg register --network-grid``): 1 = it predicts on the atlas grid itself."""
+    from unireg.model import load_checkpoint
+    from unireg.register import network_factor
+
+    if network_grid != "model":
+        return 1
+    _, checkpoint = load_checkpoint()
+    return network_factor((spacing,) * 3, checkpoint["grid"]["spacing_mm"])
+
+
+def settings_key(
+    spacing: float, steps: int, brain_extraction: bool, atlas_dir: Path, network_grid: str
+) -> tuple[str, dict]:
     """The run folder's name and what it depends on (a change means a fresh run folder)."""
     from unireg import __version__
     from unireg.defaults import AFFINE_SIMILARITY, INSTANCE_OPT_SIMILARITY
@@ -246,11 +262,16 @@ def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: 
         "instance_opt": steps,
         "instance_opt_similarity": INSTANCE_OPT_SIMILARITY,
     }
+    pooling = network_pooling(spacing, network_grid)
+    if pooling > 1:  # only then does the network grid change the computation
+        settings["network_pooling"] = pooling
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{spacing:g}mm_io{steps}_{'bet' if brain_extraction else 'nobet'}_{digest}", settings
 
 
-def run_subject(subject: str, atlas_dir: Path, folder: Path, steps: int, brain_extraction: bool) -> dict:
+def run_subject(
+    subject: str, atlas_dir: Path, folder: Path, steps: int, brain_extraction: bool, network_grid: str
+) -> dict:
     """Preprocess, register and propagate (affine only and UniReg) one subject into ``folder``;
     returns the wall seconds of each stage. A folder with ``timings.json`` (written last) is
     complete: its timings are returned and nothing runs."""
@@ -283,6 +304,7 @@ def run_subject(subject: str, atlas_dir: Path, folder: Path, steps: int, brain_e
         subject=subject,
         fixed_mask_path=folder / pre["mask"],
         moving_mask_path=atlas_files["mask"],
+        network_grid=network_grid,
     )
     timings["register_s"] = time.perf_counter() - t0
     for method, displacement in (("affine", None), ("unireg", folder / reg["displacement"])):
@@ -533,6 +555,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--brain-extraction", action="store_true", help="run deepbet in preprocess (default off: see the notes)"
     )
+    parser.add_argument(
+        "--network-grid",
+        choices=NETWORK_GRIDS,
+        default=NETWORK_GRID,
+        help=f"unireg register --network-grid (default {NETWORK_GRID}); another value writes "
+        "allen_mindboggle.network-<value>.{md,csv}",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--cache", type=Path, help="default runs/cache/allen_mindboggle (--smoke: <out>/cache)")
     parser.add_argument("--smoke", action="store_true", help=f"a quick test run: {SMOKE}")
@@ -576,7 +605,7 @@ def main(argv=None) -> None:
             log(f"building {ATLAS} at {spacing:g} mm")
             prepare_atlas(ATLAS, atlas_dir, spacing)
         groups = resolve_groups(atlas_dir)
-        key, settings = settings_key(spacing, args.instance_opt, args.brain_extraction, atlas_dir)
+        key, settings = settings_key(spacing, args.instance_opt, args.brain_extraction, atlas_dir, args.network_grid)
         run_dir = args.cache / key
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -584,7 +613,9 @@ def main(argv=None) -> None:
         for subject in subject_ids:
             log(f"{spacing:g} mm: {subject}")
             folder = run_dir / subject
-            timings = run_subject(subject, atlas_dir, folder, args.instance_opt, args.brain_extraction)
+            timings = run_subject(
+                subject, atlas_dir, folder, args.instance_opt, args.brain_extraction, args.network_grid
+            )
             registration = json.loads((folder / "registration.json").read_text())
             propagated = {m: load_image(folder / f"labels_{m}.nii.gz", label=True) for m in METHODS}
             scored = score_subject(references[subject], propagated, groups)
@@ -643,7 +674,13 @@ def main(argv=None) -> None:
         f"atlas: {ATLAS} (Allen Human Reference Atlas 3D 2020 on MNI ICBM152 2009a) at "
         + ", ".join(f"{s:g} mm" for s in args.spacings),
         f"UniReg: packaged default model, {args.instance_opt} instance-optimisation steps "
-        f"({'the default' if args.instance_opt == 30 else 'NOT the default 30'}), squared LNCC",
+        f"({'the default' if args.instance_opt == 30 else 'NOT the default 30'}), squared LNCC; network grid "
+        f"`{args.network_grid}` ("
+        + ", ".join(
+            f"{s:g} mm atlas: network on the images pooled by {network_pooling(s, args.network_grid)}"
+            for s in args.spacings
+        )
+        + ")",
     ]
     if args.smoke:
         header.insert(0, f"SMOKE run ({SMOKE}): a test of the script, not a result")
@@ -664,10 +701,11 @@ def main(argv=None) -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(header, runs, aseg_check, notes, args.instance_opt)
-    (args.out / "allen_mindboggle.md").write_text(text)
+    stem = "allen_mindboggle" + ("" if args.network_grid == NETWORK_GRID else f".network-{args.network_grid}")
+    (args.out / f"{stem}.md").write_text(text)
     summary = [r for run in runs.values() for r in run["summary"]]
-    write_csv(args.out / "allen_mindboggle.csv", summary, SUMMARY_COLUMNS, header)
-    write_csv(args.out / "allen_mindboggle.subjects.csv", all_rows, SUBJECT_COLUMNS, header)
+    write_csv(args.out / f"{stem}.csv", summary, SUMMARY_COLUMNS, header)
+    write_csv(args.out / f"{stem}.subjects.csv", all_rows, SUBJECT_COLUMNS, header)
     print(text)
 
 

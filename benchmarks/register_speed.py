@@ -1,15 +1,18 @@
 """Seconds per pair and peak memory of UniReg registration on this machine (prints a table).
 
-Run: .venv/bin/python benchmarks/register_speed.py [--device cpu|cuda] [--instance-opt 30]
+Run: .venv/bin/python benchmarks/register_speed.py [--device cpu|cuda] [--instance-opt 30] [--out DIR]
 Each configuration runs in its own subprocess so that its peak memory is its own. Inputs are
-the default atlas template at 2 mm and 1 mm (fixed) and a shifted copy (moving); speed does not
-depend on the image content.
+the MNI template atlas at 2 mm and 1 mm (fixed) and a shifted copy (moving); speed does not
+depend on the image content. On a grid finer than the model's (1 mm for the packaged 2 mm
+model) both network grids are timed (``unireg register --network-grid model|atlas``). Writes
+``OUT/register_speed.md`` (default benchmarks/results) and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import subprocess
 import sys
@@ -18,28 +21,36 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402  (no heavy imports)
+from unireg.defaults import INSTANCE_OPT_STEPS, NETWORK_GRIDS  # noqa: E402  (no heavy imports)
+
+MODEL_SPACING_MM = 2.0  # the packaged model's training grid (its checkpoint's "grid")
 
 
-def one(spacing: float, instance_opt: int, device: str) -> dict:
+def one(spacing: float, instance_opt: int, device: str, network_grid: str) -> dict:
     import numpy as np
     import torch
 
     from unireg.atlas import builtin_atlas
     from unireg.defaults import TISSUE_ATLAS
     from unireg.model import load_checkpoint
-    from unireg.register import InstanceOptOptions, register_images
+    from unireg.register import InstanceOptOptions, network_factor, register_images
 
     atlas = builtin_atlas(TISSUE_ATLAS, spacing)
     fixed = atlas.image
     moving = fixed.with_data(np.roll(fixed.data, 2, axis=0))
-    model, _ = load_checkpoint(device=device)
-    register_images(fixed, moving, model, device=device)  # warm-up
+    model, checkpoint = load_checkpoint(device=device)
+    factor = network_factor(fixed.spacing, checkpoint["grid"]["spacing_mm"]) if network_grid == "model" else 1
+    register_images(fixed, moving, model, device=device, network_factor=factor)  # warm-up
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     result = register_images(
-        fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(instance_opt)
+        fixed,
+        moving,
+        model,
+        device=device,
+        instance_opt=InstanceOptOptions.schedule(instance_opt),
+        network_factor=factor,
     )
     seconds = time.perf_counter() - t0
     peak = (
@@ -51,6 +62,7 @@ def one(spacing: float, instance_opt: int, device: str) -> dict:
         "spacing_mm": spacing,
         "grid": "x".join(map(str, fixed.shape)),
         "instance_opt": instance_opt,
+        "network": f"pooled by {factor}" if factor > 1 else "atlas grid",
         "device": device,
         "seconds": round(seconds, 2),
         "peak_mb": round(peak),
@@ -63,28 +75,45 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS)
     parser.add_argument("--spacings", default="2,1")
-    parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
-        print(json.dumps(one(float(args._one[0]), int(args._one[1]), args.device)))
+        print(json.dumps(one(float(args._one[0]), int(args._one[1]), args.device, args._one[2])))
         return
     rows = []
     for spacing in (float(s) for s in args.spacings.split(",")):
-        for steps in (0, args.instance_opt):
-            out = subprocess.run(
-                [sys.executable, __file__, "--device", args.device, "--_one", str(spacing), str(steps)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        grids = NETWORK_GRIDS if spacing < MODEL_SPACING_MM else NETWORK_GRIDS[:1]
+        for grid in grids:
+            for steps in (0, args.instance_opt):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--device", args.device, "--_one", str(spacing), str(steps), grid],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    print("| atlas grid | voxel mm | instance-opt steps | seconds / pair | peak memory MB (RSS, or CUDA allocated) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['grid']} | {r['spacing_mm']:g} | {r['instance_opt']} | {r['seconds']:.2f} | {r['peak_mb']} |")
+    lines = [
+        f"# Registration speed (`benchmarks/register_speed.py {' '.join(sys.argv[1:])}`)",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {args.device}; packaged default model.",
+        "",
+        "| atlas grid | voxel mm | network | instance-opt steps | seconds / pair | peak memory MB (RSS, or CUDA "
+        "allocated) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['grid']} | {r['spacing_mm']:g} | {r['network']} | {r['instance_opt']} | {r['seconds']:.2f} | "
+        f"{r['peak_mb']} |"
+        for r in rows
+    ]
+    text = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "register_speed.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
