@@ -42,6 +42,7 @@ def run(cores: int, overrides: dict) -> dict:
         config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
         config.update(overrides)
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config))
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.run(
             [
@@ -74,6 +75,7 @@ def run(cores: int, overrides: dict) -> dict:
         per_subject = _rows(work / "results" / "cohort_metrics_per_subject.tsv")
         expected = config["demo"]["subjects"]
         return {
+            "load": load,
             "config": config,
             "seconds": seconds,
             "jobs": jobs,
@@ -94,7 +96,8 @@ def table(result: dict, command: str) -> str:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible; the shipped `config/config.yaml` "
         f"(demo cohort) with atlas `{config['atlas']}` at {config['atlas_spacing']:g} mm, fresh working "
-        "directory, setup not included.",
+        f"directory, setup not included; load average {result['load']:.1f} at the start (above 0.5: other "
+        "jobs were running, times are upper bounds).",
         "",
         "| wall time (s) | per subject (s) | jobs | subjects | failed subjects | largest job peak memory (MB) |",
         "|---|---|---|---|---|---|",
