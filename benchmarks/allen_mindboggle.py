@@ -230,22 +230,9 @@ def lookup(ids_by_key: dict[int, list[int]], size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def network_pooling(spacing: float, network_grid: str) -> int:
-    """How much the packaged model's network pools the images on an atlas grid of ``spacing`` mm
-    (``unireg register --network-grid``): 1 = it predicts on the atlas grid itself."""
-    from unireg.model import load_checkpoint
-    from unireg.register import network_factor
-
-    if network_grid != "model":
-        return 1
-    _, checkpoint = load_checkpoint()
-    return network_factor((spacing,) * 3, checkpoint["grid"]["spacing_mm"])
-
-
-def settings_key(
-    spacing: float, steps: int, brain_extraction: bool, atlas_dir: Path, network_grid: str
-) -> tuple[str, dict]:
-    """The run folder's name and what it depends on (a change means a fresh run folder)."""
+def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: Path, pooling: int) -> tuple[str, dict]:
+    """The run folder's name and what it depends on (a change means a fresh run folder); ``pooling``:
+    :func:`unireg.register.network_pooling` on this atlas."""
     from unireg import __version__
     from unireg.defaults import AFFINE_SIMILARITY, INSTANCE_OPT_SIMILARITY
     from unireg.model import DEFAULT_MODEL
@@ -262,7 +249,6 @@ def settings_key(
         "instance_opt": steps,
         "instance_opt_similarity": INSTANCE_OPT_SIMILARITY,
     }
-    pooling = network_pooling(spacing, network_grid)
     if pooling > 1:  # only then does the network grid change the computation
         settings["network_pooling"] = pooling
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
@@ -581,8 +567,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
 
-    from unireg.atlas import prepare_atlas
+    from unireg.atlas import load_atlas, prepare_atlas
     from unireg.io import load_image
+    from unireg.model import load_checkpoint
+    from unireg.register import network_pooling
+
+    _, checkpoint = load_checkpoint()  # the packaged model: its training grid decides the network pooling
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load = os.getloadavg()[0]
@@ -598,14 +588,16 @@ def main(argv=None) -> None:
         for aseg, value in check_aseg_ids(reference).items():
             aseg_check.setdefault(aseg, []).append(value)
 
-    runs, all_rows = {}, []
+    runs, all_rows, pooled = {}, [], {}
     for spacing in args.spacings:
         atlas_dir = args.cache / f"atlas-{ATLAS}-{spacing:g}mm"
         if not (atlas_dir / "atlas.json").is_file():
             log(f"building {ATLAS} at {spacing:g} mm")
             prepare_atlas(ATLAS, atlas_dir, spacing)
         groups = resolve_groups(atlas_dir)
-        key, settings = settings_key(spacing, args.instance_opt, args.brain_extraction, atlas_dir, args.network_grid)
+        grid = load_atlas(atlas_dir).grid
+        pooled[spacing] = network_pooling(grid.shape, grid.spacing, checkpoint["grid"]["spacing_mm"], args.network_grid)
+        key, settings = settings_key(spacing, args.instance_opt, args.brain_extraction, atlas_dir, pooled[spacing])
         run_dir = args.cache / key
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -676,10 +668,7 @@ def main(argv=None) -> None:
         f"UniReg: packaged default model, {args.instance_opt} instance-optimisation steps "
         f"({'the default' if args.instance_opt == 30 else 'NOT the default 30'}), squared LNCC; network grid "
         f"`{args.network_grid}` ("
-        + ", ".join(
-            f"{s:g} mm atlas: network on the images pooled by {network_pooling(s, args.network_grid)}"
-            for s in args.spacings
-        )
+        + ", ".join(f"{s:g} mm atlas: network on the images pooled by {pooled[s]}" for s in args.spacings)
         + ")",
     ]
     if args.smoke:

@@ -33,13 +33,13 @@ def one(spacing: float, instance_opt: int, device: str, network_grid: str) -> di
     from unireg.atlas import builtin_atlas
     from unireg.defaults import TISSUE_ATLAS
     from unireg.model import load_checkpoint
-    from unireg.register import InstanceOptOptions, network_factor, register_images
+    from unireg.register import InstanceOptOptions, network_pooling, register_images
 
     atlas = builtin_atlas(TISSUE_ATLAS, spacing)
     fixed = atlas.image
     moving = fixed.with_data(np.roll(fixed.data, 2, axis=0))
     model, checkpoint = load_checkpoint(device=device)
-    factor = network_factor(fixed.spacing, checkpoint["grid"]["spacing_mm"]) if network_grid == "model" else 1
+    factor = network_pooling(fixed.shape, fixed.spacing, checkpoint["grid"]["spacing_mm"], network_grid)
     register_images(fixed, moving, model, device=device, network_factor=factor)  # warm-up
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

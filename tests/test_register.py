@@ -220,6 +220,19 @@ def test_network_factor_is_the_integer_ratio_of_model_to_grid_spacing():
     assert network_factor((4.0, 4.0, 4.0), (2.0, 2.0, 2.0)) == 1  # coarser than the model: as given
 
 
+def test_network_pooling_needs_the_model_grid_and_a_pooled_shape_the_network_takes():
+    from unireg.errors import UniregError
+    from unireg.register import network_pooling
+
+    one_mm, model = (1.0, 1.0, 1.0), (2.0, 2.0, 2.0)
+    assert network_pooling((160, 192, 160), one_mm, model, "model") == 2
+    assert network_pooling((160, 192, 160), one_mm, model, "atlas") == 1
+    assert network_pooling((160, 192, 176), one_mm, model, "model") == 1  # 176 / 2 = 88 is not divisible by 16
+    assert network_pooling((160, 192, 160), one_mm, None, "model") == 1  # a model without a recorded grid
+    with pytest.raises(UniregError, match="unknown network grid"):
+        network_pooling((160, 192, 160), one_mm, model, "fine")
+
+
 def test_a_2mm_model_on_a_1mm_grid_predicts_at_2mm_and_recovers_a_known_field(default_model, default_atlas):
     """The 2 mm template upsampled to 1 mm, deformed by a known field: the network run on the images
     pooled back to 2 mm (network_factor 2) recovers the field in 1 mm voxels, better than run on

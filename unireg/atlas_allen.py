@@ -173,7 +173,6 @@ class SideSplitSource:
         """``labels`` with the ids of the ``dropped`` structures set to 0 (unlabelled)."""
         keep = np.ones(RIGHT_OFFSET + max(self.structures) + 1, dtype=bool)
         keep[[i for index in dropped for i in self.ids(index)]] = False
-        keep[0] = True
         return labels.with_data(np.where(keep[labels.data], labels.data, 0).astype(labels.data.dtype))
 
 

@@ -21,8 +21,8 @@ INSTANCE_OPT_SIMILARITY = "lncc"
 # where the network predicts (`unireg register --network-grid`, the workflow's register.network_grid):
 # "model" = on the images pooled to the spacing the model was trained at (2 mm for the packaged
 # model) when the atlas grid is an integer factor finer, e.g. a 1 mm atlas; "atlas" = on the atlas
-# grid itself. Instance optimisation always runs on the atlas grid. Chosen on Mindboggle 1 mm pairs
-# (benchmarks/results/mindboggle.md).
+# grid itself. Instance optimisation always runs on the atlas grid. Chosen on Mindboggle 1 mm brains
+# (benchmarks/results/allen_mindboggle.md against allen_mindboggle.network-atlas.md).
 NETWORK_GRIDS = ("model", "atlas")
 NETWORK_GRID = "model"
 

@@ -519,12 +519,16 @@ def render(signal: np.ndarray, template_affine: np.ndarray, warp: SubjectWarp, g
     return image
 
 
-def render_labels(labels: np.ndarray, template_affine: np.ndarray, warp: SubjectWarp, grid: Grid) -> np.ndarray:
-    """``labels(D(A x))`` at every voxel centre ``x`` of ``grid`` (nearest neighbour: label-preserving)."""
-    out = np.zeros(grid.shape, dtype=np.int32)
+def render_labels(
+    label_maps: list[np.ndarray], template_affine: np.ndarray, warp: SubjectWarp, grid: Grid
+) -> list[np.ndarray]:
+    """``labels(D(A x))`` of each label map at every voxel centre ``x`` of ``grid`` (nearest
+    neighbour: label-preserving); the points are computed once for all maps."""
+    out = [np.zeros(grid.shape, dtype=np.int32) for _ in label_maps]
     for k in range(grid.shape[2]):
         where = _sample_points(template_affine, warp, grid, k)
-        out[:, :, k] = ndimage.map_coordinates(labels, where, order=0, cval=0).reshape(grid.shape[:2])
+        for labels, rendered in zip(label_maps, out):
+            rendered[:, :, k] = ndimage.map_coordinates(labels, where, order=0, cval=0).reshape(grid.shape[:2])
     return out
 
 
@@ -671,9 +675,10 @@ def _synthetic_subject(
     in_plane_sigma = 0.5 * np.sqrt(max(spacing**2 - 1.0, 0.0)) / np.asarray(template.t1.spacing)
     signal = ndimage.gaussian_filter(contrast(template.t1.data), in_plane_sigma)
     image = render(signal, template.t1.affine, warp, grid, stack.slice_thickness)
-    brain = render_labels(template.brain, template.t1.affine, warp, grid) > 0
-    level = float(np.percentile(image[brain], 99.5))
-    labels = None if template.labels is None else render_labels(template.labels.data, template.t1.affine, warp, grid)
+    maps = [template.brain] + ([] if template.labels is None else [template.labels.data])
+    brain, *labels = render_labels(maps, template.t1.affine, warp, grid)
+    level = float(np.percentile(image[brain > 0], 99.5))
+    labels = labels[0] if labels else None
     centre = corners.mean(axis=0)
     stored = to_stored(scanner_effects(rng, image, grid, centre, contrast.noise, level), level)
 

@@ -160,6 +160,18 @@ def network_factor(grid_spacing, model_spacing) -> int:
     return k if k >= 2 and np.allclose(ratio, k, rtol=0.02) else 1
 
 
+def network_pooling(grid_shape, grid_spacing, model_spacing, network_grid: str = NETWORK_GRID) -> int:
+    """How much the network pools the images on this grid (``--network-grid``): ``"model"`` pools
+    by :func:`network_factor` where the pooled grid still suits the network (shape divisible by
+    16 after pooling), ``"atlas"`` (or a model without a recorded grid) never: 1."""
+    if network_grid not in NETWORK_GRIDS:
+        raise UniregError(f"unknown network grid {network_grid!r}; choose one of {', '.join(NETWORK_GRIDS)}")
+    if network_grid != "model" or not model_spacing:
+        return 1
+    k = network_factor(grid_spacing, model_spacing)
+    return 1 if any(s % (16 * k) for s in grid_shape) else k
+
+
 def register_images(
     fixed: Image,
     moving: Image,
@@ -184,12 +196,11 @@ def register_images(
     fixed_t, moving_t = _tensor(fixed, device), _tensor(moving, device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        if network_factor > 1:
-            pooled = [torch.nn.functional.avg_pool3d(t, network_factor) for t in (fixed_t, moving_t)]
-            velocity = model.velocity(*(model.features(t) for t in pooled))
-            velocity = resize_field(velocity, model.flow_shape(tuple(fixed_t.shape[2:])))
-        else:
-            velocity = model.velocity(model.features(fixed_t), model.features(moving_t))
+        inputs = [
+            torch.nn.functional.avg_pool3d(t, network_factor) if network_factor > 1 else t for t in (fixed_t, moving_t)
+        ]
+        velocity = model.velocity(*(model.features(t) for t in inputs))
+        velocity = resize_field(velocity, model.flow_shape(tuple(fixed_t.shape[2:])))  # a no-op unless pooled
     timings["predict_s"] = time.perf_counter() - t0
     opt = instance_opt or InstanceOptOptions()
     if opt.total > 0:
@@ -338,9 +349,7 @@ def register_files(
     for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0). ``names``:
     file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow passes
     :func:`unireg.layout.stage_names`). ``network_grid``: ``"model"`` predicts at the model's training
-    spacing where the grid is an integer factor finer (:func:`network_factor`), ``"atlas"`` on the grid."""
-    if network_grid not in NETWORK_GRIDS:
-        raise UniregError(f"unknown network grid {network_grid!r}; choose one of {', '.join(NETWORK_GRIDS)}")
+    spacing where the grid is an integer factor finer, ``"atlas"`` on the grid (:func:`network_pooling`)."""
     names = {**OUTPUT_FILES, **(names or {})}
     try:
         dev = select_device(device)
@@ -353,13 +362,9 @@ def register_files(
     labels = load_image(moving_labels_path, label=True, subject=subject) if moving_labels_path else None
     mask = load_image(fixed_mask_path, label=True, subject=subject) if fixed_mask_path else None
     moving_mask = load_image(moving_mask_path, label=True, subject=subject) if moving_mask_path else None
-    factor = 1
     trained = (checkpoint.get("grid") or {}).get("spacing_mm")
-    if network_grid == "model" and trained:
-        factor = network_factor(fixed.spacing, trained)
-        if any(s % (16 * factor) for s in fixed.shape):  # the pooled grid must suit the network
-            factor = 1
     try:
+        factor = network_pooling(fixed.shape, fixed.spacing, trained, network_grid)
         result = register_images(
             fixed,
             moving,
