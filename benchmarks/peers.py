@@ -125,6 +125,7 @@ CONTRASTS = {
 
 ANTS_CC_RADIUS = 2  # voxels: 4 mm at 2 mm, as radius 4 at antsRegistrationSyN.sh's 1 mm
 ANTS_MI_BINS = 32
+ANTS_GRAD_STEP = 0.2
 SMOKE = {
     "grid_mm": 4.0,
     "pairs": 1,
@@ -327,13 +328,16 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
 
     from unireg.io import Image
     from unireg.model import load_checkpoint
-    from unireg.register import InstanceOptOptions, register_images
+    from unireg.register import InstanceOptOptions, network_pooling, register_images
 
     torch.set_num_threads(settings["threads"])
     affine = np.array(settings["grid_affine"])
-    model, _ = load_checkpoint(device=device)
+    model, checkpoint = load_checkpoint(device=device)
     images = {c.name: [Image(a, affine) for a in load_case(work, c.name)] for c in cases}
-    register_images(*images[cases[0].name], model, device=device)  # warm-up, untimed
+    first = images[cases[0].name][0]
+    # what `unireg register` does on this grid (--network-grid default): pool to the model's spacing
+    factor = network_pooling(first.shape, first.spacing, (checkpoint.get("grid") or {}).get("spacing_mm"))
+    register_images(*images[cases[0].name], model, device=device, network_factor=factor)  # warm-up, untimed
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds = {}
@@ -342,7 +346,9 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        result = register_images(fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(steps))
+        result = register_images(
+            fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(steps), network_factor=factor
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         seconds[case.name] = time.perf_counter() - t0
@@ -362,7 +368,8 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
         fixed_np, moving_np = load_case(work, case.name)
         # numpy axis order = ITK index order in antspyx; origin 0, identity direction: mm along array axes
         fixed, moving = ants.from_numpy(fixed_np, spacing=spacing), ants.from_numpy(moving_np, spacing=spacing)
-        metric, sampling = ("CC", ANTS_CC_RADIUS) if case.kind == "mono" else ("mattes", ANTS_MI_BINS)
+        cc_radius = settings.get("ants_cc_radius", ANTS_CC_RADIUS)
+        metric, sampling = ("CC", cc_radius) if case.kind == "mono" else ("mattes", ANTS_MI_BINS)
         tmp = Path(tempfile.mkdtemp(dir=work))
         t0 = time.perf_counter()
         reg = ants.registration(
@@ -374,7 +381,7 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
             syn_metric=metric,
             syn_sampling=sampling,
             reg_iterations=iterations,
-            grad_step=0.2,
+            grad_step=settings.get("ants_grad_step", ANTS_GRAD_STEP),
             flow_sigma=3,
             total_sigma=0,
         )
