@@ -1,8 +1,10 @@
 """1 mm inter-subject registration on real brains with manual labels: UniReg vs ANTs SyN vs elastix vs affine.
 
-Run (writes benchmarks/results/mindboggle.{md,csv} and mindboggle.pairs.csv, prints the markdown):
+Run (writes benchmarks/results/mindboggle.{md,csv} and mindboggle.pairs.csv, prints the markdown;
+``--pair-set tune`` and ``--io-option`` add ``_tune`` / ``.KEY-VALUE`` to the names):
 
     nice -n 10 .venv/bin/python benchmarks/mindboggle.py                          # PAIRS_DEFAULT pairs, 1 mm
+    nice -n 10 .venv/bin/python benchmarks/mindboggle.py --pair-set tune --methods unireg_io --io-option weight=0.1
     nice -n 10 .venv/bin/python benchmarks/mindboggle.py --pairs 90 --methods affine,unireg,unireg_io
     .venv/bin/python benchmarks/mindboggle.py --smoke --out /tmp/mb                # 4 mm, 1 pair: a test
 
@@ -73,7 +75,8 @@ SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "dat
 DATA = SHARED / "mindboggle_oasis_trt20"
 SUBJECTS = tuple(f"OASIS-TRT-20-{n:02d}" for n in range(1, 20, 2))
 METHODS = ("affine", "unireg", "unireg_io", "ants", "elastix")
-PAIRS_DEFAULT = 5
+PAIRS_DEFAULT = 5  # the first 5 pairs of pair_order(): subjects 01-11 only
+TUNE_SUBJECTS = SUBJECTS[-4:]  # 13, 15, 17, 19: --pair-set tune (settings are tuned on their 12 ordered pairs)
 CORTICAL = (1000, 3000)  # DKT31 cortical ids (FreeSurfer: 1000s left, 2000s right)
 # antsRegistrationSyN.sh's SyN stage (-t s): SyN[0.1,3,0], CC[f,m,1,4], 100x70x50x20, 8x4x2x1, 3x2x1x0vox;
 # antspyx SyNOnly derives shrink 2^k and smoothing k from the number of levels
@@ -89,6 +92,27 @@ def pair_order(subjects=SUBJECTS) -> list[tuple[str, str]]:
     """All ordered (moving, fixed) pairs: rings of increasing offset (see the module docstring)."""
     n = len(subjects)
     return [(subjects[(k + offset) % n], subjects[k]) for offset in range(1, n) for k in range(n)]
+
+
+def pair_set(name: str) -> list[tuple[str, str]]:
+    """``eval``: :func:`pair_order` of all subjects; ``tune``: that of :data:`TUNE_SUBJECTS` alone."""
+    return pair_order() if name == "eval" else pair_order(TUNE_SUBJECTS)
+
+
+def parse_io_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` words -> keyword arguments of :class:`unireg.register.InstanceOptOptions`."""
+    from dataclasses import fields
+
+    from unireg.register import InstanceOptOptions
+
+    types = {f.name: type(getattr(InstanceOptOptions(), f.name)) for f in fields(InstanceOptOptions)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in types or key in ("steps", "coarse_steps") or not value:
+            raise SystemExit(f"mindboggle: --io-option {item!r}: use KEY=VALUE, KEY one of {sorted(types)} but steps")
+        out[key] = types[key](value)
+    return out
 
 
 def common_labels(cache: Path) -> np.ndarray:
@@ -135,7 +159,7 @@ def method_key(method: str, settings: dict) -> str:
 
     keys = {
         "unireg": ("threads",),
-        "unireg_io": ("threads", "instance_opt"),
+        "unireg_io": ("threads", "instance_opt", "instance_opt_options"),
         "ants": ("threads", "ants_iterations", "ants_cc_radius", "ants_grad_step"),
         "elastix": ("threads", "elastix_iterations"),
     }[method]
@@ -323,6 +347,20 @@ def parse_args(argv=None):
     parser.add_argument("--grid-mm", type=float, default=1.0, help="atlas grid spacing (default 1)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, help="UniReg + IO: steps")
+    parser.add_argument(
+        "--io-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="UniReg + IO: another InstanceOptOptions value (e.g. weight=0.1), for tuning; repeatable",
+    )
+    parser.add_argument(
+        "--pair-set",
+        choices=("eval", "tune"),
+        default="eval",
+        help="eval: pairs among all 10 subjects (default); tune: the 12 ordered pairs among "
+        f"{', '.join(s[-2:] for s in TUNE_SUBJECTS)} (for choosing settings)",
+    )
     parser.add_argument("--ants-iterations", default=ANTS["ants_iterations"], help="SyN iterations, coarse to fine")
     parser.add_argument("--elastix-iterations", type=int, default=None, help="override elastix's 256 iterations")
     parser.add_argument("--threads", type=int, default=2, help="threads of every method (default 2)")
@@ -337,8 +375,9 @@ def parse_args(argv=None):
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method {unknown}; choose from {', '.join(METHODS)}")
-    if not 1 <= args.pairs <= len(pair_order()):
-        parser.error(f"--pairs must be 1..{len(pair_order())}")
+    if not 1 <= args.pairs <= len(pair_set(args.pair_set)):
+        parser.error(f"--pairs must be 1..{len(pair_set(args.pair_set))} for --pair-set {args.pair_set}")
+    args.io_options = parse_io_options(args.io_option)
     return args
 
 
@@ -363,7 +402,7 @@ def main(argv=None) -> None:
     home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
     cache = (args.cache or home / "mindboggle") / f"{args.grid_mm:g}mm"
     labels = common_labels(cache)
-    pairs = pair_order()[: args.pairs]
+    pairs = pair_set(args.pair_set)[: args.pairs]
     subjects = preprocess_subjects(sorted({s for p in pairs for s in p}), atlas, cache)
     t_prep = time.perf_counter() - t_start
 
@@ -377,6 +416,7 @@ def main(argv=None) -> None:
         "threads": args.threads,
         "grid_affine": atlas.grid.affine.tolist(),
         "instance_opt": args.instance_opt,
+        "instance_opt_options": args.io_options,
         "elastix_iterations": args.elastix_iterations,
         **ANTS,
         "ants_iterations": args.ants_iterations,
@@ -402,6 +442,7 @@ def main(argv=None) -> None:
         log(f"{method}: mean Dice {summary[-1]['dice_mean']:.3f} ({time.perf_counter() - t0:.0f} s)")
 
     grid = "x".join(str(s) for s in atlas.grid.shape)
+    tuned = sum(1 for pair in pairs if set(pair) & set(TUNE_SUBJECTS))
     header = [
         *peers.provenance(
             started,
@@ -412,9 +453,13 @@ def main(argv=None) -> None:
         f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min ({t_prep:.0f} s preprocessing; fields cached in "
         f"{cache}, so seconds per pair are those of the run that registered each pair)",
         f"grid: MNI 2009a template grid {grid} at {args.grid_mm:g} mm" + ("; SMOKE settings" if args.smoke else ""),
-        f"pairs (moving -> fixed, the first {len(pairs)} of the 90 ordered pairs): "
+        f"pairs (moving -> fixed, OASIS-TRT-20-NN; --pair-set {args.pair_set}: the first {len(pairs)} of its "
+        f"{len(pair_set(args.pair_set))} ordered pairs): "
         + ", ".join(f"{m[-2:]} -> {f[-2:]}" for m, f in pairs)
-        + " (OASIS-TRT-20-NN)",
+        + (
+            f" (settings were tuned on pairs among {', '.join(s[-2:] for s in TUNE_SUBJECTS)}; "
+            f"{tuned} of these pairs involve one of them)"
+        ),
     ]
     notes = [
         "Every method registers the same preprocessed arrays (unireg preprocess without brain extraction: the "
@@ -422,8 +467,9 @@ def main(argv=None) -> None:
         "affine only = those arrays unchanged.",
         f"UniReg: packaged unireg_mobilenet_v1_025.pt (trained at 2 mm on IXI T1; never on these subjects); the "
         f"network predicts on the images pooled to 2 mm (`unireg register`'s default --network-grid model), "
-        f"then {args.instance_opt} steps of InstanceOptOptions.schedule ({peers.describe_io(args.instance_opt)}) "
-        "at 1 mm: the shipped default.",
+        f"then {args.instance_opt} steps of InstanceOptOptions.schedule ("
+        + peers.describe_io(args.instance_opt, **args.io_options)
+        + (") on the template grid: the shipped default." if not args.io_options else ") on the template grid."),
         f"ANTs SyN (antspyx SyNOnly from the identity): SyN[{ANTS['ants_grad_step']},3,0], CC radius "
         f"{ANTS['ants_cc_radius']} vox, iterations {args.ants_iterations} (shrink 2^k, smoothing k vox: 8x4x2x1 and "
         "3x2x1x0 for 4 levels), as antsRegistrationSyN.sh's deformable stage.",
@@ -439,9 +485,11 @@ def main(argv=None) -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(header, summary, notes, args.instance_opt, labels)
-    (args.out / "mindboggle.md").write_text(text)
-    peers.write_csv(args.out / "mindboggle.csv", summary, COLUMNS, header)
-    peers.write_csv(args.out / "mindboggle.pairs.csv", pair_rows, PAIR_COLUMNS, header)
+    stem = "mindboggle" + ("" if args.pair_set == "eval" else "_tune")
+    stem += "".join(f".{k}-{v}" for k, v in sorted(args.io_options.items()))
+    (args.out / f"{stem}.md").write_text(text)
+    peers.write_csv(args.out / f"{stem}.csv", summary, COLUMNS, header)
+    peers.write_csv(args.out / f"{stem}.pairs.csv", pair_rows, PAIR_COLUMNS, header)
     print(text)
 
 

@@ -347,7 +347,12 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         result = register_images(
-            fixed, moving, model, device=device, instance_opt=InstanceOptOptions.schedule(steps), network_factor=factor
+            fixed,
+            moving,
+            model,
+            device=device,
+            instance_opt=InstanceOptOptions.schedule(steps, **settings.get("instance_opt_options", {})),
+            network_factor=factor,
         )
         if device == "cuda":
             torch.cuda.synchronize()
@@ -640,10 +645,10 @@ def fmt(value, digits=3) -> str:
     return str(value)
 
 
-def describe_io(total: int) -> str:
+def describe_io(total: int, **options) -> str:
     from unireg.register import InstanceOptOptions
 
-    opt = InstanceOptOptions.schedule(total)
+    opt = InstanceOptOptions.schedule(total, **options)
     return (
         f"{opt.coarse_steps} steps at the flow grid + {opt.steps} at the image grid, {opt.similarity.upper()}, "
         f"diffusion weight {opt.weight}, Adam lr {opt.learning_rate}, integrate {opt.integrate!r}"

@@ -25,6 +25,20 @@ def test_pair_order_spreads_a_subset_over_the_subjects_and_ends_with_every_order
     assert pairs[10] == ("OASIS-TRT-20-05", "OASIS-TRT-20-01")
 
 
+def test_the_tuning_pairs_are_apart_from_the_default_table():
+    tune = mb.pair_set("tune")
+    assert len(tune) == 12 and {s for p in tune for s in p} == set(mb.TUNE_SUBJECTS)
+    default = mb.pair_set("eval")[: mb.PAIRS_DEFAULT]
+    assert not {s for p in default for s in p} & set(mb.TUNE_SUBJECTS)
+
+
+def test_io_options_are_typed_and_checked():
+    assert mb.parse_io_options(["weight=0.1", "similarity=mind"]) == {"weight": 0.1, "similarity": "mind"}
+    for bad in (["steps=3"], ["nosuch=1"], ["weight"]):
+        with pytest.raises(SystemExit, match="--io-option"):
+            mb.parse_io_options(bad)
+
+
 def test_score_case_counts_a_lost_label_as_zero_and_ignores_labels_outside_the_list():
     reference = np.zeros((16, 16, 16), np.int32)
     reference[2:8, 2:8, 2:8] = 1002  # cortical
