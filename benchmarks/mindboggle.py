@@ -152,6 +152,20 @@ def preprocess_subjects(subjects, atlas, cache: Path) -> dict[str, dict]:
     return out
 
 
+def worker_settings(args, atlas) -> dict:
+    """What peers' method workers read (and :func:`method_key` digests) for these arguments."""
+    return {
+        "spacing": float(atlas.grid.spacing[0]),
+        "threads": args.threads,
+        "grid_affine": atlas.grid.affine.tolist(),
+        "instance_opt": args.instance_opt,
+        "instance_opt_options": args.io_options,
+        "elastix_iterations": args.elastix_iterations,
+        **ANTS,
+        "ants_iterations": args.ants_iterations,
+    }
+
+
 def method_key(method: str, settings: dict) -> str:
     """The cache folder of one method's fields: its name + a digest of what changes them."""
     from unireg.model import DEFAULT_MODEL
@@ -201,23 +215,27 @@ def score_case(reference: np.ndarray, moving_labels: np.ndarray, ddf: np.ndarray
     import torch
 
     from unireg.fields import jacobian_stats
-    from unireg.metrics import dice_per_label, surface_distances
 
-    warped = peers.warp_labels(moving_labels, ddf)
-    present = [int(i) for i in labels if np.any(reference == i)]
-    dice = dice_per_label(reference, warped, present)
-    hd95 = {}
-    for label in present:
-        ref, pred = reference == label, warped == label
-        if pred.any():
-            hd95[label] = surface_distances(ref, pred, spacing)[0]
     jac = jacobian_stats(torch.from_numpy(ddf)[None])
     return {
-        "dice": dice,
-        "hd95": hd95,
+        **score_labels(reference, peers.warp_labels(moving_labels, ddf), labels, spacing),
         "folding_percent": jac["folding_percent"],
         "log_jacobian_std": jac["log_jacobian_std"],
     }
+
+
+def score_labels(reference: np.ndarray, propagated: np.ndarray, labels, spacing) -> dict:
+    """Dice per id of ``labels`` present in ``reference`` (0 where lost) and HD95 where present in both."""
+    from unireg.metrics import dice_per_label, surface_distances
+
+    present = [int(i) for i in labels if np.any(reference == i)]
+    dice = dice_per_label(reference, propagated, present)
+    hd95 = {}
+    for label in present:
+        ref, pred = reference == label, propagated == label
+        if pred.any():
+            hd95[label] = surface_distances(ref, pred, spacing)[0]
+    return {"dice": dice, "hd95": hd95}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,16 +429,7 @@ def main(argv=None) -> None:
         case = peers.Case(f"{moving}_to_{fixed}", "mindboggle", "mono", fixed, moving, "labels")
         cases.append(case)
         arrays[case.name] = (subjects[fixed]["image"].astype(np.float32), subjects[moving]["image"].astype(np.float32))
-    settings = {
-        "spacing": float(atlas.grid.spacing[0]),
-        "threads": args.threads,
-        "grid_affine": atlas.grid.affine.tolist(),
-        "instance_opt": args.instance_opt,
-        "instance_opt_options": args.io_options,
-        "elastix_iterations": args.elastix_iterations,
-        **ANTS,
-        "ants_iterations": args.ants_iterations,
-    }
+    settings = worker_settings(args, atlas)
     summary, pair_rows = [], []
     for method in args.methods:
         t0 = time.perf_counter()

@@ -1,0 +1,59 @@
+"""benchmarks/multi_atlas.py: the atlas order, and its --smoke mode (one real Mindboggle target at 4 mm,
+K = 1 and 2, UniReg with every fusion and ANTs SyN + antspyx joint label fusion).
+No timing is asserted: the machine may be shared.
+"""
+
+import sys
+
+import pytest
+from conftest import REPO, read_commented_csv, run_benchmark_smoke
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import mindboggle as mb  # noqa: E402
+import multi_atlas as ma  # noqa: E402
+
+
+def test_atlases_are_the_other_subjects_in_ring_order_and_k1_is_the_mindboggle_pair():
+    for target in mb.SUBJECTS:
+        atlases = ma.atlases_of(target, 9)
+        assert sorted(atlases) == sorted(set(mb.SUBJECTS) - {target})
+        assert (atlases[0], target) in mb.pair_order()[:10]
+    assert ma.atlases_of("OASIS-TRT-20-01", 3) == ["OASIS-TRT-20-03", "OASIS-TRT-20-05", "OASIS-TRT-20-07"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi_atlas")
+    stdout = run_benchmark_smoke("multi_atlas.py", out, data=("mindboggle_oasis_trt20",))
+    return {
+        "text": (out / "multi_atlas.md").read_text(),
+        "stdout": stdout,
+        "rows": {(r["method"], r["fusion"], r["k"]): r for r in read_commented_csv(out / "multi_atlas.csv")},
+        "targets": read_commented_csv(out / "multi_atlas.targets.csv"),
+    }
+
+
+def test_every_fusion_has_a_row_with_sane_numbers(smoke):
+    rows = smoke["rows"]
+    expected = {("unireg_io", "single", "1"), ("ants", "single", "1"), ("ants", "jlf", "2")}
+    expected |= {("unireg_io", f, "2") for f in ("majority", "weighted", "jlf")}
+    assert set(rows) == expected
+    for row in rows.values():
+        assert row["targets"] == "1"
+        assert 0.3 < float(row["dice_mean"]) < 0.9, row
+        assert float(row["seconds_per_target"]) >= float(row["registration_seconds_per_target"]) > 0
+    # majority voting of two atlases ties everywhere they disagree: the first atlas wins (unireg.fusion's rule)
+    assert rows[("unireg_io", "majority", "2")]["dice_mean"] == rows[("unireg_io", "single", "1")]["dice_mean"]
+    # K = 2 registers one more atlas than K = 1
+    k1, k2 = (
+        float(rows[("unireg_io", f, k)]["registration_seconds_per_target"]) for f, k in (("single", "1"), ("jlf", "2"))
+    )
+    assert k2 > k1
+
+
+def test_tables_say_where_and_how_they_were_made(smoke):
+    assert smoke["text"].strip() == smoke["stdout"].strip()
+    for key in ("date:", "git commit:", "command:", "--smoke", "SMOKE settings", "targets (leave-one-out): 01"):
+        assert key in smoke["text"], key
+    [row] = [r for r in smoke["targets"] if r["method"] == "ants" and r["k"] == "2"]
+    assert row["atlases"] == "03 05"
