@@ -232,3 +232,52 @@ def blobs(seed: int, shape=(32, 40, 36)):
     zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
     inside = (zz**2 / 0.6 + yy**2 / 0.7 + xx**2 / 0.65) < 1
     return volume * inside
+
+
+# ---------------------------------------------------------------------------------------------
+# Atlas-set members: the MNI tissue atlas moved by known affines, and bad members (unireg.atlas_set)
+# ---------------------------------------------------------------------------------------------
+
+
+def shifted(image, mm):
+    """``image`` moved by ``mm`` in world space."""
+    from unireg.io import Image
+
+    affine = image.affine.copy()
+    affine[:3, 3] += np.asarray(mm, float)
+    return Image(image.data, affine, is_label=image.is_label)
+
+
+@pytest.fixture(scope="module")
+def atlas_set_members(default_atlas, tmp_path_factory):
+    """Write members (image, labels) and return a function that writes a manifest of some of them."""
+    from unireg.atlas import ATLAS_FILES
+    from unireg.io import load_image, save_image
+
+    atlas_dir = default_atlas.path
+    template = load_image(f"{atlas_dir}/{ATLAS_FILES['image']}")
+    labels = load_image(f"{atlas_dir}/{ATLAS_FILES['labels']}", label=True)
+    tmp_path = tmp_path_factory.mktemp("atlas_set_members")
+    src = tmp_path / "src"
+    src.mkdir()
+    extra = labels.data.copy()
+    extra[labels.data == 3] = 3
+    extra[40:44, 40:44, 40:44] = 99  # an id only this member has
+    made = {
+        "a": (template, labels),
+        "b": (shifted(template, (6, -4, 3)), shifted(labels, (6, -4, 3))),
+        "c": (template, labels.with_data(extra)),
+        "inverted": (template.with_data(np.where(template.data > 0, 1.0 - template.data, 0.0)), labels),
+    }
+    for name, (image, lab) in made.items():
+        save_image(image, src / f"{name}_t1.nii.gz")
+        save_image(lab, src / f"{name}_labels.nii.gz")
+    table = tmp_path / "table.tsv"
+    table.write_text("index\tname\n1\tCSF\n2\tgrey\n3\twhite\n99\tblob\n")
+
+    def manifest(*names):
+        path = src / "members.tsv"
+        path.write_text("id\timage\tlabels\n" + "".join(f"{n}\t{n}_t1.nii.gz\t{n}_labels.nii.gz\n" for n in names))
+        return path
+
+    return manifest, table

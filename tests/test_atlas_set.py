@@ -8,51 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from unireg.atlas import ATLAS_FILES
 from unireg.atlas_set import SET_FILE, import_atlas_set, is_atlas_set, load_atlas_set, read_manifest
 from unireg.errors import UniregError
-from unireg.io import Image, load_image, save_image
 
 
-def shifted(image: Image, mm) -> Image:
-    affine = image.affine.copy()
-    affine[:3, 3] += np.asarray(mm, float)
-    return Image(image.data, affine, is_label=image.is_label)
-
-
-@pytest.fixture
-def members(default_atlas, tmp_path):
-    """Write members (image, labels) and return a function that writes a manifest of some of them."""
-    atlas_dir = default_atlas.path
-    template = load_image(f"{atlas_dir}/{ATLAS_FILES['image']}")
-    labels = load_image(f"{atlas_dir}/{ATLAS_FILES['labels']}", label=True)
-    src = tmp_path / "src"
-    src.mkdir()
-    extra = labels.data.copy()
-    extra[labels.data == 3] = 3
-    extra[40:44, 40:44, 40:44] = 99  # an id only this member has
-    made = {
-        "a": (template, labels),
-        "b": (shifted(template, (6, -4, 3)), shifted(labels, (6, -4, 3))),
-        "c": (template, labels.with_data(extra)),
-        "inverted": (template.with_data(np.where(template.data > 0, 1.0 - template.data, 0.0)), labels),
-    }
-    for name, (image, lab) in made.items():
-        save_image(image, src / f"{name}_t1.nii.gz")
-        save_image(lab, src / f"{name}_labels.nii.gz")
-    table = tmp_path / "table.tsv"
-    table.write_text("index\tname\n1\tCSF\n2\tgrey\n3\twhite\n99\tblob\n")
-
-    def manifest(*names):
-        path = src / "members.tsv"
-        path.write_text("id\timage\tlabels\n" + "".join(f"{n}\t{n}_t1.nii.gz\t{n}_labels.nii.gz\n" for n in names))
-        return path
-
-    return manifest, table
-
-
-def test_import_aligns_members_onto_the_reference_and_keeps_common_labels(default_atlas, members, tmp_path):
-    manifest, table = members
+def test_import_aligns_members_onto_the_reference_and_keeps_common_labels(default_atlas, atlas_set_members, tmp_path):
+    manifest, table = atlas_set_members
     out = tmp_path / "set"
     aset = import_atlas_set(manifest("a", "b", "c"), default_atlas, table, out)
     assert is_atlas_set(out) and aset.ids == ("a", "b", "c")
@@ -73,15 +34,16 @@ def test_import_aligns_members_onto_the_reference_and_keeps_common_labels(defaul
     assert again.ids == aset.ids and np.array_equal(again.members[1].labels.data, aset.members[1].labels.data)
 
 
-def test_a_member_of_another_contrast_is_refused_by_name(default_atlas, members, tmp_path):
-    manifest, table = members
+def test_a_member_of_another_contrast_is_refused_by_name(default_atlas, atlas_set_members, tmp_path):
+    manifest, table = atlas_set_members
     with pytest.raises(UniregError, match=r"^inverted: .*inverted_t1.nii.gz: after the affine, the image correlates"):
         import_atlas_set(manifest("a", "inverted"), default_atlas, table, tmp_path / "set")
     assert not is_atlas_set(tmp_path / "set")
 
 
-def test_labels_outside_the_table_and_bad_manifests_are_refused(default_atlas, members, tmp_path):
-    manifest, table = members
+def test_labels_outside_the_table_and_bad_manifests_are_refused(default_atlas, atlas_set_members, tmp_path):
+    manifest, table = atlas_set_members
+    table = tmp_path / "no_blob.tsv"
     table.write_text("index\tname\n1\tCSF\n2\tgrey\n3\twhite\n")
     with pytest.raises(UniregError, match=r"^c: .*c_labels.nii.gz: label ids \[99\] are not in the table"):
         import_atlas_set(manifest("a", "c"), default_atlas, table, tmp_path / "set")

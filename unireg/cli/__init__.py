@@ -13,10 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import UniregError
-from . import atlas, convert, demo, index, metrics, preprocess, propagate, register, report, train, weights
+from . import atlas, convert, demo, index, metrics, preprocess, propagate, register, report, segment, train, weights
 
 # the verb modules, in the order `unireg --help` lists their verbs
-VERB_MODULES = (preprocess, atlas, index, convert, demo, train, register, propagate, metrics, report, weights)
+VERB_MODULES = (preprocess, atlas, index, convert, demo, train, register, segment, propagate, metrics, report, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

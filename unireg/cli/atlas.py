@@ -29,6 +29,22 @@ def add_parser(verbs) -> None:
     p.add_argument("--spacing", type=float, help="resample to this voxel size in mm")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run_import)
+    p = actions.add_parser(
+        "import-set", help="build an atlas set (multi-atlas segmentation) from labelled subjects on a reference atlas"
+    )
+    p.add_argument("--manifest", required=True, help="TSV with columns id, image, labels (paths relative to it)")
+    p.add_argument("--table", required=True, help="the label table every member shares (TSV 'index<TAB>name')")
+    p.add_argument(
+        "--reference",
+        default=DEFAULT_ATLAS,
+        help=f"the atlas subjects are preprocessed onto: a built-in name or an atlas folder (default {DEFAULT_ATLAS})",
+    )
+    p.add_argument("--spacing", type=float, default=2.0, help="spacing of a built-in reference in mm (default 2)")
+    p.add_argument(
+        "--brain-extraction", action="store_true", help="members are whole heads (default: already skull-stripped)"
+    )
+    p.add_argument("--out", required=True, help="new folder for the set")
+    p.set_defaults(func=run_import_set)
 
 
 def run_prepare(args) -> None:
@@ -47,3 +63,19 @@ def run_import(args) -> None:
 
     atlas = import_atlas(args.image, args.labels, args.table, args.out, spacing=args.spacing, mask_path=args.mask)
     print(f"unireg atlas import: wrote {atlas.path} (grid {atlas.grid.shape}, {len(atlas.table)} labels)")
+
+
+def run_import_set(args) -> None:
+    from ..atlas import builtin_atlas, load_atlas
+    from ..atlas_set import import_atlas_set
+    from ..defaults import AFFINE_SIMILARITY
+    from ..preprocess import PreprocessOptions
+
+    reference = builtin_atlas(args.reference, args.spacing) if args.reference in BUILTIN_ATLASES else None
+    reference = reference or load_atlas(args.reference)
+    options = PreprocessOptions(brain_extraction=args.brain_extraction, similarity=AFFINE_SIMILARITY)
+    aset = import_atlas_set(args.manifest, reference, args.table, args.out, options)
+    print(
+        f"unireg atlas import-set: wrote {aset.path}: {len(aset.members)} atlases on grid {aset.grid.shape}, "
+        f"{len(aset.table)} labels common to all"
+    )
