@@ -202,7 +202,12 @@ def run_method(method: str, cases, arrays, settings: dict, folder: Path, threads
             timing = peers.run_worker(method, "cpu", work, threads)
             for case in batch:
                 shutil.move(work / "fields" / f"{case.name}.npz", folder / f"{case.name}.npz")
-                record = {"seconds": timing["seconds"][case.name], "peak_rss_mb": timing["peak_rss_mb"]}
+                record = {
+                    "seconds": timing["seconds"][case.name],
+                    "cpu_seconds": timing.get("cpu_seconds", {}).get(case.name),
+                    "peak_rss_mb": timing["peak_rss_mb"],
+                    "load_average": os.getloadavg()[0],
+                }
                 (folder / f"{case.name}.json").write_text(json.dumps(record) + "\n")  # last: the pair is done
         seconds = timing["seconds"]
         log(f"{method}: " + ", ".join(f"{c.name} {seconds[c.name]:.0f} s" for c in batch))
@@ -256,6 +261,7 @@ COLUMNS = [
     "folding_percent_max",
     "log_jacobian_std",
     "seconds_per_pair",
+    "cpu_seconds_per_pair",
     "peak_rss_mb",
 ]
 PAIR_COLUMNS = [
@@ -269,6 +275,8 @@ PAIR_COLUMNS = [
     "labels_lost",
     "folding_percent",
     "seconds",
+    "cpu_seconds",
+    "load_average",
     "peak_rss_mb",
 ]
 
@@ -290,6 +298,8 @@ def pair_row(case, method: str, s: dict, timing: dict | None) -> dict:
         "folding_percent": s["folding_percent"],
         "log_jacobian_std": s["log_jacobian_std"],
         "seconds": None if timing is None else timing["seconds"],
+        "cpu_seconds": None if timing is None else timing.get("cpu_seconds"),
+        "load_average": None if timing is None else timing.get("load_average"),
         "peak_rss_mb": None if timing is None else timing["peak_rss_mb"],
     }
 
@@ -313,6 +323,7 @@ def summarise(method: str, rows: list[dict]) -> dict:
         "folding_percent_max": max(r["folding_percent"] for r in rows),
         "log_jacobian_std": mean("log_jacobian_std"),
         "seconds_per_pair": mean("seconds"),
+        "cpu_seconds_per_pair": mean("cpu_seconds"),
         "peak_rss_mb": max((r["peak_rss_mb"] for r in rows if r["peak_rss_mb"] is not None), default=None),
     }
 
@@ -338,15 +349,15 @@ def markdown(header: list[str], summary: list[dict], notes: list[str], steps: in
         "in both; % det J <= 0 over the whole grid.",
         "",
         "| method | pairs | Dice all | sd over pairs | Dice DKT31 cortical | Dice non-cortical | HD95 mm | "
-        "lost labels | % det J <= 0 (mean / max) | s / pair | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "lost labels | % det J <= 0 (mean / max) | s / pair | CPU s / pair | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         lines.append(
             f"| {label(r['method'], steps)} | {r['pairs']} | {fmt(r['dice_mean'])} | {fmt(r['dice_sd_over_pairs'])} | "
             f"{fmt(r['dice_cortical_mean'])} | {fmt(r['dice_subcortical_mean'])} | {fmt(r['hd95_mean_mm'], 2)} | "
             f"{r['labels_lost']} | {fmt(r['folding_percent_mean'], 4)} / {fmt(r['folding_percent_max'], 4)} | "
-            f"{fmt(r['seconds_per_pair'], 1)} | {fmt(r['peak_rss_mb'], 0)} |"
+            f"{fmt(r['seconds_per_pair'], 1)} | {fmt(r['cpu_seconds_per_pair'], 0)} | {fmt(r['peak_rss_mb'], 0)} |"
         )
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -383,6 +394,7 @@ def parse_args(argv=None):
     parser.add_argument("--elastix-iterations", type=int, default=None, help="override elastix's 256 iterations")
     parser.add_argument("--threads", type=int, default=2, help="threads of every method (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", help="file name stem of the tables (default mindboggle, or mindboggle_tune)")
     parser.add_argument("--cache", type=Path, default=None, help="cache (default $UNIREG_HOME/mindboggle)")
     parser.add_argument("--smoke", action="store_true", help=f"quick check: {SMOKE}")
     args = parser.parse_args(argv)
@@ -489,12 +501,14 @@ def main(argv=None) -> None:
         "(lost = 0 Dice), HD95 (MONAI, unireg.metrics) over labels present in both; det J from "
         "unireg.fields.jacobian_stats on the same field.",
         "Seconds: the registration call only (UniReg after an untimed warm-up; ANTs/elastix without field export), "
-        f"{args.threads} threads each; peak RSS: the method's own worker process.",
+        f"{args.threads} threads each; CPU seconds: the worker's process time over the same call (all its threads; "
+        "barely affected by other jobs on the machine, unlike wall seconds: mindboggle.pairs.csv has the load average "
+        "when each pair finished); peak RSS: the method's own worker process.",
         "Data: Mindboggle-101 OASIS-TRT-20 (Klein & Tourville 2012), CC BY-NC-SA 3.0, read from ../shared/data.",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(header, summary, notes, args.instance_opt, labels)
-    stem = "mindboggle" + ("" if args.pair_set == "eval" else "_tune")
+    stem = args.name or "mindboggle" + ("" if args.pair_set == "eval" else "_tune")
     stem += "".join(f".{k}-{v}" for k, v in sorted(args.io_options.items()))
     (args.out / f"{stem}.md").write_text(text)
     peers.write_csv(args.out / f"{stem}.csv", summary, COLUMNS, header)

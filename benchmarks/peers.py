@@ -340,12 +340,13 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
     register_images(*images[cases[0].name], model, device=device, network_factor=factor)  # warm-up, untimed
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    seconds = {}
+    seconds, cpu = {}, {}
     for case in cases:
         fixed, moving = images[case.name]
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        c0 = time.process_time()  # CPU seconds of every thread of this process
         result = register_images(
             fixed,
             moving,
@@ -357,10 +358,11 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
         if device == "cuda":
             torch.cuda.synchronize()
         seconds[case.name] = time.perf_counter() - t0
+        cpu[case.name] = time.process_time() - c0
         save_field(work, case.name, result.ddf[0].numpy(), result.warped.data)
         log(f"  {case.name}: {seconds[case.name]:.1f} s")
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return {"seconds": seconds, "peak_gpu_mb": gpu}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_gpu_mb": gpu}
 
 
 def register_ants(cases, work: Path, settings: dict) -> dict:
@@ -368,7 +370,7 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
 
     spacing = (settings["spacing"],) * 3
     iterations = tuple(int(i) for i in settings["ants_iterations"].split(","))
-    seconds = {}
+    seconds, cpu = {}, {}
     for case in cases:
         fixed_np, moving_np = load_case(work, case.name)
         # numpy axis order = ITK index order in antspyx; origin 0, identity direction: mm along array axes
@@ -377,6 +379,7 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
         metric, sampling = ("CC", cc_radius) if case.kind == "mono" else ("mattes", ANTS_MI_BINS)
         tmp = Path(tempfile.mkdtemp(dir=work))
         t0 = time.perf_counter()
+        c0 = time.process_time()  # CPU seconds of every thread of this process
         reg = ants.registration(
             fixed,
             moving,
@@ -391,12 +394,13 @@ def register_ants(cases, work: Path, settings: dict) -> dict:
             total_sigma=0,
         )
         seconds[case.name] = time.perf_counter() - t0
+        cpu[case.name] = time.process_time() - c0
         composed = ants.apply_transforms(fixed, moving, reg["fwdtransforms"], compose=str(tmp / "composed_"))
         field_mm = ants.image_read(composed).numpy()  # (D, H, W, 3), mm along array axes
         save_field(work, case.name, np.moveaxis(field_mm, -1, 0) / settings["spacing"], reg["warpedmovout"].numpy())
         shutil.rmtree(tmp)
         log(f"  {case.name}: {seconds[case.name]:.1f} s ({metric})")
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu_seconds": cpu}
 
 
 def register_elastix(cases, work: Path, settings: dict) -> dict:
@@ -408,7 +412,7 @@ def register_elastix(cases, work: Path, settings: dict) -> dict:
         image.SetSpacing([settings["spacing"]] * 3)
         return image
 
-    seconds = {}
+    seconds, cpu = {}, {}
     for case in cases:
         fixed_np, moving_np = load_case(work, case.name)
         fixed, moving = to_itk(fixed_np), to_itk(moving_np)
@@ -419,11 +423,13 @@ def register_elastix(cases, work: Path, settings: dict) -> dict:
             bspline["MaximumNumberOfIterations"] = [str(settings["elastix_iterations"])]
         parameters.AddParameterMap(bspline)
         t0 = time.perf_counter()
+        c0 = time.process_time()  # CPU seconds of every thread of this process
         # (number_of_threads= crashes itk-elastix 0.25.4; ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS sets it)
         warped, transform = itk.elastix_registration_method(
             fixed, moving, parameter_object=parameters, log_to_console=False
         )
         seconds[case.name] = time.perf_counter() - t0
+        cpu[case.name] = time.process_time() - c0
         field_mm = itk.array_from_image(itk.transformix_deformation_field(moving, transform)).transpose(2, 1, 0, 3)
         save_field(
             work,
@@ -432,7 +438,7 @@ def register_elastix(cases, work: Path, settings: dict) -> dict:
             itk.array_from_image(warped).transpose(2, 1, 0),
         )
         log(f"  {case.name}: {seconds[case.name]:.1f} s")
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu_seconds": cpu}
 
 
 def load_case(work: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
