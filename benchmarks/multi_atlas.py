@@ -121,7 +121,7 @@ def parse_args(argv=None):
         "--ants-k",
         type=int,
         default=1,
-        help="register with ANTs up to this K per target (larger K: only where the cache has the fields)",
+        help="register with ANTs up to this K per target (larger K, or 0: only as far as the cache has the fields)",
     )
     parser.add_argument("--grid-mm", type=float, default=1.0)
     parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS)

@@ -25,6 +25,8 @@ INSTANCE_OPT_SIMILARITY = "lncc"
 # (benchmarks/results/allen_mindboggle.md against allen_mindboggle.network-atlas.md).
 NETWORK_GRIDS = ("model", "atlas")
 NETWORK_GRID = "model"
+FUSIONS = ("majority", "weighted", "jlf")  # unireg.fusion: multi-atlas label fusion rules
+FUSION = "jlf"
 
 # the feature extractor of a new model (unireg train; unireg.features.build_extractor names them all)
 DEFAULT_EXTRACTOR = "mobilenet_v1_025"

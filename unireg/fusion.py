@@ -36,10 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .defaults import FUSIONS
 from .errors import UniregError
 from .losses import box_sum
 
-FUSIONS = ("majority", "weighted", "jlf")
+__all__ = ["FUSIONS", "fuse"]
 WEIGHTED_DEFAULTS = {"radius": 2, "power": 1.0, "eps": 1e-3}
 JLF_DEFAULTS = {"radius": 2, "alpha": 0.1, "beta": 2.0}
 TIE_TOLERANCE = 1e-9

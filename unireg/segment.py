@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from .atlas_set import AtlasSet, load_atlas_set
+from .defaults import FUSION, FUSIONS
 from .errors import UniregError
-from .fusion import FUSIONS, JLF_DEFAULTS, WEIGHTED_DEFAULTS, fuse
+from .fusion import JLF_DEFAULTS, WEIGHTED_DEFAULTS, fuse
 from .io import Image, load_image, save_image, write_text_atomic
 
 OUTPUT_FILES = {"labels": "labels.nii.gz", "confidence": "confidence.nii.gz", "info": "segment.json"}
-DEFAULT_FUSION = "jlf"
+DEFAULT_FUSION = FUSION
 
 
 def segment_images(

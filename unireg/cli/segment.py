@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from ..defaults import DEVICE, INSTANCE_OPT_SIMILARITIES, INSTANCE_OPT_SIMILARITY, INSTANCE_OPT_STEPS, NETWORK_GRIDS
-from ..fusion import FUSIONS
+from ..defaults import (
+    DEVICE,
+    FUSION,
+    FUSIONS,
+    INSTANCE_OPT_SIMILARITIES,
+    INSTANCE_OPT_SIMILARITY,
+    INSTANCE_OPT_STEPS,
+    NETWORK_GRIDS,
+)
 from ._common import SUBJECT_HELP
 
 
@@ -18,8 +25,8 @@ def add_parser(verbs) -> None:
     p.add_argument(
         "--fusion",
         choices=FUSIONS,
-        default="jlf",
-        help="majority vote, weighted (local intensity similarity) or jlf (joint label fusion; default)",
+        default=FUSION,
+        help=f"majority vote, weighted (local intensity similarity) or jlf (joint label fusion); default {FUSION}",
     )
     p.add_argument("--k", type=int, help="use the first K members only (default: all)")
     p.add_argument("--fixed-mask", help="the subject's brain mask (same grid), for the Jacobian statistics")
