@@ -478,7 +478,7 @@ def main(argv=None) -> None:
         f"{len(pair_set(args.pair_set))} ordered pairs): "
         + ", ".join(f"{m[-2:]} -> {f[-2:]}" for m, f in pairs)
         + (
-            f" (settings were tuned on pairs among {', '.join(s[-2:] for s in TUNE_SUBJECTS)}; "
+            f" (--pair-set tune, for choosing settings, is the pairs among {', '.join(s[-2:] for s in TUNE_SUBJECTS)}; "
             f"{tuned} of these pairs involve one of them)"
         ),
     ]
