@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import torch
@@ -78,12 +79,27 @@ class ImageSimilarity(torch.nn.Module):
         return self.compare(self.descriptor(warped), target)
 
 
+class _QuietMonaiGradient(torch.nn.Module):
+    """A MONAI smoothness loss without the torch UserWarning its ``spatial_gradient`` triggers (MONAI
+    1.6 indexes with a list of slices; torch 2.13 still reads it as a tuple): one less line of
+    noise in every ``unireg register`` log."""
+
+    def __init__(self, loss: torch.nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, field: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Using a non-tuple sequence for multidimensional indexing", UserWarning)
+            return self.loss(field)
+
+
 def regulariser(name: str = "diffusion") -> torch.nn.Module:
     """Smoothness of a displacement/velocity field ``(B, 3, D, H, W)`` (MONAI, mean over voxels)."""
     if name == "diffusion":
-        return DiffusionLoss(normalize=False)
+        return _QuietMonaiGradient(DiffusionLoss(normalize=False))
     if name == "bending":
-        return BendingEnergyLoss(normalize=False)
+        return _QuietMonaiGradient(BendingEnergyLoss(normalize=False))
     raise UniregError(f"unknown regulariser {name!r}; choose one of {', '.join(REGULARISERS)}")
 
 
