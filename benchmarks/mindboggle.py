@@ -233,7 +233,7 @@ def score_labels(reference: np.ndarray, propagated: np.ndarray, labels, spacing)
     """Dice per id of ``labels`` present in ``reference`` (0 where lost) and HD95 where present in both."""
     from unireg.metrics import dice_per_label, surface_distances
 
-    present = [int(i) for i in labels if np.any(reference == i)]
+    present = [int(i) for i in np.intersect1d(labels, np.unique(reference))]
     dice = dice_per_label(reference, propagated, present)
     hd95 = {}
     for label in present:
@@ -416,21 +416,12 @@ def main(argv=None) -> None:
     started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
     if not DATA.is_dir():
         raise SystemExit(f"mindboggle: data not found: {DATA} (../shared/data is absent)")
-    for method, module in (("ants", "ants"), ("elastix", "itk")):
-        if method in args.methods:
-            try:
-                __import__(module)
-            except ImportError:
-                raise SystemExit(
-                    f"mindboggle: method {method} needs the '{module}' module: "
-                    ".venv/bin/pip install -r benchmarks/requirements.txt"
-                ) from None
+    peers.require_peer_modules(args.methods, "mindboggle")
     from unireg.atlas import builtin_atlas
     from unireg.defaults import TISSUE_ATLAS
 
     atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
-    home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
-    cache = (args.cache or home / "mindboggle") / f"{args.grid_mm:g}mm"
+    cache = peers.cache_dir(args.cache, "mindboggle", args.grid_mm)
     labels = common_labels(cache)
     pairs = pair_set(args.pair_set)[: args.pairs]
     subjects = preprocess_subjects(sorted({s for p in pairs for s in p}), atlas, cache)

@@ -162,8 +162,8 @@ def main(argv=None) -> None:
     from unireg.fusion import fuse
 
     atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
-    home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
-    cache = (args.cache or home / "mindboggle") / f"{args.grid_mm:g}mm"
+    peers.require_peer_modules(args.methods, "multi_atlas")
+    cache = peers.cache_dir(args.cache, "mindboggle", args.grid_mm)
     labels = mb.common_labels(cache)
     targets = list(mb.SUBJECTS[: args.targets])
     kmax = max(args.k)

@@ -824,23 +824,14 @@ def main(argv=None) -> None:
     missing = [str(p) for p in (IXI, IXI002) if not p.is_dir()]
     if missing:
         raise SystemExit(f"peers: real data not found: {', '.join(missing)} (../shared/data is absent)")
-    for method, module in (("ants", "ants"), ("elastix", "itk")):
-        if method in args.methods:
-            try:
-                __import__(module)
-            except ImportError:
-                raise SystemExit(
-                    f"peers: method {method} needs the '{module}' module: "
-                    ".venv/bin/pip install -r benchmarks/requirements.txt"
-                ) from None
+    require_peer_modules(args.methods, "peers")
     import torch
 
     from unireg.atlas import builtin_atlas
     from unireg.defaults import TISSUE_ATLAS
 
     atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
-    home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
-    cache = (args.cache or home / "peers") / f"{args.grid_mm:g}mm"
+    cache = cache_dir(args.cache, "peers", args.grid_mm)
     train_ids, val_ids = model_split()
     if not 1 <= args.pairs <= len(val_ids) - 1:
         raise SystemExit(f"peers: --pairs must be 1..{len(val_ids) - 1}")
@@ -961,6 +952,25 @@ def main(argv=None) -> None:
     write_csv(args.out / "peers.csv", rows, COLUMNS, header)
     write_csv(args.out / "peers.pairs.csv", pair_rows, list(pair_rows[0]), header)
     print(text)
+
+
+def require_peer_modules(methods, script: str) -> None:
+    """Exit with one line naming the module a requested peer method needs when it is not installed."""
+    for method, module in (("ants", "ants"), ("elastix", "itk")):
+        if method in methods:
+            try:
+                __import__(module)
+            except ImportError:
+                raise SystemExit(
+                    f"{script}: method {method} needs the '{module}' module: "
+                    ".venv/bin/pip install -r benchmarks/requirements.txt"
+                ) from None
+
+
+def cache_dir(given: Path | None, name: str, grid_mm: float) -> Path:
+    """``<given or $UNIREG_HOME/<name>>/<grid>mm``: a benchmark's cache for one grid spacing."""
+    home = Path(os.environ.get("UNIREG_HOME", Path.home() / ".cache" / "unireg"))
+    return (given or home / name) / f"{grid_mm:g}mm"
 
 
 def command_line(argv, script: str = "benchmarks/peers.py") -> str:

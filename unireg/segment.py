@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atlas_set import AtlasSet, load_atlas_set
-from .defaults import FUSION, FUSIONS
+from .defaults import FUSION, FUSIONS, NETWORK_GRID
 from .errors import UniregError
 from .fusion import JLF_DEFAULTS, WEIGHTED_DEFAULTS, fuse
 from .io import Image, load_image, save_image, write_text_atomic
@@ -99,10 +99,9 @@ def segment_files(
     device: str = "auto",
     subject: str | None = None,
     fixed_mask_path=None,
-    network_grid: str | None = None,
+    network_grid: str = NETWORK_GRID,
 ) -> dict:
     """Load, segment (:func:`segment_images`) and write :data:`OUTPUT_FILES` into ``out_dir`` (JSON last)."""
-    from .defaults import NETWORK_GRID
     from .model import load_checkpoint
     from .register import network_pooling
     from .runtime import select_device
@@ -120,7 +119,7 @@ def segment_files(
                 path=fixed_path,
             )
         trained = (checkpoint.get("grid") or {}).get("spacing_mm")
-        factor = network_pooling(fixed.shape, fixed.spacing, trained, network_grid or NETWORK_GRID)
+        factor = network_pooling(fixed.shape, fixed.spacing, trained, network_grid)
         fused, info = segment_images(
             fixed,
             atlas_set,

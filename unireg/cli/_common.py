@@ -50,3 +50,51 @@ def add_files_list(parser: argparse.ArgumentParser, *, written: bool) -> None:
         "--files-out" if written else "--files",
         help=FILES_LIST_HELP.format("written by index" if written else "as written by 'unireg index --files-out'"),
     )
+
+
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --instance-opt, --instance-opt-similarity, --network-grid, --device: how a moving image
+    is registered (``unireg register``, and every atlas of ``unireg segment``)."""
+    from ..defaults import (
+        DEVICE,
+        INSTANCE_OPT_SIMILARITIES,
+        INSTANCE_OPT_SIMILARITY,
+        INSTANCE_OPT_STEPS,
+        NETWORK_GRID,
+        NETWORK_GRIDS,
+    )
+
+    parser.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
+    parser.add_argument(
+        "--instance-opt",
+        type=int,
+        default=INSTANCE_OPT_STEPS,
+        metavar="N",
+        help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
+        f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)",
+    )
+    parser.add_argument(
+        "--instance-opt-similarity",
+        choices=INSTANCE_OPT_SIMILARITIES,
+        default=INSTANCE_OPT_SIMILARITY,
+        help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
+        "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)",
+    )
+    parser.add_argument(
+        "--network-grid",
+        choices=NETWORK_GRIDS,
+        default=NETWORK_GRID,
+        help="where the network predicts: model (default) = on the images pooled to the model's training "
+        "spacing when the grid is an integer factor finer (a 2 mm model on a 1 mm atlas: pooled by 2); "
+        "atlas = on the grid as given. Instance optimisation always runs on the given grid",
+    )
+    parser.add_argument(
+        "--device", default=DEVICE, help="auto (CUDA if visible, else CPU; default), cpu, or cuda (cuda:N)"
+    )
+
+
+def instance_opt_options(args):
+    """The :class:`unireg.register.InstanceOptOptions` of :func:`add_registration_options`' arguments."""
+    from ..register import InstanceOptOptions
+
+    return InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)

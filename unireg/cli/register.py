@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from ..defaults import (
-    DEVICE,
-    INSTANCE_OPT_SIMILARITIES,
-    INSTANCE_OPT_SIMILARITY,
-    INSTANCE_OPT_STEPS,
-    NETWORK_GRID,
-    NETWORK_GRIDS,
-)
-from ._common import SUBJECT_HELP, add_layout_naming
+from ._common import SUBJECT_HELP, add_layout_naming, add_registration_options, instance_opt_options
 
 
 def add_parser(verbs) -> None:
@@ -18,7 +10,6 @@ def add_parser(verbs) -> None:
     p.add_argument("--fixed", required=True, help="fixed image (e.g. a subject's preproc.nii.gz)")
     p.add_argument("--moving", required=True, help="moving image (e.g. the atlas template)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
     p.add_argument("--moving-labels", help="label map on the moving grid to warp as well")
     p.add_argument(
         "--fixed-mask",
@@ -30,30 +21,7 @@ def add_parser(verbs) -> None:
         help="the moving image's brain mask (the atlas's atlas_brainmask.nii.gz), for the "
         "QC brain-mask Dice (default: --moving-labels > 0)",
     )
-    p.add_argument(
-        "--instance-opt",
-        type=int,
-        default=INSTANCE_OPT_STEPS,
-        metavar="N",
-        help="refine the prediction with N test-time optimisation steps, 2/3 at the flow grid, "
-        f"1/3 at the image grid (default {INSTANCE_OPT_STEPS}; 0: the network alone)",
-    )
-    p.add_argument(
-        "--instance-opt-similarity",
-        choices=INSTANCE_OPT_SIMILARITIES,
-        default=INSTANCE_OPT_SIMILARITY,
-        help="similarity for --instance-opt: squared local NCC (default; same modality or one whose "
-        "contrast is locally inverted, e.g. T2 vs T1) or MIND-SSC (very low-contrast images, e.g. CT)",
-    )
-    p.add_argument(
-        "--network-grid",
-        choices=NETWORK_GRIDS,
-        default=NETWORK_GRID,
-        help="where the network predicts: model (default) = on the images pooled to the model's training "
-        "spacing when the grid is an integer factor finer (a 2 mm model on a 1 mm atlas: pooled by 2); "
-        "atlas = on the grid as given. Instance optimisation always runs on the given grid",
-    )
-    p.add_argument("--device", default=DEVICE, help="auto (CUDA if visible, else CPU; default), cpu, or cuda (cuda:N)")
+    add_registration_options(p)
     p.add_argument("--subject", help=SUBJECT_HELP)
     add_layout_naming(p, atlas_label=True)
     p.set_defaults(func=run)
@@ -61,16 +29,15 @@ def add_parser(verbs) -> None:
 
 def run(args) -> None:
     from ..layout import stage_names
-    from ..register import InstanceOptOptions, register_files
+    from ..register import register_files
 
-    opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
     result = register_files(
         args.fixed,
         args.moving,
         args.out,
         model_path=args.model,
         moving_labels_path=args.moving_labels,
-        instance_opt=opt,
+        instance_opt=instance_opt_options(args),
         device=args.device,
         subject=args.subject,
         fixed_mask_path=args.fixed_mask,

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from ..defaults import (
-    DEVICE,
-    FUSION,
-    FUSIONS,
-    INSTANCE_OPT_SIMILARITIES,
-    INSTANCE_OPT_SIMILARITY,
-    INSTANCE_OPT_STEPS,
-    NETWORK_GRIDS,
-)
-from ._common import SUBJECT_HELP
+from ..defaults import FUSION, FUSIONS
+from ._common import SUBJECT_HELP, add_registration_options, instance_opt_options
 
 
 def add_parser(verbs) -> None:
@@ -30,20 +22,14 @@ def add_parser(verbs) -> None:
     )
     p.add_argument("--k", type=int, help="use the first K members only (default: all)")
     p.add_argument("--fixed-mask", help="the subject's brain mask (same grid), for the Jacobian statistics")
-    p.add_argument("--model", help="checkpoint (default: the packaged model)")
-    p.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS, metavar="N", help="IO steps per atlas")
-    p.add_argument("--instance-opt-similarity", choices=INSTANCE_OPT_SIMILARITIES, default=INSTANCE_OPT_SIMILARITY)
-    p.add_argument("--network-grid", choices=NETWORK_GRIDS, default=None, help="as for 'unireg register'")
-    p.add_argument("--device", default=DEVICE, help="auto (default), cpu, or cuda")
+    add_registration_options(p)
     p.add_argument("--subject", help=SUBJECT_HELP)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..register import InstanceOptOptions
     from ..segment import segment_files
 
-    opt = InstanceOptOptions.schedule(args.instance_opt, similarity=args.instance_opt_similarity)
     info = segment_files(
         args.fixed,
         args.atlas_set,
@@ -51,7 +37,7 @@ def run(args) -> None:
         fusion=args.fusion,
         k=args.k,
         model_path=args.model,
-        instance_opt=opt,
+        instance_opt=instance_opt_options(args),
         device=args.device,
         subject=args.subject,
         fixed_mask_path=args.fixed_mask,
