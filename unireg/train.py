@@ -39,7 +39,10 @@ Outputs in ``output``: ``config.yaml`` (as run), ``splits.json``, ``log.csv`` (l
 at each validation the Dice of the network alone and, with ``train.val_io_steps`` > 0, after
 that many instance-optimisation steps), ``last.pt``, ``best.pt`` (the best validation weights),
 ``model.pt`` (the shipped model, with ``model.pt.sha256``), ``model_card.json`` and
-``model_card.md`` (the learning curve as a table) with ``learning_curve.png``.
+``model_card.md`` (the learning curve as a table) with ``learning_curve.png``; with
+``train.snapshot_every`` = N > 0, ``snapshots/step_<step>.pt`` every N steps: checkpoints as
+loadable as ``model.pt`` (their card has the step's validation, where one was run), so that
+recipes trained for different lengths can be compared at one step.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ DEFAULTS = {
         "val_io_steps": 0,
         "plateau": {"patience": 0, "min_delta": 0.002},
         "checkpoint_every": 50,
+        "snapshot_every": 0,
         "device": DEVICE,
         "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0, "remap": 0.0},
     },
@@ -520,6 +524,11 @@ class Trainer:
                     stopped = "interrupted"
                 if validated or self.stop_requested or self.step % cfg["checkpoint_every"] == 0:
                     self.save_last()
+                if cfg["snapshot_every"] and self.step % cfg["snapshot_every"] == 0:
+                    self.save_model(
+                        self.out / "snapshots" / f"step_{self.step:06d}.pt",
+                        self.card("snapshot", {k: row[k] for k in CURVE_FIELDS[1:] if k in row}),
+                    )
                 if stopped != "max_steps":
                     break
         bar.close()
@@ -536,13 +545,21 @@ class Trainer:
             final = {k: measured[0][k] for k in CURVE_FIELDS[1:] if k in measured[0]}  # measured at best_step
         else:
             final = self.validate()
+        card = self.card(stopped, final)
+        self.save_model(self.out / "model.pt", card)
+        write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
+        write_learning_curve(card, self.out)
+        return card
+
+    def card(self, stopped: str, validation: dict) -> dict:
+        """The model card of the weights the model holds now (``validation``: their scores)."""
         curve = [{k: r[k] for k in CURVE_FIELDS if k in r} for r in self.history if "val_dice" in r]
-        card = {
+        return {
             "unireg_version": __version__,
             "extractor": self.model.extractor.name,
             "extractor_weights_sha256": self.model.extractor.weights_sha256,
             "steps": self.step,
-            "best_step": self.best["step"],
+            "best_step": self.best["step"] if stopped != "snapshot" else self.step,
             "stopped": stopped,
             "stop_rule": self.config["train"]["plateau"],
             "train_seconds": round(self.train_seconds, 1),
@@ -552,21 +569,20 @@ class Trainer:
             "atlas": self.atlas.path,
             "train_subjects": [r["id"] for r in self.train_set],
             "val_subjects": [r["id"] for r in self.val_set],
-            "validation": final,
+            "validation": validation,
             "learning_curve": curve,
             "normalisation": "percentile 0.5/99.5 in deepbet brain mask, [0, 1]"
             if self.config["preprocess"]["brain_extraction"]
             else "percentile 0.5/99.5 of non-zero voxels",
         }
+
+    def save_model(self, path: Path, card: dict) -> None:
         save_checkpoint(
-            self.out / "model.pt",
+            path,
             self.model,
             self.config["model"],
             extra={"model_card": card, "grid": card["grid"], "train_config": self.config},
         )
-        write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
-        write_learning_curve(card, self.out)
-        return card
 
 
 def write_learning_curve(card: dict, out_dir: Path) -> None:
