@@ -105,9 +105,19 @@ METHODS = {
         "config/train_mobilenet_mind.yaml",
         REPO / "runs" / "mobilenet_mind" / "model.pt",
     ),
+    "mind_remap": (
+        "UniReg, frozen MIND-SSC, random-contrast augmentation",
+        "config/train_mind_remap.yaml",
+        REPO / "runs" / "mind_remap" / "model.pt",
+    ),
+    "mobilenet_mind_remap": (
+        "UniReg, frozen ImageNet MobileNet + MIND-SSC, random-contrast augmentation",
+        "config/train_mobilenet_mind_remap.yaml",
+        REPO / "runs" / "mobilenet_mind_remap" / "model.pt",
+    ),
 }
 # checkpoints trained from config/ into runs/, not packaged
-TRAINED_HERE = ("reinit", "scratch", "remap", "mobilenet_mind")
+TRAINED_HERE = ("reinit", "scratch", "remap", "mobilenet_mind", "mind_remap", "mobilenet_mind_remap")
 # test case key -> (fixed contrast, moving contrast, title); the moving image is the T1 subject's own remap
 CASES = {
     "t1": ("t1", "t1", "T1 (source)"),
@@ -142,6 +152,7 @@ COLUMNS = [
     "train_seed",
     "train_steps",
     "train_seconds",
+    "train_device",
 ]
 
 
@@ -220,6 +231,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
             "train_seed": None,
             "train_steps": None,
             "train_seconds": None,
+            "train_device": None,
         }
     if smoke and method in TRAINED_HERE:
         torch.manual_seed(0)
@@ -230,6 +242,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
             "train_seed": 0,
             "train_steps": 0,
             "train_seconds": 0.0,
+            "train_device": None,
         }
     if not checkpoint.is_file():
         raise SystemExit(
@@ -249,8 +262,9 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
         "checkpoint": f"{shown} (sha256 {sha[:12]})",
         "extractor": card["extractor"],
         "train_seed": card["seed"],
-        "train_steps": card["steps"],
+        "train_steps": card.get("best_step", card["steps"]),  # the steps the shipped weights saw
         "train_seconds": card.get("train_seconds", card.get("train_seconds_this_run")),
+        "train_device": card.get("device"),
         "recipe": recipe,
     }
 
@@ -351,15 +365,15 @@ def markdown(rows: list[dict], header: list[str], notes: list[str], models: dict
     lines += [
         "## Models",
         "",
-        "| method | extractor | checkpoint | recipe | train seed | train steps | train time |",
-        "|---|---|---|---|---|---|---|",
+        "| method | extractor | checkpoint | recipe | train seed | train steps | train time | trained on |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, rec in models.items():
         seconds = rec.get("train_seconds")
         lines.append(
             f"| {METHODS[method][0]} | {rec['extractor']} | {rec['checkpoint']} | {rec.get('recipe', '-')} | "
             f"{fmt(rec['train_seed'])} | {fmt(rec['train_steps'])} | "
-            f"{'-' if seconds is None else f'{seconds / 60:.0f} min'} |"
+            f"{'-' if seconds is None else f'{seconds / 60:.0f} min'} | {rec.get('train_device') or '-'} |"
         )
     labelled = [r for r in rows if r["contrast"] != REAL]
     modes = list(dict.fromkeys(r["mode"] for r in rows))
@@ -445,6 +459,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument(
+        "--name", default="domain_shift", help="stem of the table files in --out (default domain_shift)"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -524,7 +541,7 @@ def main(argv=None) -> None:
         row.update(
             {
                 k: models[row["method"]][k]
-                for k in ("checkpoint", "extractor", "train_seed", "train_steps", "train_seconds")
+                for k in ("checkpoint", "extractor", "train_seed", "train_steps", "train_seconds", "train_device")
             }
         )
     grid = "x".join(str(s) for s in atlas.grid.shape)
@@ -568,9 +585,11 @@ def main(argv=None) -> None:
         "IXI002 columns: brain-mask Dice after T2 (moving) -> T1 (fixed); agreement = mean label Dice between the "
         "atlas labels propagated to IXI002 T1 and to IXI002 T2 (mapped onto the T1 grid through the preprocessing "
         "affines; includes the residual misalignment of the two scans, HD-BET mask Dice 0.976 unregistered).",
-        "Training command of every run: `nice -n 5 .venv/bin/python -m unireg train --config <recipe> --no-progress` "
-        "(outputs: config.yaml as run, splits.json, log.csv, model.pt + sha256, model_card.json). Training times "
-        "are the model cards' (the training loop only), on 2 CPU cores shared with other jobs: upper bounds.",
+        "Training: `unireg train --config <recipe>` on the device its card names (outputs: config.yaml as run, "
+        "splits.json, log.csv, model.pt + sha256, model_card.json; benchmarks/results/training/README.md says how "
+        "each run was made). Training times are the model cards' (the training loop only) on shared machines: "
+        "upper bounds. 'train steps' = the steps the scored weights saw (a snapshot's step, or a card's best_step).",
+        "mind_remap, mobilenet_mind_remap: extractors mind and mobilenet_v1_025+mind with remap's augmentation.",
     ]
     skipped = [m for m in METHODS if m not in models]
     if skipped:
@@ -582,8 +601,8 @@ def main(argv=None) -> None:
         )
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, header, notes, models)
-    (args.out / "domain_shift.md").write_text(text)
-    write_csv(args.out / "domain_shift.csv", rows, COLUMNS, header)
+    (args.out / f"{args.name}.md").write_text(text)
+    write_csv(args.out / f"{args.name}.csv", rows, COLUMNS, header)
     print(text)
 
 

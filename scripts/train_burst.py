@@ -83,7 +83,8 @@ def wait_until(procs, seconds: float, grace: float) -> dict[str, int | None]:
         time.sleep(5)
         if int(time.monotonic() - t0) % 60 < 5:
             print(
-                f"{time.monotonic() - t0:.0f} s: " + ", ".join(f"{n} {last_logged_step(o)}" for n, (_, o) in procs.items()),
+                f"{time.monotonic() - t0:.0f} s: "
+                + ", ".join(f"{n} {last_logged_step(o)}" for n, (_, o) in procs.items()),
                 flush=True,
             )
     for p, _ in procs.values():
@@ -112,15 +113,31 @@ def pack(procs, args) -> dict:
     budget = args.pack_mb * 2**20
     files: list[Path] = []
     for out in runs.values():
-        for name in ("config.yaml", "splits.json", "log.csv", "stdout.log", "last.pt", "best.pt", "model.pt",
-                     "model.pt.sha256", "model_card.json", "model_card.md", "learning_curve.png"):
+        for name in (
+            "config.yaml",
+            "splits.json",
+            "log.csv",
+            "stdout.log",
+            "last.pt",
+            "best.pt",
+            "model.pt",
+            "model.pt.sha256",
+            "model_card.json",
+            "model_card.md",
+            "learning_curve.png",
+        ):
             if (out / name).is_file():
                 files.append(out / name)
         for step in [common] if common else []:
             files += [out / "snapshots" / f"step_{step:06d}.{ext}" for ext in ("pt", "pt.sha256")]
     size = sum(f.stat().st_size for f in files)
     extra = sorted(
-        ((step, out) for name, out in runs.items() for step in reached[name] if step % args.keep_every == 0 and step != common),
+        (
+            (step, out)
+            for name, out in runs.items()
+            for step in reached[name]
+            if step % args.keep_every == 0 and step != common
+        ),
         key=lambda t: t[0],
     )
     for step, out in extra:

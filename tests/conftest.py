@@ -281,3 +281,54 @@ def atlas_set_members(default_atlas, tmp_path_factory):
         return path
 
     return manifest, table
+
+
+def _ellipsoids(shape, centre, radii):
+    grid = np.indices(shape).astype(float)
+    r = sum(((g - c) / rad) ** 2 for g, c, rad in zip(grid, centre, radii))
+    labels = np.zeros(shape, np.int16)
+    labels[r < 1.0] = 1
+    labels[r < 0.5] = 2
+    image = np.where(labels == 1, 0.5, 0.0) + np.where(labels == 2, 1.0, 0.0)
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """5 synthetic subjects (two nested ellipsoids, labels 1-2, 32^3 at 2 mm) and a matching atlas, for
+    training tests (preprocessing without brain extraction)."""
+    import nibabel as nib
+
+    from unireg.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for k in range(5):
+        image, labels = _ellipsoids((32, 32, 32), 16 + rng.uniform(-2, 2, 3), rng.uniform(7, 11, 3))
+        nib.save(nib.Nifti1Image(image, affine), root / "images" / f"s{k}_T1.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), root / "labels" / f"s{k}_T1_seg.nii.gz")
+    atlas_img, atlas_lab = _ellipsoids((32, 32, 32), (16, 16, 16), (9, 9, 9))
+    nib.save(nib.Nifti1Image(atlas_img, affine), root / "atlas.nii.gz")
+    nib.save(nib.Nifti1Image(atlas_lab, affine), root / "atlas_labels.nii.gz")
+    (root / "atlas.tsv").write_text("index\tname\n1\touter\n2\tinner\n")
+    assert (
+        main(
+            [
+                "atlas",
+                "import",
+                "--image",
+                str(root / "atlas.nii.gz"),
+                "--labels",
+                str(root / "atlas_labels.nii.gz"),
+                "--table",
+                str(root / "atlas.tsv"),
+                "--out",
+                str(root / "atlas"),
+            ]
+        )
+        == 0
+    )
+    return root

@@ -3,7 +3,6 @@
 import csv
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -12,51 +11,6 @@ from unireg.cli import main
 from unireg.errors import UniregError
 from unireg.model import load_checkpoint
 from unireg.train import discover_dataset, load_config
-
-
-def _ellipsoids(shape, centre, radii):
-    grid = np.indices(shape).astype(float)
-    r = sum(((g - c) / rad) ** 2 for g, c, rad in zip(grid, centre, radii))
-    labels = np.zeros(shape, np.int16)
-    labels[r < 1.0] = 1
-    labels[r < 0.5] = 2
-    image = np.where(labels == 1, 0.5, 0.0) + np.where(labels == 2, 1.0, 0.0)
-    return image.astype(np.float32), labels
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(0)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    for k in range(5):
-        image, labels = _ellipsoids((32, 32, 32), 16 + rng.uniform(-2, 2, 3), rng.uniform(7, 11, 3))
-        nib.save(nib.Nifti1Image(image, affine), root / "images" / f"s{k}_T1.nii.gz")
-        nib.save(nib.Nifti1Image(labels, affine), root / "labels" / f"s{k}_T1_seg.nii.gz")
-    atlas_img, atlas_lab = _ellipsoids((32, 32, 32), (16, 16, 16), (9, 9, 9))
-    nib.save(nib.Nifti1Image(atlas_img, affine), root / "atlas.nii.gz")
-    nib.save(nib.Nifti1Image(atlas_lab, affine), root / "atlas_labels.nii.gz")
-    (root / "atlas.tsv").write_text("index\tname\n1\touter\n2\tinner\n")
-    assert (
-        main(
-            [
-                "atlas",
-                "import",
-                "--image",
-                str(root / "atlas.nii.gz"),
-                "--labels",
-                str(root / "atlas_labels.nii.gz"),
-                "--table",
-                str(root / "atlas.tsv"),
-                "--out",
-                str(root / "atlas"),
-            ]
-        )
-        == 0
-    )
-    return root
 
 
 def _config(root, steps, **extra):
@@ -227,3 +181,55 @@ def test_remap_augmentation_changes_only_what_the_network_sees(tiny_dataset):
     assert all(float(r[image == 0].abs().max()) == 0.0 for r in remapped)  # background stays 0
     trainer.run(progress=False)
     assert (tiny_dataset / "remap" / "model.pt").is_file()
+
+
+def test_snapshots_are_loadable_checkpoints_of_their_step(tiny_dataset):
+    import torch
+
+    from unireg.model import model_state
+
+    path = _config(tiny_dataset, 4, output="snap")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(snapshot_every=2, checkpoint_every=1)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress", "--restart"]) == 0
+    run = tiny_dataset / "snap"
+    assert sorted(p.name for p in (run / "snapshots").glob("*.pt")) == ["step_000002.pt", "step_000004.pt"]
+    model, payload = load_checkpoint(run / "snapshots" / "step_000002.pt")
+    card = payload["model_card"]
+    assert (card["steps"], card["best_step"], card["stopped"]) == (2, 2, "snapshot")
+    logged = dict(_log_column(run, "val_dice"))
+    assert card["validation"]["val_dice"] == pytest.approx(float(logged[2]))
+    assert card["device"] == "cpu"
+    # the last snapshot holds the last step's weights (last.pt's)
+    last = torch.load(run / "last.pt", weights_only=False)
+    final, _ = load_checkpoint(run / "snapshots" / "step_000004.pt")
+    assert all(torch.equal(v, last["model"][k]) for k, v in model_state(final).items())
+
+
+def test_finish_ships_a_stopped_run_without_training(tiny_dataset, capsys):
+    from unireg.train import Trainer
+
+    path = _config(tiny_dataset, 6, output="tofinish")
+    run = tiny_dataset / "tofinish"
+    assert main(["train", "--config", str(path), "--no-progress", "--restart", "--finish"]) == 1
+    assert "nothing to finish" in capsys.readouterr().err
+    # a run stopped after step 3 (as SIGTERM leaves it): last.pt, no model.pt
+    trainer = Trainer(load_config(path), resume=False, log=lambda *_: None)
+    step = trainer.train_step
+
+    def stop_after_three():
+        row = step()
+        if trainer.step == 3:
+            trainer.request_stop()
+        return row
+
+    trainer.train_step = stop_after_three
+    assert trainer.run(progress=False)["stopped"] == "interrupted"
+    assert not (run / "model.pt").exists()
+    assert main(["train", "--config", str(path), "--no-progress", "--finish"]) == 0
+    card = json.loads((run / "model_card.json").read_text())
+    assert (card["steps"], card["best_step"], card["stopped"], card["device"]) == (3, 2, "finished", "cpu")
+    assert card["validation"]["val_dice"] == pytest.approx(float(dict(_log_column(run, "val_dice"))[2]))
+    assert len(_log_column(run, "total")) == 3  # no step was added
+    load_checkpoint(run / "model.pt")

@@ -311,6 +311,7 @@ class Trainer:
         self.history = []
         self.best = {"val_dice": float("-inf"), "step": 0, "stale": 0}  # plateau bookkeeping
         self.train_seconds = 0.0  # over all runs of this training, resumes included
+        self.devices = []  # where it trained, in order (a run resumed on another device adds one)
         self.stop_requested = False
         # frozen features of an image never change, unless its intensities are augmented
         augment = train_cfg["augment"]
@@ -456,6 +457,7 @@ class Trainer:
         self.history = state.get("history", [])
         self.best = state.get("best", self.best)
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.devices = state.get("devices", [])
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
@@ -470,12 +472,18 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "train_seconds": self.train_seconds,
+            "devices": self.devices,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "config": self.config,
         }
         write_atomic(self.out / "last.pt", lambda tmp: torch.save(state, tmp))
+
+    def _device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
 
     def request_stop(self, *_) -> None:
         """Stop after the current step, with last.pt written (Ctrl-C, SIGTERM)."""
@@ -503,6 +511,8 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
         patience = cfg["plateau"]["patience"]
         stopped = "plateau" if patience and self.best["stale"] >= patience else "max_steps"  # a finished run
+        if self.step < steps and stopped == "max_steps" and self._device_name() not in self.devices[-1:]:
+            self.devices.append(self._device_name())
         fh, writer = self._open_log()
         with fh:
             while self.step < steps and stopped == "max_steps":
@@ -563,7 +573,7 @@ class Trainer:
             "stopped": stopped,
             "stop_rule": self.config["train"]["plateau"],
             "train_seconds": round(self.train_seconds, 1),
-            "device": str(self.device),
+            "device": ", ".join(self.devices) or str(self.device),
             "seed": self.config["train"]["seed"],
             "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
             "atlas": self.atlas.path,
@@ -628,9 +638,16 @@ def write_learning_curve(card: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
-def train(config_path: str | Path, resume: bool = True, progress: bool = True) -> dict:
-    """Run (or resume) a training; Ctrl-C and SIGTERM stop it after the current step, resumable."""
+def train(config_path: str | Path, resume: bool = True, progress: bool = True, finish: bool = False) -> dict:
+    """Run (or resume) a training; Ctrl-C and SIGTERM stop it after the current step, resumable.
+
+    ``finish``: train no further; ship a stopped run (its ``last.pt``) as it stands: model.pt from
+    its best validation weights, with the card and learning curve (``stopped: "finished"``)."""
     trainer = Trainer(load_config(config_path), resume=resume)
+    if finish:
+        if not trainer.step:
+            raise UniregError("nothing to finish: no last.pt of a stopped run", path=trainer.out)
+        return trainer.finish("finished")
     previous = {sig: signal.signal(sig, trainer.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return trainer.run(progress=progress)
