@@ -155,12 +155,23 @@ def log(message: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def model_split() -> tuple[list[str], list[str]]:
-    """(train, validation) subject ids of the packaged default model, checked against its recipe."""
+def model_name(model: str | Path | None) -> str:
+    """How a table names the scored checkpoint: its path and sha256 prefix."""
+    from unireg.model import DEFAULT_MODEL
+    from unireg.weights import sha256_file
+
+    path = Path(model) if model else DEFAULT_MODEL
+    shown = path.resolve().relative_to(REPO) if path.resolve().is_relative_to(REPO) else path
+    return f"{'packaged default ' if not model else ''}{shown} (sha256 {sha256_file(path)[:12]})"
+
+
+def model_split(model: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """(train, validation) subject ids of the packaged default model (or ``model``), checked against
+    the recipes' split (every recipe in config/ shares it)."""
     from unireg.model import load_checkpoint
     from unireg.train import discover_dataset, load_config, split_dataset
 
-    _, payload = load_checkpoint()
+    _, payload = load_checkpoint(model)
     card = payload["model_card"]
     config = load_config(TRAIN_CONFIG)
     data = config["data"]
@@ -332,7 +343,7 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
 
     torch.set_num_threads(settings["threads"])
     affine = np.array(settings["grid_affine"])
-    model, checkpoint = load_checkpoint(device=device)
+    model, checkpoint = load_checkpoint(settings.get("model"), device=device)
     images = {c.name: [Image(a, affine) for a in load_case(work, c.name)] for c in cases}
     first = images[cases[0].name][0]
     # what `unireg register` does on this grid (--network-grid default): pool to the model's spacing
@@ -798,6 +809,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--threads", type=int, default=2, help="threads of every method (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="peers", help="stem of the table files in --out (default peers)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="UniReg checkpoint to score (default: the packaged default model)"
+    )
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default $UNIREG_HOME/peers)")
     parser.add_argument("--smoke", action="store_true", help=f"quick check: {SMOKE}")
     parser.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
@@ -832,7 +847,7 @@ def main(argv=None) -> None:
 
     atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
     cache = cache_dir(args.cache, "peers", args.grid_mm)
-    train_ids, val_ids = model_split()
+    train_ids, val_ids = model_split(args.model)
     if not 1 <= args.pairs <= len(val_ids) - 1:
         raise SystemExit(f"peers: --pairs must be 1..{len(val_ids) - 1}")
     cases, arrays, refs, atlas_id, targets = preprocess_all(args, atlas, val_ids, cache)
@@ -858,6 +873,7 @@ def main(argv=None) -> None:
             "threads": args.threads,
             "grid_affine": atlas.grid.affine.tolist(),
             "instance_opt": args.instance_opt,
+            "model": args.model and str(args.model),
             "ants_iterations": args.ants_iterations,
             "elastix_iterations": args.elastix_iterations,
         }
@@ -920,7 +936,7 @@ def main(argv=None) -> None:
     notes = [
         "Every method registers the same preprocessed arrays (unireg preprocess: deepbet, percentile "
         "normalisation, MI affine to MNI 2009a, atlas grid); affine only = those arrays unchanged.",
-        f"UniReg: packaged unireg_mobilenet_v1_025.pt; + IO: {args.instance_opt} steps of the shipped "
+        f"UniReg: {model_name(args.model)}; + IO: {args.instance_opt} steps of the shipped "
         f"InstanceOptOptions.schedule ({describe_io(args.instance_opt)}), the same for every contrast; chosen on "
         "training pairs with benchmarks/io_tuning.py (benchmarks/results/io_tuning.md), never on these pairs.",
         f"ANTs SyN (antspyx SyNOnly from the identity): SyN[0.2,3,0], iterations {args.ants_iterations} at shrink "
@@ -948,9 +964,9 @@ def main(argv=None) -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, header, notes, args.instance_opt)
-    (args.out / "peers.md").write_text(text)
-    write_csv(args.out / "peers.csv", rows, COLUMNS, header)
-    write_csv(args.out / "peers.pairs.csv", pair_rows, list(pair_rows[0]), header)
+    (args.out / f"{args.name}.md").write_text(text)
+    write_csv(args.out / f"{args.name}.csv", rows, COLUMNS, header)
+    write_csv(args.out / f"{args.name}.pairs.csv", pair_rows, list(pair_rows[0]), header)
     print(text)
 
 

@@ -8,7 +8,17 @@ import math
 import pytest
 from conftest import read_commented_csv, run_benchmark_smoke
 
-METHODS = ("affine", "mobilenet", "mind", "reinit", "scratch", "remap", "mobilenet_mind")
+METHODS = (
+    "affine",
+    "mobilenet",
+    "mind",
+    "reinit",
+    "scratch",
+    "remap",
+    "mobilenet_mind",
+    "mind_remap",
+    "mobilenet_mind_remap",
+)
 T1 = "T1 (source)"
 SAME = ("T2-like -> T2-like", "PD-like -> PD-like", "CT-like -> CT-like")
 CROSS = ("T1 -> T2-like", "T1 -> PD-like", "T1 -> CT-like")
@@ -42,10 +52,11 @@ def test_every_method_mode_and_case_has_a_row_with_sane_numbers(smoke):
         t1 = float(rows[(method, mode, T1)]["dice_mean"])
         assert drop == pytest.approx(t1 - dice, abs=1e-4)
     # the packaged models record their training runs; the stand-ins say they are untrained
-    for method in ("mobilenet", "mind"):
+    for method, steps in (("mobilenet", "1000"), ("mind", "7000")):  # the packaged models
         row = rows[(method, NETWORK, T1)]
-        assert (row["train_seed"], row["train_steps"]) == ("0", "1000") and "sha256" in row["checkpoint"]
-    for method in ("reinit", "scratch", "remap", "mobilenet_mind"):
+        assert (row["train_seed"], row["train_steps"]) == ("0", steps) and "sha256" in row["checkpoint"]
+    assert rows[("mind", NETWORK, T1)]["train_device"] == "cuda (NVIDIA H200)"
+    for method in ("reinit", "scratch", "remap", "mobilenet_mind", "mind_remap", "mobilenet_mind_remap"):
         assert rows[(method, NETWORK, T1)]["train_steps"] == "0"
     assert rows[("mobilenet_mind", NETWORK, T1)]["extractor"] == "mobilenet_v1_025+mind"
 
