@@ -823,6 +823,10 @@ def parse_args(argv=None):
         args.ants_iterations, args.elastix_iterations = SMOKE["ants_iterations"], SMOKE["elastix_iterations"]
     args.methods = [m for m in args.methods.split(",") if m]
     args.tasks = [t for t in args.tasks.split(",") if t]
+    if args.model is not None:
+        if not args.model.is_file():
+            parser.error(f"--model {args.model}: no such checkpoint")
+        args.model = args.model.resolve()  # the method workers run in another folder
     for given, allowed, what in ((args.methods, METHODS, "method"), (args.tasks, TASKS, "task")):
         unknown = sorted(set(given) - set(allowed))
         if unknown:
