@@ -133,6 +133,7 @@ def main(argv=None) -> None:
         "",
         f"moving {ids[0]} -> fixed {', '.join(ids[1:])}; grid {args.grid_mm:g} mm; "
         f"{args.threads} threads; variant = similarity:coarse_steps:steps:weight:lr:integrate",
+        f"model: {peers.model_name(args.model)}; command: `{peers.command_line(argv, 'benchmarks/io_tuning.py')}`",
         "",
         "| variant | fixed contrast | pairs | mean Dice | s / pair | % det J <= 0 |",
         "|---|---|---|---|---|---|",
