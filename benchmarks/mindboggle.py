@@ -163,6 +163,7 @@ def worker_settings(args, atlas) -> dict:
         "elastix_iterations": args.elastix_iterations,
         **ANTS,
         "ants_iterations": args.ants_iterations,
+        "model": str(args.model) if getattr(args, "model", None) else None,  # None: the packaged default
     }
 
 
@@ -179,7 +180,7 @@ def method_key(method: str, settings: dict) -> str:
     }[method]
     what = {k: settings[k] for k in keys} | {"grid_affine": settings["grid_affine"]}
     if method.startswith("unireg"):
-        what["model_sha256"] = sha256_file(DEFAULT_MODEL)
+        what["model_sha256"] = sha256_file(settings.get("model") or DEFAULT_MODEL)
     return f"{method}_{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -332,7 +333,7 @@ def label(method: str, steps: int) -> str:
     return {
         "affine": "affine only",
         "unireg": "UniReg network alone",
-        "unireg_io": f"UniReg default (network + {steps} IO steps)",
+        "unireg_io": f"UniReg (network + {steps} IO steps, the default schedule)",
         "ants": "ANTs SyN (CC, antsRegistrationSyN schedule)",
         "elastix": "elastix B-spline",
     }[method]
@@ -397,7 +398,14 @@ def parse_args(argv=None):
     parser.add_argument("--name", help="file name stem of the tables (default mindboggle, or mindboggle_tune)")
     parser.add_argument("--cache", type=Path, default=None, help="cache (default $UNIREG_HOME/mindboggle)")
     parser.add_argument("--smoke", action="store_true", help=f"quick check: {SMOKE}")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="UniReg checkpoint to score (default: the packaged default model)"
+    )
     args = parser.parse_args(argv)
+    if args.model is not None:
+        if not args.model.is_file():
+            parser.error(f"--model {args.model}: no such checkpoint")
+        args.model = args.model.resolve()  # the method workers run in another folder
     if args.smoke:
         args.grid_mm, args.pairs, args.instance_opt = SMOKE["grid_mm"], SMOKE["pairs"], SMOKE["instance_opt"]
         args.ants_iterations, args.elastix_iterations = SMOKE["ants_iterations"], SMOKE["elastix_iterations"]
@@ -477,7 +485,7 @@ def main(argv=None) -> None:
         "Every method registers the same preprocessed arrays (unireg preprocess without brain extraction: the "
         "images are skull-stripped; percentile normalisation; MI affine to MNI 2009a; the template grid); "
         "affine only = those arrays unchanged.",
-        f"UniReg: packaged unireg_mobilenet_v1_025.pt (trained at 2 mm on IXI T1; never on these subjects); the "
+        f"UniReg: {peers.model_name(args.model)} (trained at 2 mm on IXI T1; never on these subjects); the "
         f"network predicts on the images pooled to 2 mm (`unireg register`'s default --network-grid model), "
         f"then {args.instance_opt} steps of InstanceOptOptions.schedule ("
         + peers.describe_io(args.instance_opt, **args.io_options)
