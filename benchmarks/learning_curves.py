@@ -30,7 +30,8 @@ import peers  # noqa: E402  (provenance header shared by the benchmarks)
 
 def read_run(run: Path) -> dict:
     config = yaml.safe_load((run / "config.yaml").read_text())
-    rows = [r for r in csv.DictReader(open(run / "log.csv")) if r.get("val_dice")]
+    with open(run / "log.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("val_dice")]
     card_path = run / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     splits = json.loads((run / "splits.json").read_text())
@@ -40,8 +41,6 @@ def read_run(run: Path) -> dict:
         "remap": config["train"].get("augment", {}).get("remap", 0.0),
         "val": splits["val"],
         "device": card.get("device", "-"),
-        "train_seconds": card.get("train_seconds"),
-        "steps": int(rows[-1]["step"]) if rows else 0,
         "curve": {
             int(r["step"]): (float(r["val_dice"]), float(r["val_dice_io"]) if r.get("val_dice_io") else None)
             for r in rows

@@ -402,10 +402,7 @@ def parse_args(argv=None):
         "--model", type=Path, default=None, help="UniReg checkpoint to score (default: the packaged default model)"
     )
     args = parser.parse_args(argv)
-    if args.model is not None:
-        if not args.model.is_file():
-            parser.error(f"--model {args.model}: no such checkpoint")
-        args.model = args.model.resolve()  # the method workers run in another folder
+    args.model = peers.checkpoint_arg(parser, args.model)
     if args.smoke:
         args.grid_mm, args.pairs, args.instance_opt = SMOKE["grid_mm"], SMOKE["pairs"], SMOKE["instance_opt"]
         args.ants_iterations, args.elastix_iterations = SMOKE["ants_iterations"], SMOKE["elastix_iterations"]

@@ -155,6 +155,15 @@ def log(message: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def checkpoint_arg(parser: argparse.ArgumentParser, model: Path | None) -> Path | None:
+    """A ``--model`` argument checked and made absolute (the method workers run in another folder)."""
+    if model is None:
+        return None
+    if not model.is_file():
+        parser.error(f"--model {model}: no such checkpoint")
+    return model.resolve()
+
+
 def model_name(model: str | Path | None) -> str:
     """How a table names the scored checkpoint: its path and sha256 prefix."""
     from unireg.model import DEFAULT_MODEL
@@ -823,10 +832,7 @@ def parse_args(argv=None):
         args.ants_iterations, args.elastix_iterations = SMOKE["ants_iterations"], SMOKE["elastix_iterations"]
     args.methods = [m for m in args.methods.split(",") if m]
     args.tasks = [t for t in args.tasks.split(",") if t]
-    if args.model is not None:
-        if not args.model.is_file():
-            parser.error(f"--model {args.model}: no such checkpoint")
-        args.model = args.model.resolve()  # the method workers run in another folder
+    args.model = checkpoint_arg(parser, args.model)
     for given, allowed, what in ((args.methods, METHODS, "method"), (args.tasks, TASKS, "task")):
         unknown = sorted(set(given) - set(allowed))
         if unknown:

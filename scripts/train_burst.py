@@ -64,9 +64,9 @@ def launch(recipes: list[Path], args) -> dict[str, tuple[subprocess.Popen, Path]
         cfg = work / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump(burst_config(recipe, args, out), sort_keys=False))
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-        log = open(out / "stdout.log", "w")
         cmd = [sys.executable, "-m", "unireg", "train", "--config", str(cfg), "--no-progress"]
-        procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), out)
+        with open(out / "stdout.log", "w") as log:  # the child keeps its own copy of the descriptor
+            procs[name] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), out)
         print(f"started {name}: {' '.join(cmd)}", flush=True)
     return procs
 

@@ -511,8 +511,9 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
         patience = cfg["plateau"]["patience"]
         stopped = "plateau" if patience and self.best["stale"] >= patience else "max_steps"  # a finished run
-        if self.step < steps and stopped == "max_steps" and self._device_name() not in self.devices[-1:]:
-            self.devices.append(self._device_name())
+        device = self._device_name()
+        if self.step < steps and stopped == "max_steps" and device not in self.devices[-1:]:
+            self.devices.append(device)
         fh, writer = self._open_log()
         with fh:
             while self.step < steps and stopped == "max_steps":
@@ -537,7 +538,7 @@ class Trainer:
                 if cfg["snapshot_every"] and self.step % cfg["snapshot_every"] == 0:
                     self.save_model(
                         self.out / "snapshots" / f"step_{self.step:06d}.pt",
-                        self.card("snapshot", {k: row[k] for k in CURVE_FIELDS[1:] if k in row}),
+                        self.card("snapshot", {k: row[k] for k in CURVE_FIELDS[1:] if k in row}, self.step),
                     )
                 if stopped != "max_steps":
                     break
@@ -553,23 +554,25 @@ class Trainer:
         if measured and (self.out / "best.pt").is_file():
             self.model.load_state_dict(torch.load(self.out / "best.pt", map_location=self.device), strict=False)
             final = {k: measured[0][k] for k in CURVE_FIELDS[1:] if k in measured[0]}  # measured at best_step
+            weights_step = self.best["step"]
         else:
-            final = self.validate()
-        card = self.card(stopped, final)
+            final, weights_step = self.validate(), self.step
+        card = self.card(stopped, final, weights_step)
         self.save_model(self.out / "model.pt", card)
         write_text_atomic(self.out / "model_card.json", json.dumps(card, indent=2) + "\n")
         write_learning_curve(card, self.out)
         return card
 
-    def card(self, stopped: str, validation: dict) -> dict:
-        """The model card of the weights the model holds now (``validation``: their scores)."""
+    def card(self, stopped: str, validation: dict, weights_step: int) -> dict:
+        """The model card of the weights the model holds now: those of step ``weights_step`` (the
+        card's ``best_step``), scored ``validation``."""
         curve = [{k: r[k] for k in CURVE_FIELDS if k in r} for r in self.history if "val_dice" in r]
         return {
             "unireg_version": __version__,
             "extractor": self.model.extractor.name,
             "extractor_weights_sha256": self.model.extractor.weights_sha256,
             "steps": self.step,
-            "best_step": self.best["step"] if stopped != "snapshot" else self.step,
+            "best_step": weights_step,
             "stopped": stopped,
             "stop_rule": self.config["train"]["plateau"],
             "train_seconds": round(self.train_seconds, 1),
