@@ -274,6 +274,7 @@ def register(model, fixed: np.ndarray, moving: np.ndarray, features: dict, key: 
     of the shipped default's instance optimisation. The moving image's features are memoised by ``key``."""
     import torch
 
+    from unireg.fields import resize_field
     from unireg.register import InstanceOptOptions, instance_optimise
 
     if model is None:
@@ -281,11 +282,12 @@ def register(model, fixed: np.ndarray, moving: np.ndarray, features: dict, key: 
     fixed_t, moving_t = torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None]
     if key not in features:
         features[key] = model.features(moving_t)
-    velocity = model.velocity(model.features(fixed_t), features[key])
+    flow_ddf, velocity = model.predict(model.features(fixed_t), features[key])
     if not io_steps:
-        return model.displacement(velocity, fixed.shape)
+        return resize_field(flow_ddf, tuple(fixed.shape))
     with torch.enable_grad():
-        ddf = instance_optimise(model, fixed_t, moving_t, velocity, InstanceOptOptions.schedule(io_steps))
+        options = InstanceOptOptions.schedule(io_steps)
+        ddf = instance_optimise(model, fixed_t, moving_t, flow_ddf, options, velocity=velocity)
     return ddf.detach()
 
 

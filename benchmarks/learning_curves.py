@@ -28,16 +28,42 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import peers  # noqa: E402  (provenance header shared by the benchmarks)
 
 
+def snapshot_card(run: Path) -> dict:
+    """The model card of a stopped run's last snapshot (it names the devices), else {}."""
+    snapshots = sorted((run / "snapshots").glob("step_*.pt"))
+    if not snapshots:
+        return {}
+    import torch
+
+    return torch.load(snapshots[-1], map_location="cpu", weights_only=False).get("model_card", {})
+
+
+def model_summary(config: dict) -> str:
+    """What sets the run's network and loss apart from the default recipe's (e.g. 'cascade 2')."""
+    model, loss, defaults = config["model"], config.get("loss", {}), {"channels": [16, 32, 32, 32], "flow_stride": 2}
+    parts = []
+    if int(model.get("cascade", 1)) > 1:
+        parts.append(f"cascade {model['cascade']}")
+    if int(model.get("flow_stride", 2)) != defaults["flow_stride"]:
+        parts.append(f"flow_stride {model['flow_stride']}")
+    if list(model.get("channels", defaults["channels"])) != defaults["channels"]:
+        parts.append("channels " + "-".join(str(c) for c in model["channels"]))
+    if float(loss.get("dice_weight", 1.0)) != 1.0 or int(loss.get("dice_labels", 16)) != 16:
+        parts.append(f"Dice {loss.get('dice_weight', 1.0):g} x {loss.get('dice_labels', 16)} labels")
+    return ", ".join(parts) or "default"
+
+
 def read_run(run: Path) -> dict:
     config = yaml.safe_load((run / "config.yaml").read_text())
     with open(run / "log.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("val_dice")]
     card_path = run / "model_card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = json.loads(card_path.read_text()) if card_path.is_file() else snapshot_card(run)
     splits = json.loads((run / "splits.json").read_text())
     return {
         "name": run.name,
         "extractor": config["model"]["extractor"],
+        "model": model_summary(config),
         "remap": config["train"].get("augment", {}).get("remap", 0.0),
         "val": splits["val"],
         "device": card.get("device", "-"),
@@ -55,16 +81,22 @@ def markdown(runs: list[dict], steps: list[int], header: list[str]) -> str:
         "Cells: network alone / + IO (the validation's instance optimisation), mean Dice over the validation "
         f"pairs; affine only: {runs[0]['affine']:.4f}. '-': the run did not reach that step.",
         "",
-        "| run | extractor | remap | trained on | " + " | ".join(f"step {s}" for s in steps) + " |",
-        "|---|---|---|---|" + "---|" * len(steps),
+        "| run | extractor | network, loss | remap | trained on | best network alone (step) | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(steps),
     ]
     for run in runs:
         cells = []
         for s in steps:
             net, io = run["curve"].get(s, (None, None))
             cells.append("-" if net is None else f"{net:.3f} / {io:.3f}" if io is not None else f"{net:.3f}")
+        best = max(run["curve"].items(), key=lambda kv: kv[1][0], default=None)
+        best_cell = "-" if best is None else f"{best[1][0]:.3f} ({best[0]})"
         lines.append(
-            f"| {run['name']} | {run['extractor']} | {run['remap']} | {run['device']} | " + " | ".join(cells) + " |"
+            f"| {run['name']} | {run['extractor']} | {run['model']} | {run['remap']} | {run['device']} | {best_cell} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -98,12 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="unireg train output folders")
     parser.add_argument("--name", default="learning_curves", help="stem of the output files")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--every", type=int, default=1, help="table columns: only steps that are multiples of this (all in the csv)"
+    )
     args = parser.parse_args(argv)
     started = datetime.datetime.now().astimezone()
     runs = [read_run(r) for r in args.runs]
     if len({tuple(r["val"]) for r in runs}) > 1:
         raise SystemExit("learning_curves: the runs were validated on different subjects; their curves do not compare")
-    steps = sorted({s for r in runs for s in r["curve"]})
+    steps = sorted({s for r in runs for s in r["curve"] if s % args.every == 0})
     header = [
         *peers.provenance(started, peers.command_line(argv, "benchmarks/learning_curves.py"), "tables only"),
         f"validation subjects: {', '.join(runs[0]['val'])}",
@@ -113,10 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{args.name}.md").write_text(text + f"\n![learning curves]({args.name}.png)\n")
     with open(args.out / f"{args.name}.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["run", "extractor", "remap", "device", "step", "val_dice", "val_dice_io"])
+        writer.writerow(["run", "extractor", "model", "remap", "device", "step", "val_dice", "val_dice_io"])
         for r in runs:
             for s, (net, io) in sorted(r["curve"].items()):
-                writer.writerow([r["name"], r["extractor"], r["remap"], r["device"], s, net, io])
+                writer.writerow([r["name"], r["extractor"], r["model"], r["remap"], r["device"], s, net, io])
     figure(runs, args.out / f"{args.name}.png")
     print(text)
 

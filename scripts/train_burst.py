@@ -13,8 +13,10 @@ recipes can be compared at one common step even though they ran at different spe
 columns id, image, labels and an already filled cache need no raw images); the split is the
 recipes' own (``data.split_seed`` over the sorted ids). ``--pack`` writes ``burst.tar`` in parts of
 at most ``--part-mb`` MiB: per run its config, splits, log.csv, stdout, last.pt, best.pt,
-model.pt (if it finished), the snapshot at the common step (the last step every run reached)
-and, while under ``--pack-mb``, more snapshots every ``--keep-every`` steps.
+model.pt (if it finished), the snapshots (loadable checkpoints) at the common step (the last step
+every run has one of), at the run's best validation and its last, and, while under ``--pack-mb``,
+more every ``--keep-every`` steps. ``--no-state`` leaves out last.pt and best.pt (the runs can
+then not be resumed elsewhere, but the pack is a third of the size).
 """
 
 from __future__ import annotations
@@ -105,30 +107,42 @@ def snapshot_steps(out: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (out / "snapshots").glob("step_*.pt"))
 
 
+def best_step(out: Path) -> int:
+    """The step of the run's best validation so far (the plateau rule's, kept in last.pt), 0 if none."""
+    import torch
+
+    last = out / "last.pt"
+    return int(torch.load(last, map_location="cpu", weights_only=False)["best"]["step"]) if last.is_file() else 0
+
+
 def pack(procs, args) -> dict:
     """burst.tar parts in ``--pack`` and a summary (also printed)."""
     runs = {name: out for name, (_, out) in procs.items()}
     reached = {name: snapshot_steps(out) for name, out in runs.items()}
-    common = min((s[-1] for s in reached.values() if s), default=0)
+    # the last step every run has a snapshot of (none when a resumed run's steps never meet the others')
+    shared = set.intersection(*(set(s) for s in reached.values())) if reached else set()
+    common = max(shared, default=0)
     budget = args.pack_mb * 2**20
     files: list[Path] = []
-    for out in runs.values():
-        for name in (
+    state = ("last.pt", "best.pt") if args.state else ()
+    for name, out in runs.items():
+        for file in (
             "config.yaml",
             "splits.json",
             "log.csv",
             "stdout.log",
-            "last.pt",
-            "best.pt",
+            *state,
             "model.pt",
             "model.pt.sha256",
             "model_card.json",
             "model_card.md",
             "learning_curve.png",
         ):
-            if (out / name).is_file():
-                files.append(out / name)
-        for step in [common] if common else []:
+            if (out / file).is_file():
+                files.append(out / file)
+        # loadable checkpoints: the common step's, the run's best step's and its last snapshot
+        steps = {common, best_step(out), reached[name][-1] if reached[name] else 0} & set(reached[name])
+        for step in sorted(steps):
             files += [out / "snapshots" / f"step_{step:06d}.{ext}" for ext in ("pt", "pt.sha256")]
     size = sum(f.stat().st_size for f in files)
     extra = sorted(
@@ -136,7 +150,7 @@ def pack(procs, args) -> dict:
             (step, out)
             for name, out in runs.items()
             for step in reached[name]
-            if step % args.keep_every == 0 and step != common
+            if step % args.keep_every == 0 and (out / "snapshots" / f"step_{step:06d}.pt") not in files
         ),
         key=lambda t: t[0],
     )
@@ -188,6 +202,12 @@ def main() -> None:
     parser.add_argument("--pack-mb", type=float, default=50.0)
     parser.add_argument("--part-mb", type=int, default=15)
     parser.add_argument("--keep-every", type=int, default=2000)
+    parser.add_argument(
+        "--state",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pack each run's last.pt and best.pt (--no-state: snapshots only, for a smaller pack)",
+    )
     args = parser.parse_args()
     procs = launch(args.recipes, args)
     codes = wait_until(procs, args.seconds, args.grace)

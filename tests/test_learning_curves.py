@@ -19,10 +19,11 @@ def _load():
     return module
 
 
-def _run(root: Path, name: str, extractor: str, curve: dict, val=("a", "b")) -> Path:
+def _run(root: Path, name: str, extractor: str, curve: dict, val=("a", "b"), model=None) -> Path:
     run = root / name
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"extractor": extractor}, "train": {}}))
+    config = {"model": {"extractor": extractor, **(model or {})}, "train": {}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "splits.json").write_text(json.dumps({"train": ["c"], "val": list(val)}))
     with open(run / "log.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
@@ -37,11 +38,11 @@ def _run(root: Path, name: str, extractor: str, curve: dict, val=("a", "b")) -> 
 
 def test_table_and_figure_of_runs_of_different_lengths(tmp_path):
     a = _run(tmp_path, "fast", "mind", {2: (0.45, 0.55), 4: (0.5, 0.6)})
-    b = _run(tmp_path, "slow", "mobilenet_v1_025", {2: (0.42, 0.52)})
+    b = _run(tmp_path, "slow", "mobilenet_v1_025", {2: (0.42, 0.52)}, model={"cascade": 2, "flow_stride": 1})
     _load().main([str(a), str(b), "--out", str(tmp_path / "out"), "--name", "lc"])
     table = (tmp_path / "out" / "lc.md").read_text()
-    assert "| fast | mind | 0.0 | - | 0.450 / 0.550 | 0.500 / 0.600 |" in table
-    assert "| slow | mobilenet_v1_025 | 0.0 | - | 0.420 / 0.520 | - |" in table
+    assert "| fast | mind | default | 0.0 | - | 0.500 (4) | 0.450 / 0.550 | 0.500 / 0.600 |" in table
+    assert "| slow | mobilenet_v1_025 | cascade 2, flow_stride 1 | 0.0 | - | 0.420 (2) | 0.420 / 0.520 | - |" in table
     assert "affine only: 0.4000" in table
     rows = list(csv.DictReader(open(tmp_path / "out" / "lc.csv")))
     assert [(r["run"], r["step"], r["val_dice"]) for r in rows] == [
@@ -50,6 +51,9 @@ def test_table_and_figure_of_runs_of_different_lengths(tmp_path):
         ("slow", "2", "0.42"),
     ]
     assert (tmp_path / "out" / "lc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _load().main([str(a), str(b), "--out", str(tmp_path / "out"), "--name", "lc4", "--every", "4"])
+    assert "| step 4 |" in (tmp_path / "out" / "lc4.md").read_text()
+    assert "| step 2 |" not in (tmp_path / "out" / "lc4.md").read_text()
 
 
 def test_runs_validated_on_other_subjects_do_not_compare(tmp_path):

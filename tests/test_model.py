@@ -88,3 +88,46 @@ def test_checkpoint_refuses_other_extractor_weights(tmp_path):
     (tmp_path / "m.pt.sha256").write_text(f"{sha256_file(path)}  m.pt\n")  # a consistent, re-hashed copy
     with pytest.raises(UniregError, match="not those the model was trained on"):
         load_checkpoint(path)
+
+
+def test_cascade_composes_its_stages_and_round_trips(tmp_path):
+    """A two-stage cascade: stage 2 sees the moving features warped by stage 1's field and its
+    field is composed onto it (d2 + d1 o (id + d2)); a cascade of 1 is the one-stage network."""
+    from unireg.fields import integrate
+
+    torch.manual_seed(0)
+    config = {"extractor": "mind", "channels": [8, 16, 16], "cascade": 2}
+    model = build_model(config).eval()
+    assert len(model.refine) == 1 and build_model({**config, "cascade": 1}).refine.__len__() == 0
+    for p in model.parameters():  # leave the identity start: make both stages move
+        if p.requires_grad:
+            p.data.add_(0.05 * torch.randn_like(p))
+    fixed, moving = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    with torch.no_grad():
+        ff, fm = model.features(fixed), model.features(moving)
+        ddf, velocity = model.predict(ff, fm)
+        assert velocity is None  # a composition is not one velocity's exponential
+        d1 = integrate(model.velocity(ff, fm), model.int_steps)
+        d2 = integrate(model.refine[0](torch.cat([ff, warp(fm, d1)], dim=1)), model.int_steps)
+        torch.testing.assert_close(ddf, d2 + warp(d1, d2))
+        assert d1.abs().max() > 0.01 and d2.abs().max() > 0.01 and not torch.allclose(ddf, d1)
+        assert model(fixed, moving).shape == (1, 3, *SHAPE)
+    path = save_checkpoint(tmp_path / "c.pt", model, config)
+    loaded, payload = load_checkpoint(path)
+    assert loaded.cascade == 2 and any(k.startswith("refine.0.") for k in payload["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(fixed, moving), model(fixed, moving))
+    with pytest.raises(UniregError, match="cascade must be at least 1"):
+        build_model({**config, "cascade": 0})
+
+
+def test_one_stage_prediction_is_the_integrated_velocity():
+    from unireg.fields import integrate
+
+    torch.manual_seed(0)
+    model = build_model({"extractor": "mind", "channels": [8, 16, 16]}).eval()
+    ff, fm = model.features(torch.rand(1, 1, *SHAPE)), model.features(torch.rand(1, 1, *SHAPE))
+    with torch.no_grad():
+        ddf, velocity = model.predict(ff, fm)
+        torch.testing.assert_close(velocity, model.velocity(ff, fm))
+        torch.testing.assert_close(ddf, integrate(velocity, model.int_steps))

@@ -9,7 +9,7 @@ import yaml
 
 from unireg.cli import main
 from unireg.errors import UniregError
-from unireg.model import load_checkpoint
+from unireg.model import build_model, load_checkpoint
 from unireg.train import discover_dataset, load_config
 
 
@@ -233,3 +233,38 @@ def test_finish_ships_a_stopped_run_without_training(tiny_dataset, capsys):
     assert card["validation"]["val_dice"] == pytest.approx(float(dict(_log_column(run, "val_dice"))[2]))
     assert len(_log_column(run, "total")) == 3  # no step was added
     load_checkpoint(run / "model.pt")
+
+
+def test_a_cascade_trains_validates_with_io_and_registers(tiny_dataset):
+    """model.cascade 2: both stages learn, validation runs its instance optimisation from the
+    cascade's composed field, and the shipped model registers through unireg register."""
+    import torch
+
+    path = _config(
+        tiny_dataset,
+        3,
+        output="cascade",
+        model={"extractor": "mind", "channels": [8, 16, 16], "cascade": 2},
+    )
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(val_io_steps=3)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    run = tiny_dataset / "cascade"
+    rows = [r for r in csv.DictReader(open(run / "log.csv")) if r["val_dice"]]
+    assert rows and all(float(r["val_dice_io"]) > 0 for r in rows)
+    model, payload = load_checkpoint(run / "model.pt")
+    assert model.cascade == 2 and payload["config"]["cascade"] == 2
+    fresh = build_model(payload["config"])
+    for name in ("unet", "refine"):  # both stages moved away from their initialisation
+        trained = getattr(model, name).state_dict()
+        assert any(not torch.equal(v, fresh.state_dict()[f"{name}.{k}"]) for k, v in trained.items())
+    subject = run / "cache" / "s0_T1" / "preproc.nii.gz"  # on the atlas grid
+    out = tiny_dataset / "cascade_reg"
+    atlas = tiny_dataset / "atlas"
+    args = ["register", "--fixed", str(subject), "--moving", str(atlas / "atlas.nii.gz")]
+    args += ["--moving-labels", str(atlas / "atlas_labels.nii.gz"), "--out", str(out), "--model", str(run / "model.pt")]
+    assert main([*args, "--instance-opt", "3"]) == 0
+    info = json.loads((out / "registration.json").read_text())
+    assert info["instance_opt_steps"] == 3 and info["jacobian"]["folding_percent"] == 0.0
+    assert (out / "warped_labels.nii.gz").is_file()

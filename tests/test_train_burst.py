@@ -67,4 +67,5 @@ def test_burst_stops_every_run_resumably_and_packs_a_common_step(tiny_dataset, t
     names = set(tarfile.open(joined).getnames())
     step = f"step_{summary['common_step']:06d}.pt"
     for name in ("a", "b"):
-        assert {f"{name}/last.pt", f"{name}/log.csv", f"{name}/config.yaml", f"{name}/snapshots/{step}"} <= names
+        last = f"{name}/snapshots/step_{summary['reached'][name]:06d}.pt"
+        assert {f"{name}/last.pt", f"{name}/log.csv", f"{name}/config.yaml", f"{name}/snapshots/{step}", last} <= names

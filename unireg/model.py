@@ -3,7 +3,10 @@ displacement.
 
 :class:`UniRegNet`: ``extractor(fixed)``, ``extractor(moving)`` -> concatenation -> MONAI
 ``UNet`` -> velocity at the *flow grid* (``flow_stride`` times coarser than the image) ->
-integration by scaling and squaring -> trilinear upsampling to the image grid. The field algebra
+integration by scaling and squaring -> trilinear upsampling to the image grid. With ``cascade`` =
+n > 1, n - 1 further UNets (own weights) each see the fixed features and the moving features
+warped by the field so far, and predict a residual diffeomorphism composed onto it (a recursive
+cascade: the composition of diffeomorphisms is one). The field algebra
 (warping, integration, resizing, Jacobians) and the displacement convention are those of
 :mod:`unireg.fields`; saved NIfTI fields are converted to world millimetres by
 :mod:`unireg.register`.
@@ -24,7 +27,7 @@ from monai.networks.nets import UNet
 from . import __version__
 from .errors import UniregError
 from .features import FeatureExtractor, build_extractor
-from .fields import INTEGRATION_STEPS, integrate, resize_field
+from .fields import INTEGRATION_STEPS, integrate, resize_field, warp
 from .io import write_atomic, write_text_atomic
 from .weights import sha256_file
 
@@ -38,6 +41,7 @@ class UniRegNet(torch.nn.Module):
         flow_stride: the velocity is predicted and integrated on a grid this many times coarser
             than the image grid (features are resized to it), then upsampled.
         int_steps: scaling-and-squaring steps.
+        cascade: number of UNets in the recursive cascade (1: one UNet, the original network).
     """
 
     def __init__(
@@ -46,25 +50,39 @@ class UniRegNet(torch.nn.Module):
         channels: tuple[int, ...] = (16, 32, 32, 32),
         flow_stride: int = 2,
         int_steps: int = INTEGRATION_STEPS,
+        cascade: int = 1,
     ):
         super().__init__()
+        if cascade < 1:
+            raise UniregError(f"model cascade must be at least 1 (got {cascade})")
         self.extractor = extractor
         self.flow_stride = flow_stride
         self.int_steps = int_steps
-        self.unet = UNet(
+        self.cascade = cascade
+        self.unet, self.flow = self._stage(extractor.out_channels, tuple(channels))
+        # the further stages of the cascade, each (UNet, flow head); none for cascade = 1 (so the
+        # checkpoints of one-stage models keep their keys)
+        self.refine = torch.nn.ModuleList(
+            torch.nn.Sequential(*self._stage(extractor.out_channels, tuple(channels))) for _ in range(cascade - 1)
+        )
+
+    @staticmethod
+    def _stage(feature_channels: int, channels: tuple[int, ...]) -> tuple[torch.nn.Module, torch.nn.Module]:
+        unet = UNet(
             spatial_dims=3,
-            in_channels=2 * extractor.out_channels,
+            in_channels=2 * feature_channels,
             out_channels=channels[0],
-            channels=tuple(channels),
+            channels=channels,
             strides=(2,) * (len(channels) - 1),
             num_res_units=1,
             act=("LeakyReLU", {"negative_slope": 0.2}),
             norm="instance",
         )
         # voxelmorph-style flow head, initialised near zero so training starts at the identity
-        self.flow = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Conv3d(channels[0], 3, 3, padding=1))
-        torch.nn.init.normal_(self.flow[1].weight, std=1e-5)
-        torch.nn.init.zeros_(self.flow[1].bias)
+        flow = torch.nn.Sequential(torch.nn.LeakyReLU(0.2), torch.nn.Conv3d(channels[0], 3, 3, padding=1))
+        torch.nn.init.normal_(flow[1].weight, std=1e-5)
+        torch.nn.init.zeros_(flow[1].bias)
+        return unet, flow
 
     def flow_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(s // self.flow_stride for s in image_shape)
@@ -80,8 +98,26 @@ class UniRegNet(torch.nn.Module):
         return feats
 
     def velocity(self, fixed_features: torch.Tensor, moving_features: torch.Tensor) -> torch.Tensor:
-        """Stationary velocity on the flow grid, in flow-grid voxels."""
+        """Stationary velocity of the first stage on the flow grid, in flow-grid voxels."""
         return self.flow(self.unet(torch.cat([fixed_features, moving_features], dim=1)))
+
+    def predict(
+        self, fixed_features: torch.Tensor, moving_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(displacement, velocity)`` on the flow grid (flow-grid voxels): the displacement of
+        the whole cascade and, for a one-stage network, the stationary velocity it integrates
+        (``None`` for a cascade, whose field is a composition, not one velocity's exponential).
+
+        Stage k > 1 compares the fixed features with the moving features warped by the field of
+        stages 1..k-1 (``D``) and predicts a velocity whose exponential ``d`` is composed onto it:
+        ``D <- d + D o (id + d)``.
+        """
+        velocity = self.velocity(fixed_features, moving_features)
+        ddf = integrate(velocity, self.int_steps)
+        for stage in self.refine:
+            step = integrate(stage(torch.cat([fixed_features, warp(moving_features, ddf)], dim=1)), self.int_steps)
+            ddf = step + warp(ddf, step)
+        return ddf, (velocity if self.cascade == 1 else None)
 
     def displacement(self, velocity: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
         """Integrate a flow-grid velocity and upsample to ``image_shape`` (image voxels)."""
@@ -89,8 +125,8 @@ class UniRegNet(torch.nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """``(B, 1, D, H, W)`` fixed and moving -> displacement ``(B, 3, D, H, W)`` on the fixed grid."""
-        velocity = self.velocity(self.features(fixed), self.features(moving))
-        return self.displacement(velocity, fixed.shape[2:])
+        ddf, _ = self.predict(self.features(fixed), self.features(moving))
+        return resize_field(ddf, tuple(fixed.shape[2:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,13 +139,15 @@ DEFAULT_MODEL = MODELS_DIR / "unireg_mobilenet_v1_025.pt"
 
 
 def build_model(config: dict) -> UniRegNet:
-    """A model from a checkpoint's ``config`` (``extractor``, ``channels``, ``flow_stride``, ``int_steps``)."""
+    """A model from a checkpoint's ``config`` (``extractor``, ``channels``, ``flow_stride``, ``int_steps``,
+    ``cascade``)."""
     extractor = build_extractor(config["extractor"], config.get("extractor_weights"))
     return UniRegNet(
         extractor,
         channels=tuple(config.get("channels", (16, 32, 32, 32))),
         flow_stride=int(config.get("flow_stride", 2)),
         int_steps=int(config.get("int_steps", INTEGRATION_STEPS)),
+        cascade=int(config.get("cascade", 1)),
     )
 
 

@@ -94,10 +94,18 @@ INTEGRATE = ("fine", "end", "step", "none")
 
 
 def instance_optimise(
-    model: UniRegNet, fixed: torch.Tensor, moving: torch.Tensor, velocity: torch.Tensor, options: InstanceOptOptions
+    model: UniRegNet,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    displacement: torch.Tensor,
+    options: InstanceOptOptions,
+    velocity: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Refine a predicted field by gradient descent on similarity + smoothness (test time);
     return the displacement on the image grid (image voxels).
+
+    ``displacement`` (and, for a one-stage network, ``velocity``) is the network's prediction on
+    the flow grid (:meth:`unireg.model.UniRegNet.predict`).
 
     The descriptors of both images (the images themselves for LNCC, MIND-SSC for ``mind``) are
     computed once. The optimised field lives on the flow grid. ``coarse_steps`` compare the
@@ -110,7 +118,8 @@ def instance_optimise(
     ``fine`` (default) updates it as a displacement in the coarse steps (no integration: cheap)
     and as a stationary velocity, integrated by scaling and squaring at every step, in the image
     steps, so the result is a diffeomorphism fitted at full resolution; ``step`` integrates at
-    every step; ``end`` only once at the end (cheapest diffeomorphic; ~0.01 Dice lower);
+    every step (starting from ``velocity``, or for a cascade from its displacement taken as a
+    velocity); ``end`` only once at the end (cheapest diffeomorphic; ~0.01 Dice lower);
     ``none`` returns the plain displacement (may fold). Measured in benchmarks/results/io_tuning.md.
     """
     if options.integrate not in INTEGRATE:
@@ -127,7 +136,7 @@ def instance_optimise(
         )
         box = foreground_box(fixed, margin=similarity.kernel_size)  # whole windows stay inside
         fine = (fine[0], fine[1][(..., *box)])
-        param = velocity if options.integrate == "step" else integrate(velocity, model.int_steps)
+        param = (velocity if velocity is not None else displacement) if options.integrate == "step" else displacement
 
     def field(p: torch.Tensor, shape: tuple[int, ...], image_grid: bool) -> torch.Tensor:
         integrated = options.integrate == "step" or (image_grid and options.integrate == "fine")
@@ -199,17 +208,22 @@ def register_images(
         inputs = [
             torch.nn.functional.avg_pool3d(t, network_factor) if network_factor > 1 else t for t in (fixed_t, moving_t)
         ]
-        velocity = model.velocity(*(model.features(t) for t in inputs))
-        velocity = resize_field(velocity, model.flow_shape(tuple(fixed_t.shape[2:])))  # a no-op unless pooled
+        flow_ddf, velocity = model.predict(*(model.features(t) for t in inputs))
+        flow_shape = model.flow_shape(tuple(fixed_t.shape[2:]))
+        if velocity is not None:  # resized before integration, as the network was trained (a no-op unless pooled)
+            velocity = resize_field(velocity, flow_shape)
+            flow_ddf = integrate(velocity, model.int_steps)
+        else:
+            flow_ddf = resize_field(flow_ddf, flow_shape)
     timings["predict_s"] = time.perf_counter() - t0
     opt = instance_opt or InstanceOptOptions()
     if opt.total > 0:
         t0 = time.perf_counter()
-        ddf = instance_optimise(model, fixed_t, moving_t, velocity, opt)
+        ddf = instance_optimise(model, fixed_t, moving_t, flow_ddf, opt, velocity=velocity)
         timings["instance_opt_s"] = time.perf_counter() - t0
     else:
         with torch.no_grad():
-            ddf = model.displacement(velocity, fixed_t.shape[2:])
+            ddf = resize_field(flow_ddf, tuple(fixed_t.shape[2:]))
     with torch.no_grad():
         warped = warp(moving_t, ddf)
         warped_labels = None

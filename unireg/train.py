@@ -64,7 +64,7 @@ from .affine import read_affine_txt
 from .atlas import load_atlas
 from .defaults import DEFAULT_EXTRACTOR, DEVICE
 from .errors import UniregError
-from .fields import jacobian_stats, warp, warp_affine
+from .fields import jacobian_stats, resize_field, warp, warp_affine
 from .io import load_image, save_image, write_atomic, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
@@ -84,6 +84,7 @@ DEFAULTS = {
         "channels": [16, 32, 32, 32],
         "flow_stride": 2,
         "int_steps": 7,
+        "cascade": 1,
     },
     "loss": {
         "similarity": "lncc",
@@ -374,8 +375,8 @@ class Trainer:
             moving_feat = warp_affine(moving_feat, theta)
             if moving_lab is not None:
                 moving_lab = warp_affine(moving_lab.float(), theta, mode="nearest").long()
-        velocity = self.model.velocity(fixed_feat, moving_feat)
-        ddf = self.model.displacement(velocity, fixed_img.shape[2:])
+        flow_ddf, _ = self.model.predict(fixed_feat, moving_feat)
+        ddf = resize_field(flow_ddf, tuple(fixed_img.shape[2:]))
         warped = warp(moving_img, ddf)
         terms = {"similarity": self.similarity(warped, fixed_img), "smooth": self.smooth(ddf)}
         if cfg["dice_weight"] > 0 and moving_lab is not None and fixed["labels"] is not None:
@@ -423,14 +424,16 @@ class Trainer:
             if fixed["labels"] is None or moving["labels"] is None:
                 continue
             with torch.no_grad():
-                velocity = self.model.velocity(self._features_of(fixed), self._features_of(moving))
-                ddf = self.model.displacement(velocity, fixed["image"].shape)
+                flow_ddf, velocity = self.model.predict(self._features_of(fixed), self._features_of(moving))
+                ddf = resize_field(flow_ddf, tuple(fixed["image"].shape))
                 scores["val_dice_affine"].append(mean_dice(fixed["labels"], moving["labels"]))
                 scores["val_dice"].append(mean_dice(fixed["labels"], self._warped_labels(moving, ddf)))
                 scores["val_folding_percent"].append(jacobian_stats(ddf)["folding_percent"])
             if io_steps:
                 options = InstanceOptOptions.schedule(io_steps)
-                ddf = instance_optimise(self.model, self._image(fixed), self._image(moving), velocity, options)
+                ddf = instance_optimise(
+                    self.model, self._image(fixed), self._image(moving), flow_ddf, options, velocity=velocity
+                )
                 with torch.no_grad():
                     scores["val_dice_io"].append(mean_dice(fixed["labels"], self._warped_labels(moving, ddf)))
         self.model.train()
