@@ -13,7 +13,8 @@ Adam lr 1e-3, seed 0) and differs only in its feature extractor:
 
 * ``mobilenet``: the packaged unireg_mobilenet_v1_025.pt (frozen ImageNet MobileNetV1 x0.25),
   recipe config/train_default.yaml;
-* ``mind``: the packaged unireg_mind.pt (frozen MIND-SSC), config/train_mind.yaml;
+* ``mind``: the packaged unireg_mind.pt (frozen MIND-SSC, a cascade of 2 UNets),
+  config/train_mind_cascade2.yaml;
 * ``reinit``: ablation, frozen MobileNet whose first conv (the earliest layer) is re-initialised
   randomly (extractor ``mobilenet_v1_025_reinit``), config/train_reinit.yaml -> runs/reinit/model.pt;
 * ``scratch``: the same encoder architecture randomly initialised and trained end to end with the
@@ -84,7 +85,7 @@ METHODS = {
         "config/train_default.yaml",
         MODELS / "unireg_mobilenet_v1_025.pt",
     ),
-    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind.yaml", MODELS / "unireg_mind.pt"),
+    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind_cascade2.yaml", MODELS / "unireg_mind.pt"),
     "reinit": (
         "UniReg, frozen MobileNet, 1st conv re-initialised",
         "config/train_reinit.yaml",
@@ -258,6 +259,12 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
         )
     shown = checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint
     sha = checkpoint.with_name(checkpoint.name + ".sha256").read_text().split()[0]
+    # a --checkpoint of another network than the method's recipe says how it differs
+    recipe_model = load_config(REPO / recipe)["model"]
+    network, recipe_network = ({"cascade": 1, **cfg} for cfg in (payload["config"], recipe_model))
+    differs = {k: v for k, v in network.items() if recipe_network.get(k) != v}
+    if differs:
+        recipe = f"{recipe} but model {', '.join(f'{k}: {v}' for k, v in differs.items())}"
     return model, {
         "checkpoint": f"{shown} (sha256 {sha[:12]})",
         "extractor": card["extractor"],
