@@ -39,17 +39,20 @@ def snapshot_card(run: Path) -> dict:
 
 
 def model_summary(config: dict) -> str:
-    """What sets the run's network and loss apart from the default recipe's (e.g. 'cascade 2')."""
-    model, loss, defaults = config["model"], config.get("loss", {}), {"channels": [16, 32, 32, 32], "flow_stride": 2}
+    """What sets the run's network and loss apart from unireg train's defaults (e.g. 'cascade 2')."""
+    from unireg.train import DEFAULTS
+
+    model = {**DEFAULTS["model"], **config["model"]}
+    loss = {**DEFAULTS["loss"], **config.get("loss", {})}
     parts = []
-    if int(model.get("cascade", 1)) > 1:
+    if model["cascade"] != DEFAULTS["model"]["cascade"]:
         parts.append(f"cascade {model['cascade']}")
-    if int(model.get("flow_stride", 2)) != defaults["flow_stride"]:
+    if model["flow_stride"] != DEFAULTS["model"]["flow_stride"]:
         parts.append(f"flow_stride {model['flow_stride']}")
-    if list(model.get("channels", defaults["channels"])) != defaults["channels"]:
+    if list(model["channels"]) != DEFAULTS["model"]["channels"]:
         parts.append("channels " + "-".join(str(c) for c in model["channels"]))
-    if float(loss.get("dice_weight", 1.0)) != 1.0 or int(loss.get("dice_labels", 16)) != 16:
-        parts.append(f"Dice {loss.get('dice_weight', 1.0):g} x {loss.get('dice_labels', 16)} labels")
+    if (loss["dice_weight"], loss["dice_labels"]) != (DEFAULTS["loss"]["dice_weight"], DEFAULTS["loss"]["dice_labels"]):
+        parts.append(f"Dice {loss['dice_weight']:g} x {loss['dice_labels']} labels")
     return ", ".join(parts) or "default"
 
 

@@ -136,7 +136,7 @@ def instance_optimise(
         )
         box = foreground_box(fixed, margin=similarity.kernel_size)  # whole windows stay inside
         fine = (fine[0], fine[1][(..., *box)])
-        param = (velocity if velocity is not None else displacement) if options.integrate == "step" else displacement
+        param = velocity if options.integrate == "step" and velocity is not None else displacement
 
     def field(p: torch.Tensor, shape: tuple[int, ...], image_grid: bool) -> torch.Tensor:
         integrated = options.integrate == "step" or (image_grid and options.integrate == "fine")
@@ -210,11 +210,12 @@ def register_images(
         ]
         flow_ddf, velocity = model.predict(*(model.features(t) for t in inputs))
         flow_shape = model.flow_shape(tuple(fixed_t.shape[2:]))
-        if velocity is not None:  # resized before integration, as the network was trained (a no-op unless pooled)
-            velocity = resize_field(velocity, flow_shape)
-            flow_ddf = integrate(velocity, model.int_steps)
-        else:
-            flow_ddf = resize_field(flow_ddf, flow_shape)
+        if tuple(flow_ddf.shape[2:]) != flow_shape:  # the network ran on pooled images
+            if velocity is not None:  # a velocity is resized before integration, as the network was trained
+                velocity = resize_field(velocity, flow_shape)
+                flow_ddf = integrate(velocity, model.int_steps)
+            else:
+                flow_ddf = resize_field(flow_ddf, flow_shape)
     timings["predict_s"] = time.perf_counter() - t0
     opt = instance_opt or InstanceOptOptions()
     if opt.total > 0:
