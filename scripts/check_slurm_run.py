@@ -6,7 +6,8 @@ Evidence used (all kept in the run's working directory):
                     run (the CI cluster keeps finished jobs for an hour: MinJobAge=3600)
   .snakemake/slurm_logs/**/<slurm id>.log   each SLURM job's log: the rules and subjects it ran
   work/benchmarks/<rule>/<subject>.tsv      written by every rule that ran, wherever it ran
-  results/sub-<id>/anat/*_desc-nonlinear_xfm.json  the register job's record: environment (partition, GPU)
+  results/sub-<id>/anat/*_desc-nonlinear_xfm.json  the register job's record: environment (partition, GPU);
+                    with an atlas set (--atlas) the segment job's, *_dseg.json
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from unireg.defaults import DEFAULT_ATLAS  # noqa: E402  (pure Python)
+from unireg.defaults import ATLAS_SET_FILE, DEFAULT_ATLAS  # noqa: E402  (pure Python)
 from unireg.layout import atlas_entities, subject_files  # noqa: E402
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.")
-PER_SUBJECT_RULES = ("convert", "preprocess", "register", "propagate", "metrics")
 MAX_REPORT_DELAY_S = 60.0
 MIN_MEAN_DICE = 0.5  # over the atlas structures, as tests/test_workflow.py asks of the same cohort
 
 
-def _at(work: Path, subject: str, key: str) -> Path:
-    """File ``key`` of a subject in the run's results layout (default atlas)."""
-    return work / "results" / subject_files(subject, *atlas_entities(DEFAULT_ATLAS))[key]
+def gpu_stage(atlas: str) -> tuple[str, str]:
+    """(the GPU rule, the layout key of its record): segment with an atlas set, else register."""
+    if (Path(atlas) / ATLAS_SET_FILE).is_file():
+        return "segment", "segment_json"
+    return "register", "displacement_json"
+
+
+def _at(work: Path, subject: str, key: str, atlas: str = DEFAULT_ATLAS) -> Path:
+    """File ``key`` of a subject in the run's results layout."""
+    return work / "results" / subject_files(subject, *atlas_entities(atlas))[key]
 
 
 def read_timestamped(path: Path) -> list[tuple[float, str]]:
@@ -59,8 +66,10 @@ def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
     return jobs
 
 
-def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> list[str]:
+def check(work: Path, exit_status: int, failing: list[str], good: list[str], atlas: str = DEFAULT_ATLAS) -> list[str]:
     problems: list[str] = []
+    gpu_rule, record = gpu_stage(atlas)
+    per_subject_rules = ("convert", "preprocess", gpu_rule, "propagate", "metrics")
 
     def expect(ok: bool, what: str) -> None:
         print(f"{'ok  ' if ok else 'FAIL'} {what}")
@@ -99,30 +108,30 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
     )
     expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
 
-    # the good subjects: every per-subject job completed in SLURM, register on the gpu partition with a GPU
+    # the good subjects: every per-subject job completed in SLURM, the GPU rule on the gpu partition with a GPU
     for subject in good:
-        for rule in PER_SUBJECT_RULES:
+        for rule in per_subject_rules:
             ids = in_slurm.get((rule, subject), [])
             expect(
                 any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
                 f"{subject}: {rule} completed in SLURM job(s) {ids}",
             )
-        for i in in_slurm.get(("register", subject), []):
+        for i in in_slurm.get((gpu_rule, subject), []):
             expect(
                 queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
-                f"{subject}: register SLURM job {i} in partition {queue.loc[i, 'partition']} "
+                f"{subject}: {gpu_rule} SLURM job {i} in partition {queue.loc[i, 'partition']} "
                 f"asking for {queue.loc[i, 'tres_per_job']}",
             )
-        env = json.loads(_at(work, subject, "displacement_json").read_text())["environment"]
+        env = json.loads(_at(work, subject, record, atlas).read_text())["environment"]
         expect(
             env.get("slurm_job_partition") == "gpu"
             and env.get("cuda_visible_devices") not in (None, "")
             and env.get("slurm_gpus_on_node", "0") != "0",
-            f"{subject}: register ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
+            f"{subject}: {gpu_rule} ran with SLURM_JOB_PARTITION={env.get('slurm_job_partition')} "
             f"CUDA_VISIBLE_DEVICES={env.get('cuda_visible_devices')} "
             f"SLURM_GPUS_ON_NODE={env.get('slurm_gpus_on_node')}",
         )
-        metrics = pd.read_csv(_at(work, subject, "metrics"), sep="\t")
+        metrics = pd.read_csv(_at(work, subject, "metrics", atlas), sep="\t")
         mean_dice, n_labels = metrics["dice"].mean(), int(metrics["dice"].notna().sum())
         # the bounds of tests/test_workflow.py's local run of the same cohort
         expect(
@@ -150,7 +159,7 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str]) -> 
             log.exists() and log.read_text().startswith(f"unireg: {subject}: "),
             f"{subject}: one-line error in its log: {log.read_text().strip() if log.exists() else '(none)'}",
         )
-        expect(not _at(work, subject, "labels").exists(), f"{subject}: no labels written")
+        expect(not _at(work, subject, "labels", atlas).exists(), f"{subject}: no labels written")
         report = work / "results/report.html"
         text = report.read_text() if report.exists() else ""
         expect(
@@ -166,8 +175,11 @@ def main(argv=None) -> int:
     parser.add_argument("--exit-status", type=int, required=True)
     parser.add_argument("--failing", nargs="*", default=[])
     parser.add_argument("--good", nargs="+", required=True)
+    parser.add_argument(
+        "--atlas", default=DEFAULT_ATLAS, help=f"the run's atlas: a built-in name (default {DEFAULT_ATLAS}) or a folder"
+    )
     args = parser.parse_args(argv)
-    problems = check(args.work, args.exit_status, args.failing, args.good)
+    problems = check(args.work, args.exit_status, args.failing, args.good, args.atlas)
     print(f"SLURM run check: {'passed' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 

@@ -10,7 +10,9 @@
 #   4. check the run with scripts/check_slurm_run.py: every job went through SLURM, register ran
 #      in the gpu partition with a GPU allocated, the corrupt subject was reported failed within a
 #      minute, the good subjects' outputs are complete and correct;
-#   5. tear the cluster down (also on failure).
+#   5. the same cohort again (in <work>/set) with an atlas set of 2 members made from the atlas the
+#      first run built: multi-atlas segmentation, the segment rule on the gpu partition, checked alike;
+#   6. tear the cluster down (also on failure).
 # Usage: scripts/ci_slurm.sh [workdir]   (default: a fresh temporary folder)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,4 +59,54 @@ status=${PIPESTATUS[0]}
 set -e
 echo "snakemake exit status $status after $(( $(date +%s) - start )) s"
 squeue --states=all --noheader -O "JobID:|,Partition:|,State:|,tres-per-job:|,tres-alloc:" > squeue.txt || true
-python "$repo/scripts/check_slurm_run.py" "$work" --exit-status "$status" --failing bad01 --good demo01 demo02
+first=0
+python "$repo/scripts/check_slurm_run.py" "$work" --exit-status "$status" --failing bad01 --good demo01 demo02 || first=$?
+
+# 5. multi-atlas segmentation: a 2-member atlas set (the built atlas and a shifted copy, which
+# import-set aligns back), the same cohort, segment in place of register
+mkdir -p "$work/set/members"
+cd "$work/set"
+PYTHONPATH="$repo" python - "$work/work/atlas/mni2009a-allen" <<'PY'
+import sys
+from pathlib import Path
+from unireg.atlas import ATLAS_FILES
+from unireg.io import Image, load_image, save_image
+atlas = Path(sys.argv[1])
+rows = ["id\timage\tlabels"]
+for name, shift in (("m1", 0.0), ("m2", 4.0)):
+    for key, label in (("image", False), ("labels", True)):
+        img = load_image(atlas / ATLAS_FILES[key], label=label)
+        affine = img.affine.copy()
+        affine[:3, 3] += shift
+        save_image(Image(img.data, affine, is_label=label), Path("members") / f"{name}_{key}.nii.gz")
+    rows.append(f"{name}\t{name}_image.nii.gz\t{name}_labels.nii.gz")
+Path("members/members.tsv").write_text("\n".join(rows) + "\n")
+PY
+PYTHONPATH="$repo" python -m unireg atlas import-set --manifest members/members.tsv \
+    --table "$work/work/atlas/mni2009a-allen/atlas_labels.tsv" --reference "$work/work/atlas/mni2009a-allen" --out "$work/set/ciset"
+cat > slurm_ci_set.yaml <<YAML
+cohort: $work/demo/cohort_ci.tsv
+atlas: $work/set/ciset
+atlas_set:
+  fusion: jlf
+  k: 0
+register:
+  gpu: true
+  device: cpu
+YAML
+start=$(date +%s)
+set +e
+timeout -s KILL 1800 snakemake -s "$repo/Snakefile" -d "$work/set" --profile "$repo/profiles/slurm" \
+    --software-deployment-method env-modules \
+    --configfile "$repo/config/config.yaml" slurm_ci_set.yaml 2>&1 \
+    | python -u -c 'import sys, time
+for line in sys.stdin:
+    print(f"{time.time():.1f} {line}", end="", flush=True)' | tee snakemake.out
+status=${PIPESTATUS[0]}
+set -e
+echo "snakemake (atlas set) exit status $status after $(( $(date +%s) - start )) s"
+squeue --states=all --noheader -O "JobID:|,Partition:|,State:|,tres-per-job:|,tres-alloc:" > squeue.txt || true
+second=0
+python "$repo/scripts/check_slurm_run.py" "$work/set" --exit-status "$status" --failing bad01 --good demo01 demo02 \
+    --atlas "$work/set/ciset" || second=$?
+[ "$first" -eq 0 ] && [ "$second" -eq 0 ]

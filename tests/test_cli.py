@@ -219,6 +219,9 @@ def test_config_schema_and_shipped_config_agree_with_the_package():
     assert config["register"]["instance_opt"] == defaults.INSTANCE_OPT_STEPS
     assert config["register"]["instance_opt_similarity"] == defaults.INSTANCE_OPT_SIMILARITY
     assert config["register"]["device"] == defaults.DEVICE
+    assert config["atlas_set"]["fusion"] == defaults.FUSION and schema["atlas_set"]["properties"]["fusion"][
+        "enum"
+    ] == list(defaults.FUSIONS)
 
 
 def test_each_memory_request_has_one_place():
@@ -234,4 +237,4 @@ def test_each_memory_request_has_one_place():
             if "mem_mb=" in block:
                 assert "mem_mb" not in (profile.get("set-resources", {}).get(rule) or {}), rule
                 checked.append(rule)
-    assert sorted(checked) == ["preprocess", "register"]
+    assert sorted(checked) == ["preprocess", "register", "segment"]

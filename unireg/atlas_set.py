@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from .atlas import Atlas, load_atlas, write_atlas
+from .defaults import ATLAS_SET_FILE
 from .errors import UniregError
 from .io import load_image, read_label_table, write_label_table, write_text_atomic
 from .transforms import resample
 
-SET_FILE = "atlas_set.json"
+SET_FILE = ATLAS_SET_FILE
 TABLE_FILE = "atlas_labels.tsv"
 MIN_TEMPLATE_CORRELATION = 0.5
 MANIFEST_COLUMNS = ("id", "image", "labels")

@@ -27,6 +27,8 @@ NETWORK_GRIDS = ("model", "atlas")
 NETWORK_GRID = "model"
 FUSIONS = ("majority", "weighted", "jlf")  # unireg.fusion: multi-atlas label fusion rules
 FUSION = "jlf"
+# the file that makes a folder an atlas set (unireg.atlas_set; the workflow's `atlas:` may name one)
+ATLAS_SET_FILE = "atlas_set.json"
 
 # the feature extractor of a new model (unireg train; unireg.features.build_extractor names them all)
 DEFAULT_EXTRACTOR = "mobilenet_v1_025"

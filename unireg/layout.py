@@ -12,7 +12,9 @@ BIDS order; ``<S>`` is the atlas's space label and ``<A>`` its label set (:func:
     affine            sub-<id>_from-<S>_to-T1w_mode-image_desc-affine_xfm.txt       preprocess
     affine_itk        sub-<id>_from-<S>_to-T1w_mode-image_desc-affineitk_xfm.txt    preprocess
     warped            sub-<id>_space-<S>_desc-warpedatlas_T1w.nii.gz (+ .json)      register
-    warped_labels     sub-<id>_space-<S>_atlas-<A>_dseg.nii.gz                      register
+    warped_labels     sub-<id>_space-<S>_atlas-<A>_dseg.nii.gz                      register / segment
+    confidence        sub-<id>_space-<S>_atlas-<A>_desc-confidence_probseg.nii.gz   segment
+    segment_json      sub-<id>_space-<S>_atlas-<A>_dseg.json (record of the fusion) segment
     displacement      sub-<id>_from-<S>_to-T1w_mode-image_desc-nonlinear_xfm.nii.gz (+ .json: record)
     displacement_itk  sub-<id>_from-<S>_to-T1w_mode-image_desc-nonlinearitk_xfm.nii.gz
     labels            sub-<id>_atlas-<A>_dseg.nii.gz (+ _dseg.tsv)                  propagate
@@ -20,7 +22,10 @@ BIDS order; ``<S>`` is the atlas's space label and ``<A>`` its label set (:func:
 
 The affine files hold the linear part of the atlas -> subject transform (atlas world -> subject
 world, :mod:`unireg.affine`); the displacement (on the preprocessed, atlas-sized grid) is its
-deformable part, applied first: ``propagate`` composes the two. Transforms and metrics have no
+deformable part, applied first: ``propagate`` composes the two. With an atlas set (multi-atlas
+segmentation, ``unireg segment``) there is no displacement: ``warped_labels`` are the members'
+fused labels on the preprocessed grid, ``segment_json`` records the fusion and each member's
+registration, and ``propagate`` applies the affine alone. Transforms and metrics have no
 BIDS 1.11 name (``xfm`` is the BEP014 proposal, as fMRIPrep writes it): ``.bidsignore`` lists them.
 
 The stage commands name their outputs the same way when given ``--subject`` and ``--space``;
@@ -97,6 +102,7 @@ PLAIN_NAMES = {
         "affine_itk": "affine_itk.txt",
         "info": "preprocess.json",
     },
+    "segment": {"labels": "labels.nii.gz", "confidence": "confidence.nii.gz", "info": "segment.json"},
     "register": {
         "warped": "warped.nii.gz",
         "displacement": "displacement.nii.gz",
@@ -190,6 +196,8 @@ def subject_files(subject: str, space: str, atlas: str) -> dict[str, str]:
         "affine_itk": _xfm(subject, space, "affineitk", ".txt"),
         "warped": derivative_name(subject, "T1w", space=space, desc="warpedatlas"),
         "warped_labels": derivative_name(subject, "dseg", space=space, atlas=atlas),
+        "confidence": derivative_name(subject, "probseg", space=space, atlas=atlas, desc="confidence"),
+        "segment_json": derivative_name(subject, "dseg", ".json", space=space, atlas=atlas),
         "displacement": _xfm(subject, space, "nonlinear", ".nii.gz"),
         "displacement_itk": _xfm(subject, space, "nonlinearitk", ".nii.gz"),
         "labels": derivative_name(subject, "dseg", atlas=atlas),
@@ -205,8 +213,8 @@ def stage_names(
     stage: str, subject: str | None = None, space: str | None = None, atlas: str | None = None
 ) -> dict[str, str]:
     """File names (no folder) of one stage's outputs, keyed as :data:`PLAIN_NAMES` ``[stage]``:
-    the layout's names when ``subject`` and ``space`` are given (``atlas`` too for ``register``'s
-    labels), else the plain names."""
+    the layout's names when ``subject`` and ``space`` are given (``atlas`` too for the labels of
+    ``register`` and ``segment``), else the plain names."""
     if stage not in PLAIN_NAMES:
         raise ValueError(f"unknown stage {stage!r}")
     if not (subject and space):
@@ -220,6 +228,8 @@ def stage_names(
             "affine_itk": files["affine_itk"],
             "info": files["preproc_json"],
         }
+    if stage == "segment":
+        return {"labels": files["warped_labels"], "confidence": files["confidence"], "info": files["segment_json"]}
     return {
         "warped": files["warped"],
         "displacement": files["displacement"],
@@ -236,6 +246,20 @@ def find_subject_file(results_dir: str | Path, subject: str, key: str) -> Path |
     pattern = subject_files(subject, "{space}", "{atlas}")[key].replace("{space}", "*").replace("{atlas}", "*")
     found = sorted(Path(results_dir).glob(pattern))
     return found[0] if found else None
+
+
+#: A subject's registration record: the displacement's sidecar (single atlas, ``unireg register``)
+#: or the fused labels' (atlas set, ``unireg segment``); both hold ``jacobian`` and ``qc``.
+REGISTRATION_RECORDS = ("displacement_json", "segment_json")
+
+
+def find_registration_record(results_dir: str | Path, subject: str) -> Path | None:
+    """The subject's registration record (:data:`REGISTRATION_RECORDS`, first found), or None."""
+    for key in REGISTRATION_RECORDS:
+        path = find_subject_file(results_dir, subject, key)
+        if path is not None:
+            return path
+    return None
 
 
 def find_all(results_dir: str | Path, key: str) -> dict[str, Path]:

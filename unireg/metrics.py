@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import UniregError
 from .io import load_image, read_label_table, write_text_atomic
-from .layout import find_all, find_subject_file, sibling
+from .layout import find_all, find_registration_record, sibling
 
 
 def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels=None) -> dict[int, float]:
@@ -195,8 +195,9 @@ def find_reference(subject: str, manifest_path=None, reference_dir=None):
 
 
 def registration_json(results_dir: str | Path, subject: str) -> Path | None:
-    """The subject's registration record (the displacement's sidecar, :mod:`unireg.layout`), or None."""
-    return find_subject_file(results_dir, subject, "displacement_json")
+    """The subject's registration record (the displacement's sidecar, or the fused labels' with an
+    atlas set: :func:`unireg.layout.find_registration_record`), or None."""
+    return find_registration_record(results_dir, subject)
 
 
 def regenerate_metrics(

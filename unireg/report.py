@@ -460,14 +460,16 @@ def qc_flags(
 
 
 def read_registration_qc(results_dir: str | Path) -> pd.DataFrame:
-    """The QC numbers of every subject's registration.json (:data:`REGISTRATION_QC_COLUMNS`).
+    """The QC numbers of every subject's registration.json (:data:`REGISTRATION_QC_COLUMNS`), or of
+    its fused labels' record with an atlas set (:data:`unireg.layout.REGISTRATION_RECORDS`).
 
     Similarities and brain-mask Dice come from its ``qc`` entry, folding and std log det(J) from
     ``jacobian``; what a file lacks (older runs) is NaN. An unreadable file gives a row of NaN
     and a ``problem`` (one line); the column ``problem`` is empty otherwise.
     """
     rows = []
-    for subject, path in find_all(results_dir, "displacement_json").items():
+    records = {**find_all(results_dir, "segment_json"), **find_all(results_dir, "displacement_json")}
+    for subject, path in sorted(records.items()):
         row = {"subject": subject, "problem": ""}
         try:
             info = json.loads(path.read_text())

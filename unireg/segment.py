@@ -24,9 +24,22 @@ from .defaults import FUSION, FUSIONS, NETWORK_GRID
 from .errors import UniregError
 from .fusion import JLF_DEFAULTS, WEIGHTED_DEFAULTS, fuse
 from .io import Image, load_image, save_image, write_text_atomic
+from .layout import PLAIN_NAMES
 
-OUTPUT_FILES = {"labels": "labels.nii.gz", "confidence": "confidence.nii.gz", "info": "segment.json"}
+OUTPUT_FILES = PLAIN_NAMES["segment"]
 DEFAULT_FUSION = FUSION
+QC_KEYS = ("similarity_before", "similarity_after", "brain_mask_dice_before", "brain_mask_dice_after")
+
+
+def summarise_members(per_member: list[dict]) -> tuple[dict, dict]:
+    """(``jacobian``, ``qc``) of the whole segmentation from each member's: the worst member's
+    folding and std log det(J) (so a single folding registration is flagged), the members' mean QC."""
+    jacobian = {key: max(m["jacobian"][key] for m in per_member) for key in ("folding_percent", "log_jacobian_std")}
+    qc = {"similarity": per_member[0]["qc"]["similarity"], "aggregate": "mean over members"}
+    for key in QC_KEYS:
+        values = [m["qc"][key] for m in per_member if m["qc"].get(key) is not None]
+        qc[key] = round(float(np.mean(values)), 4) if values else None
+    return jacobian, qc
 
 
 def segment_images(
@@ -43,7 +56,7 @@ def segment_images(
 ):
     """Register the first ``k`` members (default all) onto ``fixed`` and fuse their labels.
     Returns (:class:`unireg.fusion.FusionResult`, info dict)."""
-    from .register import register_images
+    from .register import register_images, registration_qc
 
     if fusion not in FUSIONS:
         raise UniregError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
@@ -65,15 +78,26 @@ def segment_images(
         )
         labels.append(result.warped_labels.data)
         images.append(result.warped.data)
+        jac = result.info["jacobian"]
         per_member.append(
             {
                 "id": sid,
                 "seconds": round(time.perf_counter() - t0, 3),
-                "folding_percent": result.info["jacobian"]["folding_percent"],
+                "folding_percent": jac["folding_percent"],
+                "jacobian": {k: jac[k] for k in ("folding_percent", "log_jacobian_std")},
+                "qc": registration_qc(
+                    fixed,
+                    member.image,
+                    result,
+                    fixed_mask=fixed_mask,
+                    moving_mask=member.mask,
+                    moving_labels=member.labels,
+                ),
             }
         )
     t0 = time.perf_counter()
     fused = fuse(labels, fusion, images=images, target=np.asarray(fixed.data, np.float32))
+    jacobian, qc = summarise_members(per_member)
     info = {
         "fusion": fusion,
         "fusion_parameters": {"weighted": WEIGHTED_DEFAULTS, "jlf": JLF_DEFAULTS}.get(fusion, {}),
@@ -83,6 +107,8 @@ def segment_images(
         "fusion_seconds": round(time.perf_counter() - t0, 3),
         "instance_opt_steps": 0 if instance_opt is None else instance_opt.total,
         "network_factor": network_factor,
+        "jacobian": jacobian,
+        "qc": qc,
     }
     return fused, info
 
@@ -100,11 +126,13 @@ def segment_files(
     subject: str | None = None,
     fixed_mask_path=None,
     network_grid: str = NETWORK_GRID,
+    names: dict | None = None,
 ) -> dict:
-    """Load, segment (:func:`segment_images`) and write :data:`OUTPUT_FILES` into ``out_dir`` (JSON last)."""
+    """Load, segment (:func:`segment_images`) and write ``names`` (default :data:`OUTPUT_FILES`) into
+    ``out_dir``, the JSON last."""
     from .model import load_checkpoint
     from .register import network_pooling
-    from .runtime import select_device
+    from .runtime import execution_environment, select_device
 
     try:
         atlas_set = load_atlas_set(atlas_set_path)
@@ -134,9 +162,18 @@ def segment_files(
     except UniregError as err:
         err.with_context(subject=subject)
         raise
-    out = Path(out_dir)
-    save_image(fixed.with_data(fused.labels.astype(np.int32), is_label=True), out / OUTPUT_FILES["labels"])
-    save_image(fixed.with_data(fused.confidence, is_label=False), out / OUTPUT_FILES["confidence"])
-    info.update({"subject": subject, "atlas_set": str(atlas_set.path), "device": str(dev)})
-    write_text_atomic(out / OUTPUT_FILES["info"], json.dumps(info, indent=2) + "\n")
+    out, names = Path(out_dir), names or OUTPUT_FILES
+    save_image(fixed.with_data(fused.labels.astype(np.int32), is_label=True), out / names["labels"])
+    save_image(fixed.with_data(fused.confidence, is_label=False), out / names["confidence"])
+    info.update(
+        {
+            "subject": subject,
+            "atlas_set": str(atlas_set.path),
+            "model": str(model_path or "default"),
+            "extractor": checkpoint.get("extractor"),
+            "device": str(dev),
+            "environment": execution_environment(dev),
+        }
+    )
+    write_text_atomic(out / names["info"], json.dumps(info, indent=2) + "\n")
     return info

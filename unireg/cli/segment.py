@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..defaults import FUSION, FUSIONS
-from ._common import SUBJECT_HELP, add_registration_options, instance_opt_options
+from ._common import SUBJECT_HELP, add_layout_naming, add_registration_options, instance_opt_options
 
 
 def add_parser(verbs) -> None:
@@ -13,7 +13,12 @@ def add_parser(verbs) -> None:
     )
     p.add_argument("--fixed", required=True, help="the subject's preprocessed image (on the set's reference grid)")
     p.add_argument("--atlas-set", required=True, help="an atlas set folder ('unireg atlas import-set')")
-    p.add_argument("--out", required=True, help="output folder (labels.nii.gz, confidence.nii.gz, segment.json)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (labels.nii.gz, confidence.nii.gz, segment.json; "
+        "with --subject and --space named as in the results layout)",
+    )
     p.add_argument(
         "--fusion",
         choices=FUSIONS,
@@ -24,10 +29,12 @@ def add_parser(verbs) -> None:
     p.add_argument("--fixed-mask", help="the subject's brain mask (same grid), for the Jacobian statistics")
     add_registration_options(p)
     p.add_argument("--subject", help=SUBJECT_HELP)
+    add_layout_naming(p, atlas_label=True)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
+    from ..layout import stage_names
     from ..segment import segment_files
 
     info = segment_files(
@@ -42,6 +49,7 @@ def run(args) -> None:
         subject=args.subject,
         fixed_mask_path=args.fixed_mask,
         network_grid=args.network_grid,
+        names=stage_names("segment", args.subject, args.space, args.atlas_label),
     )
     seconds = sum(m["seconds"] for m in info["members"])
     print(

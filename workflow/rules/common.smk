@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
-from unireg.defaults import BUILTIN_ATLASES
+from unireg.defaults import ATLAS_SET_FILE, BUILTIN_ATLASES, FUSION
 from unireg.layout import SUBJECT_PATTERN, atlas_entities, subject_files
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -34,9 +34,18 @@ SPACE, ATLAS_LABEL = atlas_entities(config["atlas"])
 FILES = {key: f"{RESULTS}/{name}" for key, name in subject_files("{subject}", SPACE, ATLAS_LABEL).items()}
 # a built-in atlas (unireg.defaults.BUILTIN_ATLASES) is built by the atlas rule into <work>/atlas/<name>
 BUILTIN_ATLAS_DIR = f"{WORK}/atlas/{{atlas_name}}"
-ATLAS_DIR = (
-    BUILTIN_ATLAS_DIR.format(atlas_name=config["atlas"]) if config["atlas"] in BUILTIN_ATLASES else config["atlas"]
-)
+# an atlas set (`unireg atlas import-set`): multi-atlas segmentation, the segment rule in place of
+# register; subjects are preprocessed onto the set's reference atlas
+ATLAS_SET = config["atlas"] not in BUILTIN_ATLASES and (Path(config["atlas"]) / ATLAS_SET_FILE).is_file()
+if config["atlas"] in BUILTIN_ATLASES:
+    ATLAS_DIR = BUILTIN_ATLAS_DIR.format(atlas_name=config["atlas"])
+elif ATLAS_SET:
+    ATLAS_DIR = f"{config['atlas']}/reference"
+else:
+    ATLAS_DIR = config["atlas"]
+# the label table of the propagated labels: the atlas's, or the one every member of the set shares
+LABEL_TABLE = f"{config['atlas']}/atlas_labels.tsv" if ATLAS_SET else f"{ATLAS_DIR}/atlas_labels.tsv"
+ATLAS_SET_OPTIONS = {"fusion": FUSION, "k": 0, **(config.get("atlas_set") or {})}
 USE_GPU = bool(config["register"]["gpu"])
 REGISTER_DEVICE = config["register"].get("device", "auto")
 if REGISTER_DEVICE == "auto":

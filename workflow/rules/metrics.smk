@@ -5,8 +5,8 @@ rule metrics:
     input:
         labels=rules.propagate.output.labels,
         manifest=f"{RESULTS}/manifest.tsv",
-        table=f"{ATLAS_DIR}/atlas_labels.tsv",
-        registration=rules.register.output.info,
+        table=LABEL_TABLE,
+        registration=rules.segment.output.info if ATLAS_SET else rules.register.output.info,
     output:
         tsv=FILES["metrics"],
     log:
