@@ -1,10 +1,19 @@
-"""Multi-atlas segmentation, leave-one-out on the 10 Mindboggle brains at 1 mm: K registered atlases fused.
+"""Multi-atlas segmentation, leave-one-out: K registered atlases fused, on the 10 Mindboggle brains at
+1 mm (manual labels) or on the 10 IXI validation subjects at 2 mm (148 DLMUSE labels).
 
-Run (writes benchmarks/results/multi_atlas.{md,csv} and multi_atlas.targets.csv, prints the markdown):
+Run (writes benchmarks/results/multi_atlas.{md,csv} and multi_atlas.targets.csv, or multi_atlas_ixi.*
+with ``--dataset ixi``, and prints the markdown):
 
     nice -n 10 .venv/bin/python benchmarks/multi_atlas.py                         # 3 targets, K = 1,3,5,9
     nice -n 10 .venv/bin/python benchmarks/multi_atlas.py --targets 10 --k 1,3,5,9 --methods unireg_io,ants
+    .venv/bin/python benchmarks/multi_atlas.py --dataset ixi --targets 10 --ants-targets 2 --ants-k 9
     .venv/bin/python benchmarks/multi_atlas.py --smoke --out /tmp/ma                # 4 mm, 1 target, K = 1,2
+
+**IXI** (``--dataset ixi``): the 10 validation subjects of the packaged model's split
+(:func:`peers.model_split`; never trained or tuned on), preprocessed as in benchmarks/peers.py (its
+cache), on the 2 mm grid the model was trained on, in the same ring order; ANTs SyN with the
+peers.py schedule (CC radius 2 at 2 mm, 100,70,20 at shrink 4,2,1). Scored over the labels present
+in every one of the 10 subjects; no cortical column (DLMUSE is not DKT31).
 
 Shares everything but the fusion with benchmarks/mindboggle.py (its data, preprocessing, method
 workers, field cache and scoring): a pair registered by either script is reused by both.
@@ -35,6 +44,8 @@ import datetime
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +96,91 @@ def log(message: str) -> None:
     print(f"[multi_atlas {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def atlases_of(target: str, k: int) -> list[str]:
+def atlases_of(target: str, k: int, subjects=mb.SUBJECTS) -> list[str]:
     """The first ``k`` atlases of ``target``: the subjects at ring offsets 1..k (mindboggle.pair_order)."""
-    return [moving for moving, fixed in mb.pair_order() if fixed == target][:k]
+    return [moving for moving, fixed in mb.pair_order(subjects) if fixed == target][:k]
+
+
+@dataclass
+class Dataset:
+    """What differs between the two data sets: subjects, grid, preprocessing, labels, ANTs schedule."""
+
+    name: str
+    title: str
+    subjects: tuple
+    atlas: object
+    cache: Path
+    preprocess: Callable  # subject ids -> {id: {"image": array, "labels": array}}
+    labels: Callable  # preprocessed subjects -> label ids to score
+    cortical: tuple | None  # id range of the cortical column, or None
+    ants: dict  # ANTs settings for mindboggle.worker_settings
+    short: Callable  # subject id -> its short name in the tables
+    data_note: str
+
+
+def mindboggle_dataset(args) -> Dataset:
+    from unireg.atlas import builtin_atlas
+    from unireg.defaults import TISSUE_ATLAS
+
+    if not mb.DATA.is_dir():
+        raise SystemExit(f"multi_atlas: data not found: {mb.DATA} (../shared/data is absent)")
+    atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
+    cache = peers.cache_dir(args.cache, "mindboggle", args.grid_mm)
+    return Dataset(
+        name="mindboggle",
+        title="Mindboggle OASIS-TRT-20",
+        subjects=mb.SUBJECTS,
+        atlas=atlas,
+        cache=cache,
+        preprocess=lambda ids: mb.preprocess_subjects(ids, atlas, cache),
+        labels=lambda subjects: mb.common_labels(cache),
+        cortical=mb.CORTICAL,
+        ants={**mb.ANTS, "ants_iterations": args.ants_iterations or mb.ANTS["ants_iterations"]},
+        short=lambda sid: sid[-2:],
+        data_note="Data: Mindboggle-101 OASIS-TRT-20 (Klein & Tourville 2012), CC BY-NC-SA 3.0, read from "
+        "../shared/data. Dice over the labels common to all 10 subjects present in the target (0 where lost).",
+    )
+
+
+def ixi_dataset(args) -> Dataset:
+    from unireg.atlas import builtin_atlas
+    from unireg.defaults import TISSUE_ATLAS
+
+    if not peers.IXI.is_dir():
+        raise SystemExit(f"multi_atlas: data not found: {peers.IXI} (../shared/data is absent)")
+    atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
+    cache = peers.cache_dir(args.cache, "peers", args.grid_mm)  # shared with peers.py's preprocessing
+    _, val_ids = peers.model_split(args.model)
+
+    def preprocess(ids):
+        records = peers.preprocess_ixi(list(ids), atlas, cache)
+        return {sid: {**r, "image": r["image"].data} for sid, r in records.items()}
+
+    def labels(subjects):
+        common = None
+        for record in subjects.values():
+            ids = set(int(i) for i in np.unique(record["labels"]) if i > 0)
+            common = ids if common is None else common & ids
+        return np.array(sorted(common), dtype=np.int64)
+
+    return Dataset(
+        name="ixi",
+        title="IXI validation subjects, 2 mm",
+        subjects=tuple(val_ids),
+        atlas=atlas,
+        cache=cache,
+        preprocess=preprocess,
+        labels=labels,
+        cortical=None,
+        ants={
+            "ants_iterations": args.ants_iterations or peers.ANTS_ITERATIONS,
+            "ants_cc_radius": peers.ANTS_CC_RADIUS,
+            "ants_grad_step": peers.ANTS_GRAD_STEP,
+        },
+        short=lambda sid: sid.split("-")[0],
+        data_note="Data: IXI T1 heads (CC BY-SA 3.0) with DLMUSE labels, read from ../shared/data; the packaged "
+        "model's 10 validation subjects. Dice over the labels present in all 10 subjects (0 where lost).",
+    )
 
 
 def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list[np.ndarray], spacing) -> np.ndarray:
@@ -113,6 +206,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--dataset", choices=("mindboggle", "ixi"), default="mindboggle")
     parser.add_argument("--targets", type=int, default=3, help="the first N subjects as targets (default 3)")
     parser.add_argument("--k", default="1,3,5,9", help="atlases per target, comma list (default 1,3,5,9)")
     parser.add_argument("--fusions", default=",".join(FUSIONS), help=f"comma list of {', '.join(FUSIONS)}")
@@ -123,14 +217,21 @@ def parse_args(argv=None):
         default=1,
         help="register with ANTs up to this K per target (larger K, or 0: only as far as the cache has the fields)",
     )
-    parser.add_argument("--grid-mm", type=float, default=1.0)
+    parser.add_argument(
+        "--ants-targets", type=int, default=None, help="ANTs rows for the first N targets only (default: all)"
+    )
+    parser.add_argument("--grid-mm", type=float, default=None, help="default 1 (mindboggle), 2 (ixi)")
     parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS)
-    parser.add_argument("--ants-iterations", default=mb.ANTS["ants_iterations"])
+    parser.add_argument("--ants-iterations", default=None, help="default: mindboggle.py's or peers.py's schedule")
+    parser.add_argument("--model", type=Path, default=None, help="UniReg checkpoint (default: the packaged default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--cache", type=Path, default=None, help="cache (default $UNIREG_HOME/mindboggle)")
+    parser.add_argument("--name", default=None, help="stem of the table files (default multi_atlas, multi_atlas_ixi)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache (default $UNIREG_HOME/mindboggle or /peers)")
     parser.add_argument("--smoke", action="store_true", help=f"quick check: {SMOKE}")
     args = parser.parse_args(argv)
+    if args.grid_mm is None:
+        args.grid_mm = 2.0 if args.dataset == "ixi" else 1.0
     if args.smoke:
         args.grid_mm, args.targets, args.k = SMOKE["grid_mm"], SMOKE["targets"], SMOKE["k"]
         args.instance_opt, args.ants_iterations, args.ants_k = (
@@ -138,16 +239,18 @@ def parse_args(argv=None):
             SMOKE["ants_iterations"],
             SMOKE["ants_k"],
         )
+    args.name = args.name or ("multi_atlas_ixi" if args.dataset == "ixi" else "multi_atlas")
+    args.model = peers.checkpoint_arg(parser, args.model)
     args.k = sorted({int(k) for k in args.k.split(",")})
     args.fusions = [f for f in args.fusions.split(",") if f]
     args.methods = [m for m in args.methods.split(",") if m]
-    if not all(1 <= k < len(mb.SUBJECTS) for k in args.k):
-        parser.error(f"--k values must be 1..{len(mb.SUBJECTS) - 1}")
+    if not all(1 <= k < 10 for k in args.k):
+        parser.error("--k values must be 1..9 (10 subjects, leave-one-out)")
     for given, allowed, what in ((args.fusions, FUSIONS, "fusion"), (args.methods, METHODS, "method")):
         if set(given) - set(allowed):
             parser.error(f"unknown {what} {sorted(set(given) - set(allowed))}; choose from {', '.join(allowed)}")
-    if not 1 <= args.targets <= len(mb.SUBJECTS):
-        parser.error(f"--targets must be 1..{len(mb.SUBJECTS)}")
+    if not 1 <= args.targets <= 10:
+        parser.error("--targets must be 1..10")
     args.io_options, args.elastix_iterations = {}, None  # what mindboggle.worker_settings reads
     return args
 
@@ -155,27 +258,25 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
-    if not mb.DATA.is_dir():
-        raise SystemExit(f"multi_atlas: data not found: {mb.DATA} (../shared/data is absent)")
-    from unireg.atlas import builtin_atlas
-    from unireg.defaults import TISSUE_ATLAS
     from unireg.fusion import fuse
 
-    atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
+    data = ixi_dataset(args) if args.dataset == "ixi" else mindboggle_dataset(args)
     peers.require_peer_modules(args.methods, "multi_atlas")
-    cache = peers.cache_dir(args.cache, "mindboggle", args.grid_mm)
-    labels = mb.common_labels(cache)
-    targets = list(mb.SUBJECTS[: args.targets])
+    targets = list(data.subjects[: args.targets])
     kmax = max(args.k)
-    subjects = mb.preprocess_subjects(sorted({s for t in targets for s in [t, *atlases_of(t, kmax)]}), atlas, cache)
-    settings = mb.worker_settings(args, atlas)
-    spacing = atlas.grid.spacing
+    needed = sorted({s for t in targets for s in [t, *atlases_of(t, kmax, data.subjects)]})
+    subjects = data.preprocess(needed)
+    labels = data.labels(subjects)
+    settings = {**mb.worker_settings(args, data.atlas), **data.ants}
+    spacing = data.atlas.grid.spacing
     rows, peak = [], {}
     for method in args.methods:
-        folder = cache / "fields" / mb.method_key(method, settings)
-        for target in targets:
-            atlases = atlases_of(target, kmax)
-            cases = [peers.Case(f"{a}_to_{target}", "mindboggle", "mono", target, a, "labels") for a in atlases]
+        folder = data.cache / "fields" / mb.method_key(method, settings)
+        for position, target in enumerate(targets):
+            if method == "ants" and args.ants_targets is not None and position >= args.ants_targets:
+                continue
+            atlases = atlases_of(target, kmax, data.subjects)
+            cases = [peers.Case(f"{a}_to_{target}", data.name, "mono", target, a, "labels") for a in atlases]
             if method == "ants":  # register the first --ants-k atlases; then only as far as the cache goes
                 n = args.ants_k
                 while n < len(cases) and (folder / f"{cases[n].name}.json").is_file():
@@ -187,8 +288,8 @@ def main(argv=None) -> None:
             warped_labels, warped_images = [], []
             t0 = time.perf_counter()
             for case in cases:
-                with np.load(folder / f"{case.name}.npz") as data:
-                    ddf = data["ddf"]
+                with np.load(folder / f"{case.name}.npz") as fields:
+                    ddf = fields["ddf"]
                 warped_labels.append(peers.warp_labels(subjects[case.moving]["labels"], ddf))
                 warped_images.append(peers.warp_image(subjects[case.moving]["image"].astype(np.float32), ddf))
             warp_s = (time.perf_counter() - t0) / max(len(cases), 1)
@@ -211,16 +312,20 @@ def main(argv=None) -> None:
                     fusion_s = time.perf_counter() - t0 + warp_s * k
                     s = mb.score_labels(reference, fused, labels, spacing)
                     dice = s["dice"]
-                    cortical = [v for i, v in dice.items() if mb.CORTICAL[0] <= i < mb.CORTICAL[1]]
+                    cortical = (
+                        [v for i, v in dice.items() if data.cortical[0] <= i < data.cortical[1]]
+                        if data.cortical
+                        else []
+                    )
                     rows.append(
                         {
                             "target": target,
                             "method": method,
                             "fusion": fusion,
                             "k": k,
-                            "atlases": " ".join(a[-2:] for a in atlases[:k]),
+                            "atlases": " ".join(data.short(a) for a in atlases[:k]),
                             "dice_mean": float(np.mean(list(dice.values()))),
-                            "dice_cortical_mean": float(np.mean(cortical)),
+                            "dice_cortical_mean": float(np.mean(cortical)) if cortical else None,
                             "hd95_mean_mm": float(np.mean(list(s["hd95"].values()))),
                             "disagreement_percent": disagreement,
                             "registration_seconds": reg_s,
@@ -241,7 +346,9 @@ def main(argv=None) -> None:
                 "targets": len(mine),
                 "dice_mean": float(np.mean(dice)),
                 "dice_sd_over_targets": float(np.std(dice, ddof=1)) if len(dice) > 1 else None,
-                "dice_cortical_mean": float(np.mean([r["dice_cortical_mean"] for r in mine])),
+                "dice_cortical_mean": float(np.mean([r["dice_cortical_mean"] for r in mine]))
+                if data.cortical
+                else None,
                 "hd95_mean_mm": float(np.mean([r["hd95_mean_mm"] for r in mine])),
                 "registration_seconds_per_target": float(np.mean([r["registration_seconds"] for r in mine])),
                 "fusion_seconds_per_target": float(np.mean([r["fusion_seconds"] for r in mine])),
@@ -256,38 +363,39 @@ def main(argv=None) -> None:
             f"threads per method: {args.threads}; {peers.versions()}; load average at the end "
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}",
         ),
-        f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min (registrations cached in {cache}; their seconds "
-        "are those of the run that made them)",
-        f"grid: MNI 2009a template grid {'x'.join(map(str, atlas.grid.shape))} at {args.grid_mm:g} mm"
+        f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min (registrations cached in {data.cache}; "
+        "their seconds are those of the run that made them)",
+        f"grid: MNI 2009a template grid {'x'.join(map(str, data.atlas.grid.shape))} at {args.grid_mm:g} mm"
         + ("; SMOKE settings" if args.smoke else ""),
-        f"targets (leave-one-out): {', '.join(t[-2:] for t in targets)} (OASIS-TRT-20-NN); atlases of each: the "
-        "next subjects in ring order (mindboggle.pair_order)",
+        f"targets (leave-one-out): {', '.join(data.short(t) for t in targets)}; atlases of each: the next subjects "
+        f"in ring order (mindboggle.pair_order over {', '.join(data.short(t) for t in data.subjects)})"
+        + (f"; ANTs on the first {args.ants_targets} targets only" if args.ants_targets is not None else ""),
     ]
     notes = [
-        f"UniReg: the shipped default ({args.instance_opt} IO steps) for every registration; fusion by "
+        f"UniReg: {peers.model_name(args.model)}, {args.instance_opt} IO steps, for every registration; fusion by "
         f"unireg.fusion: majority; weighted = inverse local MSD {WEIGHTED_DEFAULTS}; jlf = joint label fusion "
         f"{JLF_DEFAULTS} (no patch search).",
-        f"ANTs: SyN as in benchmarks/mindboggle.py ({args.ants_iterations}); K > 1 fused with antspyx "
-        f"joint_label_fusion {ANTS_JLF}; rows only where all K SyN fields exist (at 1 mm each costs many minutes).",
-        "Dice over the labels common to all 10 subjects present in the target (0 where lost); HD95 where present "
-        "in both; seconds per target = its K registrations (the cached runs' own seconds) + warping and fusion.",
-        "Data: Mindboggle-101 OASIS-TRT-20 (Klein & Tourville 2012), CC BY-NC-SA 3.0, read from ../shared/data.",
+        f"ANTs: SyN {data.ants}; K > 1 fused with antspyx joint_label_fusion {ANTS_JLF}; rows only where all K SyN "
+        "fields exist (at 1 mm each costs many minutes).",
+        "HD95 where present in both; seconds per target = its K registrations (the cached runs' own seconds) + "
+        "warping and fusion.",
+        data.data_note,
     ]
-    text = markdown(header, summary, notes)
+    text = markdown(header, summary, notes, data.title)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multi_atlas.md").write_text(text)
-    peers.write_csv(args.out / "multi_atlas.csv", summary, COLUMNS, header)
-    peers.write_csv(args.out / "multi_atlas.targets.csv", rows, TARGET_COLUMNS, header)
+    (args.out / f"{args.name}.md").write_text(text)
+    peers.write_csv(args.out / f"{args.name}.csv", summary, COLUMNS, header)
+    peers.write_csv(args.out / f"{args.name}.targets.csv", rows, TARGET_COLUMNS, header)
     print(text)
 
 
-def markdown(header: list[str], summary: list[dict], notes: list[str]) -> str:
+def markdown(header: list[str], summary: list[dict], notes: list[str], title: str) -> str:
     fmt = peers.fmt
-    names = {"unireg_io": "UniReg default", "ants": "ANTs SyN"}
-    lines = ["# Multi-atlas segmentation: leave-one-out on Mindboggle OASIS-TRT-20", ""]
+    names = {"unireg_io": "UniReg + IO", "ants": "ANTs SyN"}
+    lines = [f"# Multi-atlas segmentation: leave-one-out on {title}", ""]
     lines += [f"- {h}" for h in header] + [""]
     lines += [
-        "| method | fusion | K | targets | Dice | sd over targets | Dice DKT31 cortical | HD95 mm | "
+        "| method | fusion | K | targets | Dice | sd over targets | Dice cortical (DKT31) | HD95 mm | "
         "s / target (registration + fusion) | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

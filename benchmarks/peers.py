@@ -126,6 +126,7 @@ CONTRASTS = {
 ANTS_CC_RADIUS = 2  # voxels: 4 mm at 2 mm, as radius 4 at antsRegistrationSyN.sh's 1 mm
 ANTS_MI_BINS = 32
 ANTS_GRAD_STEP = 0.2
+ANTS_ITERATIONS = "100,70,20"  # SyN iterations at shrink 4, 2, 1
 SMOKE = {
     "grid_mm": 4.0,
     "pairs": 1,
@@ -812,7 +813,7 @@ def parse_args(argv=None):
         default=INSTANCE_OPT_STEPS,
         help=f"UniReg + IO: test-time steps (default {INSTANCE_OPT_STEPS}, the shipped default)",
     )
-    parser.add_argument("--ants-iterations", default="100,70,20", help="SyN iterations at shrink 4,2,1")
+    parser.add_argument("--ants-iterations", default=ANTS_ITERATIONS, help="SyN iterations at shrink 4,2,1")
     parser.add_argument(
         "--elastix-iterations", type=int, default=None, help="override elastix's 256 iterations per resolution"
     )

@@ -87,10 +87,12 @@ def read_commented_csv(path) -> list[dict]:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))
 
 
-def run_benchmark_smoke(script: str, out: Path, data: tuple[str, ...] = ("ixi_t1_dlmuse/t1", "ixi002_t1_t2")) -> str:
-    """Run ``benchmarks/<script> --smoke --out <out>`` on the shared data it needs (``data``: folders
-    under ../shared/data; default the IXI ones; skips without them), with its own UNIREG_HOME (never
-    the user's cache); returns its stdout."""
+def run_benchmark_smoke(
+    script: str, out: Path, data: tuple[str, ...] = ("ixi_t1_dlmuse/t1", "ixi002_t1_t2"), args: tuple[str, ...] = ()
+) -> str:
+    """Run ``benchmarks/<script> --smoke --out <out> [args]`` on the shared data it needs (``data``:
+    folders under ../shared/data; default the IXI ones; skips without them), with its own UNIREG_HOME
+    (never the user's cache); returns its stdout."""
     import subprocess
     import sys
 
@@ -98,7 +100,7 @@ def run_benchmark_smoke(script: str, out: Path, data: tuple[str, ...] = ("ixi_t1
         shared_file(*folder.split("/"))
     env = {**os.environ, "UNIREG_HOME": str(out / "unireg_home")}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--out", str(out), *args],
         capture_output=True,
         text=True,
         env=env,

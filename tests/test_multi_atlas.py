@@ -1,5 +1,6 @@
 """benchmarks/multi_atlas.py: the atlas order, and its --smoke mode (one real Mindboggle target at 4 mm,
-K = 1 and 2, UniReg with every fusion and ANTs SyN + antspyx joint label fusion).
+K = 1 and 2, UniReg with every fusion and ANTs SyN + antspyx joint label fusion; the same on one IXI
+validation subject).
 No timing is asserted: the machine may be shared.
 """
 
@@ -57,3 +58,20 @@ def test_tables_say_where_and_how_they_were_made(smoke):
         assert key in smoke["text"], key
     [row] = [r for r in smoke["targets"] if r["method"] == "ants" and r["k"] == "2"]
     assert row["atlases"] == "03 05"
+
+
+def test_the_ixi_side_segments_a_validation_subject_with_the_next_ones(tmp_path):
+    out = tmp_path / "ixi"
+    run_benchmark_smoke("multi_atlas.py", out, data=("ixi_t1_dlmuse/t1",), args=("--dataset", "ixi"))
+    text = (out / "multi_atlas_ixi.md").read_text()
+    assert "leave-one-out on IXI validation subjects" in text and "SMOKE settings" in text
+    rows = {(r["method"], r["fusion"], r["k"]): r for r in read_commented_csv(out / "multi_atlas_ixi.csv")}
+    assert {("unireg_io", "jlf", "2"), ("ants", "single", "1"), ("ants", "jlf", "2")} <= set(rows)
+    for row in rows.values():
+        assert 0.2 < float(row["dice_mean"]) < 0.9 and row["dice_cortical_mean"] == "", row
+    import peers
+
+    validation = peers.model_split()[1]
+    [target] = {r["target"] for r in read_commented_csv(out / "multi_atlas_ixi.targets.csv")}
+    [row] = [r for r in read_commented_csv(out / "multi_atlas_ixi.targets.csv") if r["k"] == "2"][:1]
+    assert target == validation[0] and row["atlases"] == " ".join(s.split("-")[0] for s in validation[1:3])

@@ -135,7 +135,7 @@ class UniRegNet(torch.nn.Module):
 
 CHECKPOINT_FORMAT = "unireg-checkpoint-1"
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
-DEFAULT_MODEL = MODELS_DIR / "unireg_mobilenet_v1_025.pt"
+DEFAULT_MODEL = MODELS_DIR / "unireg_mind.pt"
 
 
 def build_model(config: dict) -> UniRegNet:

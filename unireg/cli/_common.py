@@ -64,7 +64,7 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
         NETWORK_GRIDS,
     )
 
-    parser.add_argument("--model", help="checkpoint (default: the packaged mobilenet_v1_025 model)")
+    parser.add_argument("--model", help="checkpoint (default: the packaged MIND-SSC cascade, unireg_mind.pt)")
     parser.add_argument(
         "--instance-opt",
         type=int,
