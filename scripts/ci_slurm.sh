@@ -23,6 +23,25 @@ export PYTHONUNBUFFERED=1   # snakemake's messages reach the timestamped log as 
 bash "$repo/scripts/slurm_local.sh" start
 trap 'bash "$repo/scripts/slurm_local.sh" stop' EXIT
 
+# run_slurm DIR CONFIG: snakemake over SLURM in DIR with CONFIG's overrides; leaves DIR/snakemake.out
+# (each line prefixed with its epoch second) and DIR/squeue.txt, and sets $status
+run_slurm() {
+    local dir=$1 overrides=$2 start
+    start=$(date +%s)
+    set +e
+    # snakemake ignores SIGTERM while it waits on SLURM: KILL is the only reliable stop
+    timeout -s KILL 1800 snakemake -s "$repo/Snakefile" -d "$dir" --profile "$repo/profiles/slurm" \
+        --software-deployment-method env-modules \
+        --configfile "$repo/config/config.yaml" "$overrides" 2>&1 \
+        | python -u -c 'import sys, time
+for line in sys.stdin:
+    print(f"{time.time():.1f} {line}", end="", flush=True)' | tee "$dir/snakemake.out"
+    status=${PIPESTATUS[0]}
+    set -e
+    echo "snakemake in $dir: exit status $status after $(( $(date +%s) - start )) s"
+    squeue --states=all --noheader -O "JobID:|,Partition:|,State:|,tres-per-job:|,tres-alloc:" > "$dir/squeue.txt" || true
+}
+
 mkdir -p "$work"
 cd "$work"
 PYTHONPATH="$repo" python -m unireg demo --out demo --subjects 2 --low-res --seed 0
@@ -46,19 +65,7 @@ register:
   device: cpu
 YAML
 
-start=$(date +%s)
-set +e
-# snakemake ignores SIGTERM while it waits on SLURM: KILL is the only reliable stop
-timeout -s KILL 1800 snakemake -s "$repo/Snakefile" -d "$work" --profile "$repo/profiles/slurm" \
-    --software-deployment-method env-modules \
-    --configfile "$repo/config/config.yaml" slurm_ci.yaml 2>&1 \
-    | python -u -c 'import sys, time
-for line in sys.stdin:
-    print(f"{time.time():.1f} {line}", end="", flush=True)' | tee snakemake.out
-status=${PIPESTATUS[0]}
-set -e
-echo "snakemake exit status $status after $(( $(date +%s) - start )) s"
-squeue --states=all --noheader -O "JobID:|,Partition:|,State:|,tres-per-job:|,tres-alloc:" > squeue.txt || true
+run_slurm "$work" "$work/slurm_ci.yaml"
 first=0
 python "$repo/scripts/check_slurm_run.py" "$work" --exit-status "$status" --failing bad01 --good demo01 demo02 || first=$?
 
@@ -94,18 +101,7 @@ register:
   gpu: true
   device: cpu
 YAML
-start=$(date +%s)
-set +e
-timeout -s KILL 1800 snakemake -s "$repo/Snakefile" -d "$work/set" --profile "$repo/profiles/slurm" \
-    --software-deployment-method env-modules \
-    --configfile "$repo/config/config.yaml" slurm_ci_set.yaml 2>&1 \
-    | python -u -c 'import sys, time
-for line in sys.stdin:
-    print(f"{time.time():.1f} {line}", end="", flush=True)' | tee snakemake.out
-status=${PIPESTATUS[0]}
-set -e
-echo "snakemake (atlas set) exit status $status after $(( $(date +%s) - start )) s"
-squeue --states=all --noheader -O "JobID:|,Partition:|,State:|,tres-per-job:|,tres-alloc:" > squeue.txt || true
+run_slurm "$work/set" "$work/set/slurm_ci_set.yaml"
 second=0
 python "$repo/scripts/check_slurm_run.py" "$work/set" --exit-status "$status" --failing bad01 --good demo01 demo02 \
     --atlas "$work/set/ciset" || second=$?
