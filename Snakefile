@@ -2,12 +2,11 @@
 include: "workflow/Snakefile"
 
 
-# The default target (Snakemake takes it from this file, not from included ones): every
-# subject's propagated labels and metrics, and the cohort report. Listing the per-subject files
-# here means a subject whose outputs were deleted is redone, and only that subject.
+# The default target (Snakemake takes it from this file, not from included ones): every batch's
+# metrics, and the cohort report. A subject whose outputs were deleted is redone, and only that
+# subject: its batch's jobs rerun (unireg.batch.dag_state) and skip the members that are up to date.
 rule all:
     default_target: True
     input:
-        lambda w: expand(rules.propagate.output.labels, subject=subjects()),
-        lambda w: expand(rules.metrics.output.tsv, subject=subjects()),
+        all_ledgers("metrics"),
         rules.report.output.html,

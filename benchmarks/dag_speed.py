@@ -1,7 +1,10 @@
-"""Seconds for `snakemake -n` (DAG building) on a cohort of N fake subjects (prints a table).
+"""Seconds for `snakemake -n` (DAG building) on a cohort of N fake subjects, and the SLURM
+submissions the DAG holds per subject (prints a table; writes it to benchmarks/results/dag_speed.md).
 
-Run: .venv/bin/python benchmarks/dag_speed.py [--subjects 1000]
+Run: .venv/bin/python benchmarks/dag_speed.py [--subjects 1000 10000] [--batch-size 10 1]
 The cohort TSV, manifest and file list are written into a temporary folder; nothing is executed.
+Submissions: every job of the DAG but `all` (which runs nothing); with the SLURM profile each is
+one `sbatch` (no Snakemake groups). --batch-size: config batch_size (default: config/config.yaml's).
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--subjects", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--batch-size", type=int, nargs="+", help="config batch_size values (default: the config's)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["batch_size"]
     rows = []
-    for n in args.subjects:
+    for n, size in [(n, size) for size in args.batch_size or [default] for n in args.subjects]:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             ids = [f"s{k:05d}" for k in range(n)]
@@ -37,6 +43,7 @@ def main() -> None:
             )
             config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
             config["cohort"] = "cohort.tsv"
+            config["batch_size"] = size
             (work / "config.yaml").write_text(yaml.safe_dump(config))
             env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
             t0 = time.perf_counter()
@@ -62,16 +69,38 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-3000:])
-            jobs = max(
-                int(line.split()[-1])
-                for line in (proc.stdout + proc.stderr).splitlines()
-                if line.startswith("total") and line.split()[-1].isdigit()
-            )
-            rows.append((n, jobs, seconds))
-    print("| subjects | jobs in DAG | seconds for snakemake -n |")
-    print("|---|---|---|")
-    for n, jobs, seconds in rows:
-        print(f"| {n} | {jobs} | {seconds:.1f} |")
+            stats = job_stats(proc.stdout + proc.stderr)
+            jobs = stats.pop("total")
+            submissions = jobs - stats.get("all", 0)
+            rows.append((n, size, jobs, submissions, seconds))
+            print(f"{n} subjects, batch_size {size}: {jobs} jobs, {seconds:.1f} s", flush=True)
+    lines = [
+        f"Run: `.venv/bin/python benchmarks/dag_speed.py --subjects {' '.join(map(str, args.subjects))}"
+        + (f" --batch-size {' '.join(map(str, args.batch_size))}`" if args.batch_size else "`"),
+        f"({os.cpu_count()} cores; load average before the run {os.getloadavg()[0]:.2f})",
+        "",
+        "| subjects | batch_size | jobs in DAG | SLURM submissions | per subject | seconds for snakemake -n |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {size} | {jobs} | {sub} | {sub / n:.3f} | {sec:.1f} |" for n, size, jobs, sub, sec in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dag_speed.md").write_text(text)
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run: rule -> job count, and "total"."""
+    stats, inside = {}, False
+    for line in text.splitlines():
+        fields = line.split()
+        if line.startswith("Job stats"):
+            inside = True
+        elif inside and len(fields) == 2 and fields[1].isdigit():
+            stats[fields[0]] = int(fields[1])
+            if fields[0] == "total":
+                break
+    return stats
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ def table(result: dict, command: str) -> str:
         f"| {result['seconds']:.0f} | {result['seconds'] / n:.0f} | {result['jobs']} | {result['n_subjects']} | "
         f"{'none' if result['no_failed_subject'] else 'SOME (see report)'} | {result['peak_mb']:.0f} |",
         "",
-        "Seconds per rule, summed over subjects (jobs run 2 at a time):",
+        f"Seconds per rule, summed over its jobs (one per batch of batch_size {config['batch_size']} subjects; "
+        "jobs run 2 at a time):",
         "",
         "| rule | seconds |",
         "|---|---|",

@@ -5,7 +5,9 @@ Evidence used (all kept in the run's working directory):
   squeue.txt        `squeue --states=all -O JobID,Partition,State,tres-per-job,tres-alloc` after the
                     run (the CI cluster keeps finished jobs for an hour: MinJobAge=3600)
   .snakemake/slurm_logs/**/<slurm id>.log   each SLURM job's log: the rules and subjects it ran
-  work/benchmarks/<rule>/<subject>.tsv      written by every rule that ran, wherever it ran
+  work/benchmarks/<rule>/<batch>.tsv        written by every job that ran, wherever it ran (cohort-level
+                    rules: <rule>/<name>.tsv)
+  work/batches/<stage>/<batch>.tsv          each batch job's ledger: its members' outcomes (unireg.batch)
   results/sub-<id>/anat/*_desc-nonlinear_xfm.json  the register job's record: environment (partition, GPU);
                     with an atlas set (--atlas) the segment job's, *_dseg.json
 """
@@ -54,7 +56,7 @@ def read_timestamped(path: Path) -> list[tuple[float, str]]:
 
 def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
     """(rule, wildcard value or "") for every Snakemake job the SLURM job ran, from its log (the
-    value of its first wildcard: the subject, or e.g. the atlas rule's atlas_name)."""
+    value of its first wildcard: the batch, or e.g. the atlas rule's atlas_name)."""
     jobs, rule = set(), None
     for line in path.read_text(errors="replace").splitlines():
         if m := re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", line):
@@ -64,6 +66,16 @@ def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
             jobs.discard((rule, ""))
             jobs.add((rule, m.group(1)))
     return jobs
+
+
+def batch_of(work: Path, stage: str, subject: str) -> tuple[str, dict] | None:
+    """(batch id, the subject's ledger row) of the stage's batch job that had the subject as a member."""
+    for ledger in sorted((work / "work" / "batches" / stage).glob("b*.tsv")):
+        rows = pd.read_csv(ledger, sep="\t", dtype=str, keep_default_na=False)
+        found = rows[rows["subject"] == subject]
+        if len(found):
+            return ledger.stem, found.iloc[0].to_dict()
+    return None
 
 
 def check(work: Path, exit_status: int, failing: list[str], good: list[str], atlas: str = DEFAULT_ATLAS) -> list[str]:
@@ -108,15 +120,22 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str], atl
     )
     expect(not any(re.search(r"\blocalrule\b", text) for _, text in out), "no job ran on the submitting host")
 
-    # the good subjects: every per-subject job completed in SLURM, the GPU rule on the gpu partition with a GPU
+    subjects = len(set(good) | set(failing))
+    per_subject = len(submitted) / subjects
+    print(f"     {len(submitted)} SLURM submissions for {subjects} subjects: {per_subject:.2f} per subject")
+
+    # the good subjects: each stage's batch job completed in SLURM with the subject ok in its ledger,
+    # the GPU rule on the gpu partition with a GPU
     for subject in good:
         for rule in per_subject_rules:
-            ids = in_slurm.get((rule, subject), [])
+            batch, row = batch_of(work, rule, subject) or ("", {})
+            ids = in_slurm.get((rule, batch), [])
             expect(
-                any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
-                f"{subject}: {rule} completed in SLURM job(s) {ids}",
+                row.get("status") == "ok" and any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
+                f"{subject}: {rule} ok in batch {batch or '(none)'}, SLURM job(s) {ids} completed",
             )
-        for i in in_slurm.get((gpu_rule, subject), []):
+        batch, _ = batch_of(work, gpu_rule, subject) or ("", {})
+        for i in in_slurm.get((gpu_rule, batch), []):
             expect(
                 queue.loc[i, "partition"] == "gpu" and "gpu:1" in queue.loc[i, "tres_per_job"],
                 f"{subject}: {gpu_rule} SLURM job {i} in partition {queue.loc[i, 'partition']} "
@@ -139,21 +158,30 @@ def check(work: Path, exit_status: int, failing: list[str], good: list[str], atl
             f"{subject}: propagated labels against the reference: mean Dice {mean_dice:.3f} over {n_labels} labels",
         )
 
-    # the failing subject: Snakemake failed, said so within a minute of each failed SLURM job, named it
+    # the failing subject: it failed alone in its batch (the batch job completed, the ledger records
+    # the failure, its batch-mates went on); the report job failed the run, and Snakemake said so
+    # within a minute of that SLURM job's end
     expect(exit_status != 0, f"snakemake exit status {exit_status} (a subject failed)")
     errors = [(t, text) for t, text in out if text.startswith("Error in ")]
+    report_jobs = in_slurm.get(("report", "report"), []) or in_slurm.get(("report", ""), [])
+    failed_report = [i for i in report_jobs if queue.loc[i, "state"] == "FAILED"]
+    expect(bool(failed_report), f"the report's SLURM job(s) {failed_report} FAILED (a subject failed)")
+    for i in failed_report:
+        ended = submitted[i].stat().st_mtime
+        reported = [t for t, _ in errors if t >= ended - 1]
+        delay = reported[0] - ended if reported else float("inf")
+        expect(delay <= MAX_REPORT_DELAY_S, f"Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended")
     for subject in failing:
-        ids = sorted({i for (rule, s), ids in in_slurm.items() if s == subject for i in ids})
-        failed = [i for i in ids if queue.loc[i, "state"] == "FAILED"]
-        expect(bool(failed), f"{subject}: SLURM job(s) {failed} FAILED")
-        for i in failed:
-            ended = submitted[i].stat().st_mtime
-            reported = [t for t, _ in errors if t >= ended - 1]
-            delay = reported[0] - ended if reported else float("inf")
-            expect(
-                delay <= MAX_REPORT_DELAY_S,
-                f"{subject}: Snakemake reported SLURM job {i}'s failure {delay:.0f} s after it ended",
-            )
+        batch, row = batch_of(work, "convert", subject) or ("", {})
+        mates = [s for s in good if (batch_of(work, "convert", s) or ("",))[0] == batch]
+        ids = in_slurm.get(("convert", batch), [])
+        expect(
+            row.get("status") == "failed"
+            and row.get("error", "").startswith(f"unireg: {subject}: ")
+            and any(queue.loc[i, "state"] == "COMPLETED" for i in ids),
+            f"{subject}: failed alone in batch {batch or '(none)'} (SLURM job(s) {ids} completed; "
+            f"batch-mates {mates}): {row.get('error', '')}",
+        )
         log = work / f"work/logs/convert/{subject}.log"
         expect(
             log.exists() and log.read_text().startswith(f"unireg: {subject}: "),

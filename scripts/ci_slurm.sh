@@ -8,8 +8,10 @@
 #      register.device: cpu (the CI node's GPU is a placeholder: the job is given a GPU by SLURM,
 #      CUDA_VISIBLE_DEVICES is set, but there is no device behind it);
 #   4. check the run with scripts/check_slurm_run.py: every job went through SLURM, register ran
-#      in the gpu partition with a GPU allocated, the corrupt subject was reported failed within a
-#      minute, the good subjects' outputs are complete and correct;
+#      in the gpu partition with a GPU allocated; the corrupt subject, in one batch with the good
+#      ones (config batch_size), failed alone: its batch jobs completed, their ledgers record the
+#      failure, the good subjects' outputs are complete and correct, and the report job failed the
+#      run, reported within a minute;
 #   5. the same cohort again (in <work>/set) with an atlas set of 2 members made from the atlas the
 #      first run built: multi-atlas segmentation, the segment rule on the gpu partition, checked alike;
 #   6. tear the cluster down (also on failure).

@@ -32,6 +32,7 @@ VERBS = [
     "propagate",
     "metrics",
     "report",
+    "batch",
     "weights fetch",
     "weights list",
 ]

@@ -26,13 +26,14 @@ DISTRIBUTION = {
 
 
 def _rules():
-    """(rule name, env file, CLI words) for every rule that runs the unireg CLI."""
+    """(rule name, env file, CLI words) for every rule that runs the unireg CLI: a batch rule's are
+    those of the verb it runs for each member (``unireg batch ... -- VERB``)."""
     found = []
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
         for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", text):
             head = re.match(r"(?:rule|checkpoint) (\w+):", block.strip())
-            shell = re.search(r"\{params\.unireg\} ((?:[a-z]+ ?)+)", block)
+            shell = re.search(r"\{params\.unireg\} (?:batch \{params\.options\} -- )?((?:[a-z]+ ?)+)", block)
             if not head or not shell:
                 continue
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
@@ -101,6 +102,12 @@ def test_every_rule_has_an_env_and_calls_the_cli():
     assert {"index", "convert", "preprocess", "register", "propagate", "metrics", "report"} <= names
     for name, env, _ in RULES:
         assert env is not None and env.is_file(), f"rule {name} has no conda env file"
+
+
+def test_batch_needs_no_third_party_package():
+    """`unireg batch` runs in every per-subject rule's env, and the Snakefile imports unireg.batch."""
+    assert _needed_packages(["batch"]) == set()
+    assert sum(1 for _, _, words in RULES if words[0] in ("convert", "preprocess", "register", "segment")) == 4
 
 
 @pytest.mark.parametrize("name,env,words", RULES, ids=[r[0] for r in RULES])

@@ -64,8 +64,10 @@ def _config(workdir: Path, **overrides) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """The demo cohort, unbatched (batch_size 1: a job per subject and stage); the reference of the
+    batched run with bad subjects below."""
     workdir = tmp_path_factory.mktemp("workflow")
-    _config(workdir)
+    _config(workdir, batch_size=1)
     _snakemake(workdir, "--cores", "2")
     return workdir
 
@@ -93,7 +95,11 @@ def test_demo_cohort_runs_end_to_end_and_labels_overlap_references(finished_run)
         metrics = pd.read_csv(_at(results, subject, "metrics"), sep="\t")
         assert len(metrics) == len(table) and abs(metrics["dice"].mean() - mean) < 0.02
         assert (finished_run / "work" / "logs" / "register" / f"{subject}.log").is_file()
-        assert (finished_run / "work" / "benchmarks" / "preprocess" / f"{subject}.tsv").is_file()
+        batch = f"b{int(subject[-2:]):06d}"  # batch_size 1: one batch per subject
+        for stage in ("convert", "preprocess", "register", "propagate", "metrics"):
+            ledger = (finished_run / "work" / "batches" / stage / f"{batch}.tsv").read_text().splitlines()
+            assert len(ledger) == 2 and ledger[1].startswith(f"{subject}\tok\t1\tyes\t"), (stage, ledger)
+        assert (finished_run / "work" / "benchmarks" / "preprocess" / f"{batch}.tsv").is_file()
     report = (results / "report.html").read_text()
     assert "demo01" in report and "left body of hippocampus" in report
 
@@ -165,12 +171,14 @@ def test_rerun_is_a_no_op_and_deleting_one_subject_reruns_only_it(finished_run):
     shutil.rmtree(finished_run / "results" / "sub-demo02")
     dry = _snakemake(finished_run, "--cores", "2", "-n")
     text = dry.stdout + dry.stderr
-    assert "subject=demo02" in text and "subject=demo01" not in text
+    assert "batch=b000002" in text and "batch=b000001" not in text  # demo02's batch (batch_size 1)
     for rule in ("convert", "preprocess", "register", "propagate", "metrics", "report"):
         assert f"rule {rule}:" in text or f"checkpoint {rule}:" in text, rule
     assert "rule demo:" not in text and "checkpoint index:" not in text
     _snakemake(finished_run, "--cores", "2")
     assert (_at(finished_run / "results", "demo02", "labels")).is_file()
+    dry = _snakemake(finished_run, "--cores", "2", "-n")  # and the batch's rerun trigger is settled again
+    assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
 def test_lint_is_clean(tmp_path):
@@ -222,8 +230,9 @@ def test_report_regenerates_with_new_references_without_touching_registration(fi
 
 
 def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_path):
-    """--keep-going: a corrupt NIfTI and a DICOM series with a truncated file fail only their own
-    jobs; the good subjects' labels are those of a clean run; the report lists both errors."""
+    """A corrupt NIfTI and a DICOM series with a truncated file in one batch with the good subjects
+    (the default batch_size): they fail alone, the good subjects' labels are those of the unbatched
+    run, the report lists both errors and fails the run; a rerun redoes only the failed subjects."""
     demo = tmp_path / "demo"
     shutil.copytree(finished_run / "work" / "demo", demo)
     rows = [line.split("\t") for line in (demo / "cohort.tsv").read_text().splitlines()]
@@ -261,9 +270,26 @@ def test_bad_subjects_fail_alone_and_the_report_names_them(finished_run, tmp_pat
         assert subject in report and message in report, subject
     summary = (results / "cohort_metrics.tsv").read_text()
     assert "demo01" in summary or "hippocampus" in summary
+    ledger = (tmp_path / "work" / "batches" / "convert" / "b000001.tsv").read_text()
+    assert [line.split("\t")[:2] for line in ledger.splitlines()[1:]] == [
+        ["bad01", "failed"],
+        ["bad02", "failed"],
+        ["demo01", "ok"],
+        ["demo02", "ok"],
+    ]
+    assert "the report lists them" in (tmp_path / "work" / "logs" / "report" / "report.log").read_text()
     # the next run redoes the failed subjects and the report, nothing of the good subjects
     dry = _snakemake(tmp_path, "--cores", "2", "-n", check=False).stdout
-    assert "rule report:" in dry and "subject=bad01" in dry and "subject=demo01" not in dry
+    assert "rule report:" in dry and "rule convert:" in dry and "batch=b000001" in dry
+    good = {p: p.stat().st_mtime_ns for s in ("demo01", "demo02") for p in (results / f"sub-{s}").rglob("*")}
+    bad_log = tmp_path / "work" / "logs" / "convert" / "bad01.log"
+    os.utime(bad_log, (1e9, 1e9))
+    assert _snakemake(tmp_path, "--cores", "2", "--keep-going", check=False).returncode != 0
+    assert {p: p.stat().st_mtime_ns for p in good} == good
+    assert bad_log.stat().st_mtime > 1e9  # tried again
+    ledger = (tmp_path / "work" / "batches" / "convert" / "b000001.tsv").read_text()
+    ran = {line.split("\t")[0]: line.split("\t")[3] for line in ledger.splitlines()[1:]}
+    assert ran == {"bad01": "yes", "bad02": "yes", "demo01": "no", "demo02": "no"}
 
 
 def test_results_are_a_valid_bids_derivatives_dataset(finished_run):

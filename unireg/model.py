@@ -229,3 +229,23 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
         )
     model.eval()
     return model.to(device), payload
+
+
+# loaded_checkpoint's models: (path, size, mtime, device) -> (model, checkpoint)
+_LOADED: dict[tuple, tuple[UniRegNet, dict]] = {}
+
+
+def loaded_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[UniRegNet, dict]:
+    """:func:`load_checkpoint`, once per process: a batch of registrations (``unireg batch``) loads
+    and verifies the model for its first member only. The file's size and modification time are
+    part of the key, so a replaced checkpoint is loaded (and verified) again. Registration never
+    changes the model's weights (instance optimisation refines the displacement)."""
+    resolved = (Path(path) if path is not None else DEFAULT_MODEL).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        return load_checkpoint(path, device)  # its clear error
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns, str(device))
+    if key not in _LOADED:
+        _LOADED[key] = load_checkpoint(path, device)
+    return _LOADED[key]

@@ -34,7 +34,7 @@ from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
 from .layout import PLAIN_NAMES
 from .losses import ImageSimilarity, box_sum, regulariser
-from .model import UniRegNet, load_checkpoint
+from .model import UniRegNet, loaded_checkpoint
 from .runtime import check_memory, execution_environment, select_device
 from .transforms import resample
 
@@ -368,7 +368,7 @@ def register_files(
     names = {**OUTPUT_FILES, **(names or {})}
     try:
         dev = select_device(device)
-        model, checkpoint = load_checkpoint(model_path, dev)
+        model, checkpoint = loaded_checkpoint(model_path, dev)
     except UniregError as err:
         err.with_context(subject=subject)
         raise

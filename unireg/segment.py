@@ -130,14 +130,14 @@ def segment_files(
 ) -> dict:
     """Load, segment (:func:`segment_images`) and write ``names`` (default :data:`OUTPUT_FILES`) into
     ``out_dir``, the JSON last."""
-    from .model import load_checkpoint
+    from .model import loaded_checkpoint
     from .register import network_pooling
     from .runtime import execution_environment, select_device
 
     try:
         atlas_set = load_atlas_set(atlas_set_path)
         dev = select_device(device)
-        model, checkpoint = load_checkpoint(model_path, dev)
+        model, checkpoint = loaded_checkpoint(model_path, dev)
         fixed = load_image(fixed_path, subject=subject)
         mask = load_image(fixed_mask_path, label=True, subject=subject) if fixed_mask_path else None
         if fixed.shape != atlas_set.grid.shape or not np.allclose(fixed.affine, atlas_set.grid.affine, atol=1e-3):

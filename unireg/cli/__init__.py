@@ -13,10 +13,38 @@ import sys
 
 from .. import __version__
 from ..errors import UniregError
-from . import atlas, convert, demo, index, metrics, preprocess, propagate, register, report, segment, train, weights
+from . import (
+    atlas,
+    batch,
+    convert,
+    demo,
+    index,
+    metrics,
+    preprocess,
+    propagate,
+    register,
+    report,
+    segment,
+    train,
+    weights,
+)
 
 # the verb modules, in the order `unireg --help` lists their verbs
-VERB_MODULES = (preprocess, atlas, index, convert, demo, train, register, segment, propagate, metrics, report, weights)
+VERB_MODULES = (
+    preprocess,
+    atlas,
+    index,
+    convert,
+    demo,
+    train,
+    register,
+    segment,
+    propagate,
+    metrics,
+    report,
+    batch,
+    weights,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

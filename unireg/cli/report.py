@@ -22,6 +22,12 @@ def add_parser(verbs) -> None:
         help="cohort manifest (default RESULTS/manifest.tsv): the report lists each subject's "
         "selected series from it; with --table its 'reference' column names references",
     )
+    p.add_argument(
+        "--fail-on-failed",
+        action="store_true",
+        help="after writing the report, exit with status 1 if a subject of the manifest failed a stage "
+        "(the workflow's batches record failures instead of failing their jobs: unireg.batch)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,3 +47,20 @@ def run(args) -> None:
         f"unireg report: {Path(args.out).resolve()} ({len(result['per_subject'])} subjects, "
         f"{len(result['qc'])} flagged, {len(result['failed'])} failed)"
     )
+    if args.fail_on_failed:
+        fail_on_failed(result["failed"], args.manifest or str(Path(args.results) / "manifest.tsv"), args.out)
+
+
+def fail_on_failed(failed, manifest: str, html: str) -> None:
+    """A one-line error naming the cohort's failed subjects (those of ``manifest`` if it exists)."""
+    from ..errors import UniregError
+
+    if Path(manifest).is_file():
+        import pandas as pd
+
+        cohort = set(pd.read_csv(manifest, sep="\t", dtype=str)["subject"])
+        failed = failed[failed["subject"].isin(cohort)]
+    if len(failed):
+        shown = "; ".join(f"{s} ({e})" for s, e in zip(failed["subject"][:5], failed["error"][:5]))
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise UniregError(f"{len(failed)} subject(s) failed: {shown}{more}; the report lists them: {html}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # this checkout's unireg (its layout module is pure Python)
+from unireg.batch import BATCH_PATTERN, dag_state, split
 from unireg.defaults import ATLAS_SET_FILE, BUILTIN_ATLASES, FUSION
 from unireg.layout import SUBJECT_PATTERN, atlas_entities, subject_files
 
@@ -50,10 +51,27 @@ USE_GPU = bool(config["register"]["gpu"])
 REGISTER_DEVICE = config["register"].get("device", "auto")
 if REGISTER_DEVICE == "auto":
     REGISTER_DEVICE = "cuda" if USE_GPU else "cpu"
+# the `unireg register` / `unireg segment` options of the GPU stage (register, or segment with an atlas set)
+REGISTRATION_OPTIONS = " ".join(
+    ([f"--model {config['register']['model']}"] if config["register"]["model"] else [])
+    + [
+        f"--device {REGISTER_DEVICE}",
+        f"--instance-opt {config['register']['instance_opt']}",
+        f"--instance-opt-similarity {config['register']['instance_opt_similarity']}",
+        f"--network-grid {config['register']['network_grid']}",
+    ]
+)
+
+
+# batches (unireg.batch): every per-subject stage runs as one job per batch of subjects; each
+# batch's ledger (<work>/batches/<stage>/<batch>.tsv) records its members' outcomes
+BATCH_SIZE = config["batch_size"]
+BATCHES = f"{WORK}/batches"
 
 
 wildcard_constraints:
     subject=SUBJECT_PATTERN,
+    batch=BATCH_PATTERN,
     atlas_name="|".join(re.escape(name) for name in BUILTIN_ATLASES),
 
 
@@ -65,6 +83,16 @@ def cohort_input():
 def subjects():
     """Subject ids, known before anything runs wherever possible (config, demo, cohort TSV);
     only a bare DICOM folder needs the `index` checkpoint's manifest."""
+    key = ("subjects",)
+    if key not in _CACHE:
+        _CACHE[key] = _read_subjects()  # not cached while the checkpoint is incomplete (it raises)
+    return _CACHE[key]
+
+
+_CACHE = {}
+
+
+def _read_subjects():
     if config["subjects"]:
         return list(config["subjects"])
     if config["cohort"] == "demo":
@@ -77,14 +105,60 @@ def subjects():
         return sorted({row["subject"] for row in csv.DictReader(fh, delimiter="\t")})
 
 
+def batches():
+    """Batch id -> its members (unireg.batch.split of the sorted subjects, config batch_size)."""
+    if "batches" not in _CACHE:
+        _CACHE["batches"] = split(subjects(), BATCH_SIZE)
+    return _CACHE["batches"]
+
+
+def ledger(stage, batch="{batch}"):
+    """``WORK/batches/<stage>/<batch>.tsv``: the output of a stage's batch job (unireg.batch)."""
+    return f"{BATCHES}/{stage}/{batch}.tsv"
+
+
+def all_ledgers(stage):
+    """Every batch's ledger of a stage (an input function)."""
+    return lambda w: [ledger(stage, b) for b in batches()]
+
+
+def template(path):
+    """A per-member path template (``{subject}`` in it) as a params value: Snakemake leaves it as is."""
+    return lambda wildcards: str(path)
+
+
+def batch_params(stage, inputs, outputs, after=None):
+    """A batch rule's params: `options`, the `unireg batch` options (members, ledger, per-member log,
+    input and output templates, the previous stage's ledger), and `state`, the rerun trigger of
+    unireg.batch.dag_state (it changes when a member failed or lost its outputs)."""
+
+    def options(wildcards):
+        parts = ["--stage", stage, "--ledger", ledger(stage, wildcards.batch), "--log", log(stage)]
+        parts += ["--subjects", *batches()[wildcards.batch]]
+        if after:
+            parts += ["--after", ledger(after, wildcards.batch)]
+        return " ".join(parts + ["--inputs", *inputs, "--outputs", *outputs])
+
+    def state(wildcards):
+        return dag_state(ledger(stage, wildcards.batch), batches()[wildcards.batch], outputs)
+
+    return {"options": options, "state": state}
+
+
 def log(rule_name, name="{subject}"):
     """``WORK/logs/<rule>/<subject>.log`` (a cohort-level rule passes its own name)."""
     return f"{LOGS}/{rule_name}/{name}.log"
 
 
-def bench(rule_name, name="{subject}"):
-    """``WORK/benchmarks/<rule>/<subject>.tsv``: Snakemake's per-job time and memory."""
+def bench(rule_name, name="{batch}"):
+    """``WORK/benchmarks/<rule>/<batch>.tsv``: Snakemake's per-job time and memory (a batch job's,
+    or a cohort-level rule's under its own name); each member's seconds are in the ledger."""
     return f"{WORK}/benchmarks/{rule_name}/{name}.tsv"
+
+
+def batch_log(stage):
+    """``WORK/batches/<stage>/<batch>.log``: the batch job's own log (each member logs to log(stage))."""
+    return f"{BATCHES}/{stage}/{{batch}}.log"
 
 
 def write_report_after_failure():
@@ -97,7 +171,7 @@ def write_report_after_failure():
     command = f"{UNIREG} report {RESULTS} --out {html} --summary {summary} --logs {LOGS}"
     if not Path(RESULTS).is_dir():
         return
-    report_log = Path(log("report", "report"))
+    report_log = Path(log("report", "report.onerror"))  # beside the report job's log, which names the failures
     report_log.parent.mkdir(parents=True, exist_ok=True)
     with open(report_log, "w") as log_file:
         done = subprocess.run(command, shell=True, stdout=log_file, stderr=subprocess.STDOUT).returncode == 0

@@ -1,4 +1,5 @@
 # DICOM -> NIfTI per subject: the series the index chose (manifest column `selected`) through dcm2niix.
+# One job per batch of subjects (unireg batch: each member as its own `unireg convert`).
 
 
 rule convert:
@@ -6,16 +7,20 @@ rule convert:
         manifest=f"{RESULTS}/manifest.tsv",
         files=SERIES_FILES,
     output:
-        image=FILES["image"],
+        ledger=ledger("convert"),
     log:
-        log("convert"),
+        batch_log("convert"),
     benchmark:
         bench("convert")
     conda:
         "../../envs/dicom.yaml"
     params:
+        **batch_params(
+            "convert", inputs=[f"{RESULTS}/manifest.tsv", SERIES_FILES], outputs=[FILES["image"]]
+        ),
         unireg=UNIREG,
+        image=template(FILES["image"]),
         salt=UID_SALT,
     shell:
-        "{params.unireg} convert --manifest {input.manifest} --files {input.files} --subject {wildcards.subject} "
-        "--salt-file {params.salt} --out {output.image} > {log} 2>&1"
+        "{params.unireg} batch {params.options} -- convert --manifest {input.manifest} --files {input.files} "
+        "--subject {{subject}} --salt-file {params.salt} --out {params.image} > {log} 2>&1"

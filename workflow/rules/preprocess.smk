@@ -1,4 +1,4 @@
-# Reorient, brain-extract, normalise and affinely align each subject to the atlas.
+# Reorient, brain-extract, normalise and affinely align each subject to the atlas (one job per batch).
 
 
 rule atlas:
@@ -23,15 +23,12 @@ rule atlas:
 
 rule preprocess:
     input:
-        image=rules.convert.output.image,
+        after=ledger("convert"),
         atlas=f"{ATLAS_DIR}/atlas.nii.gz",
     output:
-        image=FILES["preproc"],
-        mask=FILES["mask"],
-        affine=FILES["affine"],
-        info=FILES["preproc_json"],
+        ledger=ledger("preprocess"),
     log:
-        log("preprocess"),
+        batch_log("preprocess"),
     benchmark:
         bench("preprocess")
     conda:
@@ -40,12 +37,20 @@ rule preprocess:
     resources:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,  # the one place of this request (SLURM too)
     params:
+        **batch_params(
+            "preprocess",
+            inputs=[FILES["image"], f"{ATLAS_DIR}/atlas.nii.gz"],
+            outputs=[FILES[k] for k in ("preproc", "mask", "affine", "preproc_json")],
+            after="convert",
+        ),
         unireg=UNIREG,
+        image=template(FILES["image"]),
         atlas=lambda w, input: Path(input.atlas).parent,
-        out=lambda w, output: Path(output.image).parent,
+        out=template(Path(FILES["preproc"]).parent),
         bet="" if config["preprocess"]["brain_extraction"] else "--no-brain-extraction",
         similarity=config["preprocess"]["similarity"],
         space=SPACE,
     shell:
-        "{params.unireg} preprocess --image {input.image} --atlas {params.atlas} --out {params.out} "
-        "--subject {wildcards.subject} --space {params.space} --similarity {params.similarity} {params.bet} > {log} 2>&1"
+        "{params.unireg} batch {params.options} -- preprocess --image {params.image} --atlas {params.atlas} "
+        "--out {params.out} --subject {{subject}} --space {params.space} --similarity {params.similarity} "
+        "{params.bet} > {log} 2>&1"

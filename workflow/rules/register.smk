@@ -1,21 +1,23 @@
 # UniReg deformable registration: atlas template (moving) onto each preprocessed subject (fixed).
 # The GPU rule: asks SLURM for a GPU when register.gpu is true and then runs on the GPU the job was
-# given (register.device: auto), failing clearly when none is visible; else it runs on CPU.
+# given (register.device: auto), failing clearly when none is visible; else it runs on CPU. One job
+# per batch: torch is imported and the model loaded once, and the members stream through it.
+
+ATLAS_FILES = {
+    "atlas": f"{ATLAS_DIR}/atlas.nii.gz",
+    "atlas_labels": f"{ATLAS_DIR}/atlas_labels.nii.gz",
+    "atlas_mask": f"{ATLAS_DIR}/atlas_brainmask.nii.gz",
+}
 
 
 rule register:
     input:
-        fixed=rules.preprocess.output.image,
-        mask=rules.preprocess.output.mask,
-        atlas=f"{ATLAS_DIR}/atlas.nii.gz",
-        atlas_labels=f"{ATLAS_DIR}/atlas_labels.nii.gz",
-        atlas_mask=f"{ATLAS_DIR}/atlas_brainmask.nii.gz",
+        after=ledger("preprocess"),
+        **ATLAS_FILES,
     output:
-        displacement=FILES["displacement"],
-        warped=FILES["warped"],
-        info=FILES["displacement_json"],
+        ledger=ledger("register"),
     log:
-        log("register"),
+        batch_log("register"),
     benchmark:
         bench("register")
     conda:
@@ -25,18 +27,21 @@ rule register:
         mem_mb=lambda wildcards, attempt: 12000 * attempt,  # the one place of this request (SLURM too)
         gpu=1 if USE_GPU else 0,
     params:
+        **batch_params(
+            "register",
+            inputs=[FILES["preproc"], FILES["mask"], *ATLAS_FILES.values()],
+            outputs=[FILES[k] for k in ("displacement", "warped", "displacement_json")],
+            after="preprocess",
+        ),
         unireg=UNIREG,
-        out=lambda w, output: Path(output.displacement).parent,
-        model=f"--model {config['register']['model']}" if config["register"]["model"] else "",
-        device=REGISTER_DEVICE,
-        steps=config["register"]["instance_opt"],
-        similarity=config["register"]["instance_opt_similarity"],
-        network_grid=config["register"]["network_grid"],
+        fixed=template(FILES["preproc"]),
+        mask=template(FILES["mask"]),
+        out=template(Path(FILES["displacement"]).parent),
+        registration=REGISTRATION_OPTIONS,
         space=SPACE,
         atlas_label=ATLAS_LABEL,
     shell:
-        "{params.unireg} register --fixed {input.fixed} --moving {input.atlas} --moving-labels {input.atlas_labels} "
-        "--fixed-mask {input.mask} --moving-mask {input.atlas_mask} --out {params.out} --subject {wildcards.subject} "
-        "--space {params.space} --atlas-label {params.atlas_label} {params.model} "
-        "--device {params.device} --instance-opt {params.steps} "
-        "--instance-opt-similarity {params.similarity} --network-grid {params.network_grid} > {log} 2>&1"
+        "{params.unireg} batch {params.options} -- register --fixed {params.fixed} --moving {input.atlas} "
+        "--moving-labels {input.atlas_labels} --fixed-mask {params.mask} --moving-mask {input.atlas_mask} "
+        "--out {params.out} --subject {{subject}} --space {params.space} --atlas-label {params.atlas_label} "
+        "{params.registration} > {log} 2>&1"

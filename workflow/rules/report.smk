@@ -1,9 +1,11 @@
-# Cohort aggregation of the per-subject metrics and the HTML report.
+# Cohort aggregation of the per-subject metrics and the HTML report. After every batch's metrics; it
+# lists the subjects that failed a stage (their batches recorded the failure and went on) and then
+# fails the run, so that `snakemake` exits non-zero and the next run retries them.
 
 
 rule report:
     input:
-        metrics=lambda w: expand(FILES["metrics"], subject=subjects()),
+        metrics=all_ledgers("metrics"),
         manifest=f"{RESULTS}/manifest.tsv",
     output:
         html=report(f"{RESULTS}/report.html", caption="../report/cohort.rst", category="Cohort"),
@@ -20,4 +22,4 @@ rule report:
         logs=LOGS,
     shell:
         "{params.unireg} report {params.results} --out {output.html} --summary {output.summary} --logs {params.logs} --manifest {input.manifest} "
-        "> {log} 2>&1"
+        "--fail-on-failed > {log} 2>&1"
