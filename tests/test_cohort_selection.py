@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 
 from unireg.cli import main
 from unireg.cohort import (
+    _manifest_frame,
     anonymous_subject_id,
     choose_series,
     hashed_uid,
@@ -491,6 +492,31 @@ def test_t1_by_name_or_timing(row, t1):
     reason = choose_series(manifest, "x").reasons.iloc[0]
     assert reason.startswith("chosen: 3-D " + ("MP2RAGE UNI " if "UNI" in row.get("image_type", "") else ""))
     assert f"T1-weighted MR series (T1 {t1}), 176 slices" in reason if t1 else "non-T1 MR series, 176" in reason
+
+
+def test_selection_copies_no_file_list_per_row(cohort):
+    """pandas deep-copies a frame's attrs (the file list of every series) into each row and subset taken:
+    indexing selects before the list joins the manifest (copied per row, it made indexing quadratic in the
+    cohort size), and choose_series takes the subject's rows once, never a copy per row."""
+    _, manifest, _, _ = cohort
+    copies = []
+
+    class FileList(list):
+        def __deepcopy__(self, memo):
+            copies.append(len(self))
+            return FileList(self)
+
+    files = {series_key(s, uid): FileList(["IM0001"]) for s, uid in zip(manifest["subject"], manifest["series_uid"])}
+    again = _manifest_frame(manifest.assign(selected=0, selection_reason="").to_dict("records"), files, {}, "MR", "")
+    assert copies == [] and again.attrs["files"] is files
+    assert again["selected"].tolist() == manifest["selected"].tolist() and sum(manifest["selected"]) == 1
+    assert again["selection_reason"].tolist() == manifest["selection_reason"].tolist()
+    for subject in manifest["subject"].unique():
+        copies.clear()
+        choice = choose_series(again, subject, "MR")
+        assert len(copies) <= 3 * len(files)  # a column, a mask and a subset at most, for 4 to 10 rows
+        rows = again[again["subject"] == subject]
+        assert choice.reasons.tolist() == rows["selection_reason"].tolist()
 
 
 # ---------------------------------------------------------------------------------------------

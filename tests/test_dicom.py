@@ -108,3 +108,24 @@ def test_index_dcm_qa_ts_reads_headers_of_every_transfer_syntax():
     assert (row.n_files, row.n_slices, row.rows, row.columns) == (9, 35, 384, 384)
     assert (row.orientation, row.modality, row.sop_class) == ("axial", "MR", "MR Image Storage")
     assert len(manifest.attrs["files"][series_key(row.subject, row.series_uid)]) == 9
+
+
+def test_index_keeps_no_header_it_has_read(monkeypatch):
+    """The cohort pass keeps a few fields per file (unireg.dicom.FileHeader), never a file's dataset
+    (~65 kB each for a Siemens header): kept to the end, they made memory grow with the cohort's files."""
+    import weakref
+
+    from unireg import cohort
+
+    read, seen, alive = cohort.read_header, [], []
+
+    def read_and_watch(path):
+        alive.append(sum(ref() is not None for ref in seen))  # datasets still held when the next is read
+        ds, pixels = read(path)
+        seen.extend([weakref.ref(ds)] if ds is not None else [])  # the folder holds a README too
+        return ds, pixels
+
+    monkeypatch.setattr(cohort, "read_header", read_and_watch)
+    row = index_dicom(shared_file("dicom_mprage_vsseg001")).iloc[0]
+    assert (row.n_files, row.n_slices, row.orientation, row.pixel_spacing) == (120, 120, "axial", "0.410156x0.410156")
+    assert len(seen) == 120 and max(alive) <= 1  # at most the one just read

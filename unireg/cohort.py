@@ -85,7 +85,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from .dicom import _number, _text, is_image, read_header, series_fields
+from .dicom import SeriesHeaders, _number, _text, is_image, read_header, series_fields
 from .errors import UniregError
 from .io import write_text_atomic
 from .layout import SUBJECT_ID
@@ -275,10 +275,10 @@ def read_subject_map(source: dict | str | Path | None) -> dict[str, str] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _series_row(subject: str, headers: list, n_truncated: int, salt: str) -> dict:
+def _series_row(subject: str, series: SeriesHeaders, n_truncated: int, salt: str) -> dict:
     """One manifest row from the headers of a series' files (:func:`unireg.dicom.series_fields`), UIDs
     hashed with ``salt``."""
-    fields = series_fields(headers)
+    fields = series_fields(series)
     return {
         "subject": subject,
         **fields,
@@ -307,14 +307,21 @@ def _manifest_frame(
         frame = frame.sort_values(
             ["subject", "series_number", "series_description", "series_uid"], kind="stable"
         ).reset_index(drop=True)
+    # Selection first, attrs after: pandas deep-copies attrs (the whole file list) into every row and
+    # subset taken, and the rule takes many per subject, which made indexing quadratic in the cohort.
+    reasons, chosen = [], []
+    for subject, rows_of_subject in frame.groupby("subject", sort=False):
+        choice = _choose(rows_of_subject, subject, modality, description_regex)
+        reasons.append(choice.reasons)
+        if choice.row is not None:
+            chosen.append(choice.row.name)
+    if reasons:
+        labels = pd.concat(reasons)
+        frame.loc[labels.index, "selection_reason"] = labels
+        frame.loc[labels.index, "selected"] = 0
+        frame.loc[chosen, "selected"] = 1
     frame.attrs["files"] = files
     frame.attrs["skipped"] = skipped
-    for subject in frame["subject"].unique():
-        choice = choose_series(frame, subject, modality, description_regex)
-        frame.loc[choice.reasons.index, "selection_reason"] = choice.reasons
-        frame.loc[choice.reasons.index, "selected"] = 0
-        if choice.row is not None:
-            frame.loc[choice.row.name, "selected"] = 1
     return frame
 
 
@@ -356,7 +363,7 @@ def index_dicom(
     salt = read_uid_salt(create=True) if salt is None else salt
     mapping = read_subject_map(subject_map)
     forced = validate_subject_id(subject) if subject is not None else None
-    headers: dict[tuple[str, str], list] = {}  # (subject, SeriesInstanceUID) -> headers
+    headers: dict[tuple[str, str], SeriesHeaders] = {}  # (subject, SeriesInstanceUID) -> its files' header fields
     files: dict[tuple[str, str], list[str]] = {}
     truncated: list[str] = []
     corrupt: list[str] = []
@@ -378,7 +385,7 @@ def index_dicom(
             if pixels != "complete":
                 truncated.append(str(path))
             key = (forced or _patient_subject(ds, mapping, root, salt), str(ds.SeriesInstanceUID))
-            headers.setdefault(key, []).append(ds)
+            headers.setdefault(key, SeriesHeaders()).add(ds)  # the fields it needs, not the whole header
             files.setdefault(key, []).append(str(path))
     rows, truncated_set = [], set(truncated)
     problems, duplicates = _duplicate_image_problems(headers, salt)
@@ -408,7 +415,7 @@ def _patient_subject(ds, mapping: dict[str, str] | None, root: Path, salt: str) 
     return mapping[patient]
 
 
-def _duplicate_image_problems(headers: dict[tuple[str, str], list], salt: str) -> tuple[dict, list[str]]:
+def _duplicate_image_problems(headers: dict[tuple[str, str], SeriesHeaders], salt: str) -> tuple[dict, list[str]]:
     """``problem`` text per (subject, series) whose images (SOPInstanceUID) are not unique, and
     one warning line per duplication (for ``unireg index`` to print).
 
@@ -419,7 +426,7 @@ def _duplicate_image_problems(headers: dict[tuple[str, str], list], salt: str) -
     owners: dict[str, set[str]] = {}
     repeated: dict[tuple[str, str], int] = {}
     for key, series in headers.items():
-        counts = Counter(str(ds.SOPInstanceUID) for ds in series if ds.get("SOPInstanceUID"))
+        counts = Counter(f.sop_uid for f in series.files if f.sop_uid)
         repeated[key] = sum(1 for n in counts.values() if n > 1)
         for sop in counts:
             owners.setdefault(sop, set()).add(key[0])
@@ -793,6 +800,14 @@ def choose_series(
     mine = manifest[manifest["subject"] == subject]
     if not len(mine):
         raise UniregError("subject is not in the manifest; check the id or run 'unireg index' again", subject=subject)
+    mine.attrs = {}  # pandas would deep-copy the file list into every row the rule takes: it needs none of it
+    return _choose(mine, subject, modality, description_regex)
+
+
+def _choose(
+    mine: pd.DataFrame, subject: str, modality: str | None = None, description_regex: str | None = None
+) -> SeriesChoice:
+    """:func:`choose_series` on ``mine``, the subject's rows of the manifest (without attrs)."""
     if (mine["kind"] == "nifti").any():
         nifti = mine[mine["kind"] == "nifti"]
         if "selected" in nifti.columns and nifti["selection_reason"].astype(str).str.len().all():
@@ -812,33 +827,37 @@ def choose_series(
                 f"series_filter description {description_regex!r} is not a valid regular expression ({exc})",
                 subject=subject,
             ) from exc
-    reasons = pd.Series("", index=mine.index, dtype=object)
+    # plain dicts, one per row: a Series per look-up (mine.loc, iterrows) costs ~0.1 ms
+    rows = {label: dict(zip(mine.columns, values)) for label, values in zip(mine.index, mine.to_numpy(dtype=object))}
+    texts: dict = {}  # label -> selection_reason
+
+    def reasons() -> pd.Series:
+        return pd.Series([texts.get(label, "") for label in mine.index], index=mine.index, dtype=object)
+
     candidates = []
-    for label, row in mine.iterrows():
+    for label, row in rows.items():
         excluded = _filter_reason(row, modality, pattern) or _not_anatomical(row)
         if excluded:
-            reasons[label] = f"not chosen: {excluded}"
+            texts[label] = f"not chosen: {excluded}"
         else:
             candidates.append(label)
     if not candidates:
-        return SeriesChoice(None, reasons, nothing_chosen(mine, reasons, modality, description_regex))
+        why_not = reasons()
+        return SeriesChoice(None, why_not, nothing_chosen(mine, why_not, modality, description_regex))
+    rank = {label: _rank(rows[label]) for label in candidates}
     # best first: the six criteria, then the highest series number, then the hashed series uid
     ordered = sorted(
         candidates,
-        key=lambda k: (
-            _rank(mine.loc[k]),
-            int(_float(mine.loc[k], "series_number") or 0),
-            _field(mine.loc[k], "series_uid"),
-        ),
+        key=lambda k: (rank[k], int(_float(rows[k], "series_number") or 0), _field(rows[k], "series_uid")),
         reverse=True,
     )
-    best = mine.loc[ordered[0]]
-    tied = [k for k in ordered[1:] if _rank(mine.loc[k]) == _rank(best)]
+    best = rows[ordered[0]]
+    tied = [k for k in ordered[1:] if rank[k] == rank[ordered[0]]]
     reason = f"chosen: {_describe(best)}"
     others = len(ordered) - 1
     if tied:
         same_number = any(
-            int(_float(mine.loc[k], "series_number") or 0) == int(_float(best, "series_number") or 0) for k in tied
+            int(_float(rows[k], "series_number") or 0) == int(_float(best, "series_number") or 0) for k in tied
         )
         reason += f"; tie with {len(tied)} other{'s' if len(tied) > 1 else ''} of the same rank (a repeat?) broken " + (
             "by the series uid order (the same series number)"
@@ -849,12 +868,12 @@ def choose_series(
         reason += f"; ranked above {others - len(tied)} other candidate{'s' if others - len(tied) > 1 else ''}"
     elif not others:
         reason += "; the only candidate"
-    if not _rank(best)[0]:
+    if not rank[ordered[0]][0]:
         reason += f"; its slices are thicker than {THIN_SLICE_MM:g} mm, but no 3-D or thin-slice series is there"
-    reasons[ordered[0]] = reason
+    texts[ordered[0]] = reason
     number = int(_float(best, "series_number") or 0)
     for label in ordered[1:]:
-        row = mine.loc[label]
+        row = rows[label]
         if label in tied:
             why = (
                 "the same rank, lower series number (an earlier repeat)"
@@ -862,7 +881,7 @@ def choose_series(
                 else "the same rank and series number, lower in series uid order"
             )
         else:
-            criterion = next(i for i, (a, b) in enumerate(zip(_rank(row), _rank(best))) if a != b)
+            criterion = next(i for i, (a, b) in enumerate(zip(rank[label], rank[ordered[0]])) if a != b)
             why = {
                 0: f"ranked below: 2-D with slices thicker than {THIN_SLICE_MM:g} mm, the chosen series is volumetric",
                 1: "ranked below: not T1-weighted, the chosen series is",
@@ -871,8 +890,8 @@ def choose_series(
                 4: f"ranked below: fewer slices than the chosen series ({int(_float(best, 'n_slices') or 0)})",
                 5: "ranked below: coarser voxels than the chosen series",
             }[criterion]
-        reasons[label] = f"not chosen: {_describe(row)}; {why}"
-    return SeriesChoice(best, reasons, None)
+        texts[label] = f"not chosen: {_describe(row)}; {why}"
+    return SeriesChoice(mine.loc[ordered[0]], reasons(), None)
 
 
 def nothing_chosen(rows: pd.DataFrame, reasons: pd.Series, modality: str | None, description_regex: str | None) -> str:

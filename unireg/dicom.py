@@ -9,8 +9,10 @@ from a DICOMDIR or a report.
 Header values are read where each writer puts them: at the top level, or in an enhanced
 (multi-frame) file's shared or per-frame functional groups; Siemens private tags give a mosaic's
 slice count and the b-value. A malformed value reads as missing, never as an error.
-:func:`series_fields` turns the headers of one series' files into the header fields of its manifest
-row (:mod:`unireg.cohort` adds the subject and replaces the UIDs by hashed ones).
+:class:`SeriesHeaders` gathers, file by file, what one series' manifest row needs from its files'
+headers (a small :class:`FileHeader` per file: a cohort pass never holds every dataset it read), and
+:func:`series_fields` turns that into the header fields of the row (:mod:`unireg.cohort` adds the
+subject and replaces the UIDs by hashed ones).
 
 Slice geometry, in DICOM's patient coordinates (LPS, mm): the slice plane of an
 ImageOrientationPatient (:func:`orientation_label`), the distinct orientations of a series' files,
@@ -29,6 +31,7 @@ import os
 import struct
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -259,8 +262,12 @@ def _b_value(ds) -> float | None:
     """The diffusion b-value (s/mm^2) of one file: standard DiffusionBValue or Siemens (0019,100C)."""
     value = ds.get("DiffusionBValue")
     if value in (None, ""):
+        creator = ds.get((0x0019, 0x0010))
         try:
-            value = ds.get_private_item(0x0019, 0x0C, "SIEMENS MR HEADER").value
+            if creator is not None and creator.value == "SIEMENS MR HEADER":
+                value = ds[0x0019, 0x100C].value  # its usual block, directly: pydicom's search sorts the header
+            else:
+                value = ds.get_private_item(0x0019, 0x0C, "SIEMENS MR HEADER").value
         except (KeyError, ValueError):
             value = None
         if isinstance(value, bytes):
@@ -270,7 +277,88 @@ def _b_value(ds) -> float | None:
     return _number(value)
 
 
-def series_fields(headers: list) -> dict:
+class FileHeader(NamedTuple):
+    """What a series' manifest row needs from each of its files' headers (:class:`SeriesHeaders`).
+
+    A few hundred bytes instead of the file's dataset (~65 kB with a Siemens header), so that
+    indexing a cohort holds one of these per file rather than every header it has read.
+    """
+
+    complete: bool  # has Rows: a whole image header (files without one count only when no file has)
+    sop_uid: str | None  # SOPInstanceUID; "" when empty, None without the element
+    orientation: np.ndarray | None  # ImageOrientationPatient (6 direction cosines), top level or functional groups
+    positions: list[tuple]  # ImagePositionPatient of every slice in the file (:func:`_slice_positions`)
+    temporal_positions: int  # NumberOfTemporalPositions (1 when absent)
+    frames: int  # NumberOfFrames (1 when absent)
+    b_value: float | None  # :func:`_b_value`
+    mosaic: int | None  # :func:`mosaic_slices`
+
+
+def file_header(ds) -> FileHeader:
+    """The :class:`FileHeader` of one file's dataset."""
+    sop = ds.get("SOPInstanceUID")
+    return FileHeader(
+        complete="Rows" in ds,
+        sop_uid=str(sop) if sop else "" if "SOPInstanceUID" in ds else None,
+        orientation=_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6),
+        positions=_slice_positions(ds),
+        temporal_positions=_number(ds.get("NumberOfTemporalPositions"), int) or 1,
+        frames=_number(ds.get("NumberOfFrames"), int) or 1,
+        b_value=_b_value(ds),
+        mosaic=mosaic_slices(ds),
+    )
+
+
+def _first_file_fields(ds) -> dict:
+    """The manifest fields a series takes from one file: its first complete one (:func:`series_fields`)."""
+    spacing = _vector(_geometry_value(ds, "PixelSpacing", "PixelMeasuresSequence"), 2)
+    thickness = _number(_geometry_value(ds, "SliceThickness", "PixelMeasuresSequence"))
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
+    sop_class = ds.get("SOPClassUID", "")
+    agent = _text(ds.get("ContrastBolusAgent")) or (ds.get("ContrastBolusUsageSequence") or None)
+    return {
+        "study_uid": ds.get("StudyInstanceUID", ""),
+        "series_uid": ds.SeriesInstanceUID,
+        "series_number": _number(ds.get("SeriesNumber"), int) or 0,
+        "modality": _text(ds.get("Modality")),
+        "series_description": _text(ds.get("SeriesDescription")),
+        "protocol_name": _text(ds.get("ProtocolName")),
+        "rows": _number(ds.get("Rows"), int) or 0,
+        "columns": _number(ds.get("Columns"), int) or 0,
+        "pixel_spacing": "x".join(f"{v:g}" for v in spacing) if spacing is not None else "",
+        "slice_thickness": f"{thickness:g}" if thickness is not None else "",
+        "mr_acquisition_type": _text(ds.get("MRAcquisitionType")).upper(),
+        "scanning_sequence": _scanning_sequence(ds),
+        "sequence_variant": _codes(ds.get("SequenceVariant")),
+        "sequence_name": _text(ds.get("SequenceName") or ds.get("PulseSequenceName")),
+        "echo_time": _ms(ds, "EchoTime", "MREchoSequence", "EffectiveEchoTime"),
+        "repetition_time": _ms(ds, "RepetitionTime", "MRTimingAndRelatedParametersSequence"),
+        "inversion_time": _ms(ds, "InversionTime", "MRModifierSequence", "InversionTimes"),
+        "contrast_agent": int(bool(agent)),
+        "transfer_syntax": str(transfer_syntax),
+        "sop_class": _text(getattr(sop_class, "name", sop_class)),
+        "image_type": _codes(ds.get("ImageType")),
+    }
+
+
+class SeriesHeaders:
+    """One series' headers, gathered file by file (:meth:`add`) without keeping any dataset: a
+    :class:`FileHeader` per file, and the fields of the first complete file (of the first file
+    while none is complete). :func:`series_fields` turns them into the series' manifest fields."""
+
+    def __init__(self) -> None:
+        self.files: list[FileHeader] = []
+        self.first: dict | None = None
+        self._first_complete = False
+
+    def add(self, ds) -> None:
+        record = file_header(ds)
+        if self.first is None or (record.complete and not self._first_complete):
+            self.first, self._first_complete = _first_file_fields(ds), record.complete
+        self.files.append(record)
+
+
+def series_fields(series: SeriesHeaders) -> dict:
     """The manifest fields that the headers of one series' files give (:data:`unireg.cohort.MANIFEST_COLUMNS`).
 
     ``n_slices``: distinct ImagePositionPatient values (per frame for enhanced multi-frame
@@ -285,55 +373,24 @@ def series_fields(headers: list) -> dict:
     ContrastBolusAgent is set. ``study_uid`` and ``series_uid`` are the original UIDs here:
     :mod:`unireg.cohort` replaces them by hashed ones before a row is kept, shown or written.
     """
-    complete = [ds for ds in headers if "Rows" in ds] or headers
-    first = complete[0]
-    image_type = _codes(first.get("ImageType"))
-    iops = [_vector(_geometry_value(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6) for ds in complete]
-    iops = [v for v in iops if v is not None]
+    complete = [f for f in series.files if f.complete] or series.files
+    iops = [f.orientation for f in complete if f.orientation is not None]
     same = all(np.allclose(v, iops[0], atol=1e-4) for v in iops)
-    positions = {p for ds in complete for p in _slice_positions(ds)}
-    distinct = list({str(ds.get("SOPInstanceUID", id(ds))): ds for ds in complete}.values())
-    per_position = Counter(p for ds in distinct for p in _slice_positions(ds))
-    n_temporal = max(
-        [max(per_position.values(), default=1)]
-        + [_number(ds.get("NumberOfTemporalPositions"), int) or 1 for ds in distinct]
-    )
-    n_frames = sum(_number(ds.get("NumberOfFrames"), int) or 1 for ds in complete)
-    mosaic = mosaic_slices(first)
-    n_slices = mosaic or len(positions) or n_frames
-    spacing = _vector(_geometry_value(first, "PixelSpacing", "PixelMeasuresSequence"), 2)
-    thickness = _number(_geometry_value(first, "SliceThickness", "PixelMeasuresSequence"))
-    transfer_syntax = getattr(getattr(first, "file_meta", None), "TransferSyntaxUID", "")
-    sop_class = first.get("SOPClassUID", "")
-    b_values = [b for b in (_b_value(ds) for ds in distinct) if b is not None]
-    agent = _text(first.get("ContrastBolusAgent")) or (first.get("ContrastBolusUsageSequence") or None)
+    positions = {p for f in complete for p in f.positions}
+    # the same image (SOPInstanceUID) once, as the last file holding it; a file without the element is its own image
+    distinct = list({f.sop_uid if f.sop_uid is not None else id(f): f for f in complete}.values())
+    per_position = Counter(p for f in distinct for p in f.positions)
+    n_temporal = max([max(per_position.values(), default=1)] + [f.temporal_positions for f in distinct])
+    n_frames = sum(f.frames for f in complete)
+    n_slices = complete[0].mosaic or len(positions) or n_frames
+    b_values = [f.b_value for f in distinct if f.b_value is not None]
     return {
-        "study_uid": first.get("StudyInstanceUID", ""),
-        "series_uid": first.SeriesInstanceUID,
-        "series_number": _number(first.get("SeriesNumber"), int) or 0,
-        "modality": _text(first.get("Modality")),
-        "series_description": _text(first.get("SeriesDescription")),
-        "protocol_name": _text(first.get("ProtocolName")),
-        "n_files": len(headers),
+        **series.first,
+        "n_files": len(series.files),
         "n_slices": int(n_slices),
         "n_temporal": int(n_temporal),
         "orientation": orientation_label(iops[0]) if iops and same else ("mixed" if iops else "unknown"),
-        "rows": _number(first.get("Rows"), int) or 0,
-        "columns": _number(first.get("Columns"), int) or 0,
-        "pixel_spacing": "x".join(f"{v:g}" for v in spacing) if spacing is not None else "",
-        "slice_thickness": f"{thickness:g}" if thickness is not None else "",
-        "mr_acquisition_type": _text(first.get("MRAcquisitionType")).upper(),
-        "scanning_sequence": _scanning_sequence(first),
-        "sequence_variant": _codes(first.get("SequenceVariant")),
-        "sequence_name": _text(first.get("SequenceName") or first.get("PulseSequenceName")),
-        "echo_time": _ms(first, "EchoTime", "MREchoSequence", "EffectiveEchoTime"),
-        "repetition_time": _ms(first, "RepetitionTime", "MRTimingAndRelatedParametersSequence"),
-        "inversion_time": _ms(first, "InversionTime", "MRModifierSequence", "InversionTimes"),
         "b_value": f"{max(b_values):g}" if b_values else "",
-        "contrast_agent": int(bool(agent)),
-        "transfer_syntax": str(transfer_syntax),
-        "sop_class": _text(getattr(sop_class, "name", sop_class)),
-        "image_type": image_type,
     }
 
 
