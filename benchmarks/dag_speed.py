@@ -1,7 +1,7 @@
 """Seconds for `snakemake -n` (DAG building) on a cohort of N fake subjects, and the SLURM
 submissions the DAG holds per subject (prints a table; writes it to benchmarks/results/dag_speed.md).
 
-Run: .venv/bin/python benchmarks/dag_speed.py [--subjects 1000 10000] [--batch-size 10 1]
+Run: .venv/bin/python benchmarks/dag_speed.py [--subjects 1000 10000] [--batch-size 10 1] [--name NAME]
 The cohort TSV, manifest and file list are written into a temporary folder; nothing is executed.
 Submissions: every job of the DAG but `all` (which runs nothing); with the SLURM profile each is
 one `sbatch` (no Snakemake groups). --batch-size: config batch_size (default: config/config.yaml's).
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--batch-size", type=int, nargs="+", help="config batch_size values (default: the config's)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="dag_speed", help="the table's file name in --out (default dag_speed)")
     args = parser.parse_args()
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["batch_size"]
     rows = []
@@ -76,7 +77,8 @@ def main() -> None:
             print(f"{n} subjects, batch_size {size}: {jobs} jobs, {seconds:.1f} s", flush=True)
     lines = [
         f"Run: `.venv/bin/python benchmarks/dag_speed.py --subjects {' '.join(map(str, args.subjects))}"
-        + (f" --batch-size {' '.join(map(str, args.batch_size))}`" if args.batch_size else "`"),
+        + (f" --batch-size {' '.join(map(str, args.batch_size))}" if args.batch_size else "")
+        + (f" --name {args.name}`" if args.name != "dag_speed" else "`"),
         f"({os.cpu_count()} cores; load average before the run {os.getloadavg()[0]:.2f})",
         "",
         "| subjects | batch_size | jobs in DAG | SLURM submissions | per subject | seconds for snakemake -n |",
@@ -86,7 +88,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dag_speed.md").write_text(text)
+    (args.out / f"{args.name}.md").write_text(text)
 
 
 def job_stats(text: str) -> dict[str, int]:
