@@ -107,6 +107,24 @@ def test_rerun_redoes_only_the_failed_member_and_leaves_batch_mates_untouched(tm
     assert calls == ["s1", "s2", "s3"]
 
 
+def test_a_batch_killed_midway_resumes_after_its_last_finished_member(tmp_path):
+    (tmp_path / "in.txt").write_text("input")
+    runner, calls = _fake_verb(tmp_path)
+
+    def killed_at_s3(argv):
+        if "s3" in argv:
+            raise KeyboardInterrupt  # as SIGINT, or a SLURM time limit, ends the job
+        return runner(argv)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, killed_at_s3, subjects=("s1", "s2", "s3", "s4"))
+    assert calls == ["s1", "s2"]
+    assert not (tmp_path / "batches" / "convert" / "b000001.tsv").exists()  # the job did not finish
+    runner, calls = _fake_verb(tmp_path)
+    result = _run(tmp_path, runner, subjects=("s1", "s2", "s3", "s4"))
+    assert calls == ["s3", "s4"] and [m.ran for m in result.members] == ["no", "no", "yes", "yes"]
+
+
 def test_members_that_failed_an_earlier_stage_are_skipped(tmp_path):
     (tmp_path / "in.txt").write_text("input")
     runner, _ = _fake_verb(tmp_path, bad={"s2"})

@@ -12,8 +12,10 @@ and the job succeeds, so that its batch-mates reach the later stages. The job's 
 batch's *ledger* (``<work>/batches/<stage>/<batch>.tsv``, :data:`LEDGER_COLUMNS`): each member's
 status (``ok``, ``failed``, or ``skipped`` when the member did not finish the stage before,
 ``--after``), its error line, seconds, and the command it ran; a hidden copy (:func:`state_path`)
-outlives Snakemake's removal of the ledger before a rerun. The cohort report lists failed
-members and fails the run (``unireg report --fail-on-failed``), as a failed per-subject job did.
+outlives Snakemake's removal of the ledger before a rerun, and is written after every member, so
+that a job killed mid-batch (its time or memory limit) resumes after the last finished member.
+The cohort report lists failed members and fails the run (``unireg report --fail-on-failed``), as
+a failed per-subject job did.
 
 Reruns redo only what is missing, on two levels:
 
@@ -285,6 +287,9 @@ def run_batch(
                     if os.path.exists(path):
                         os.remove(path)
         result.members.append(member)
+        if member.ran == "yes":  # progress, for a job killed mid-batch (time limit, memory): its retry resumes
+            done = {m.subject for m in result.members}
+            write_ledger(state_path(ledger), result.members + [m for s, m in previous.items() if s not in done])
     write_ledger(state_path(ledger), result.members)
     write_ledger(ledger, result.members)
     return result
