@@ -15,6 +15,7 @@ Evidence used (all kept in the run's working directory):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -68,14 +69,19 @@ def jobs_in_slurm_log(path: Path) -> set[tuple[str, str]]:
     return jobs
 
 
+@functools.cache
+def _ledgers(work: Path, stage: str) -> dict[str, tuple[str, dict]]:
+    """subject -> (batch id, its ledger row), over every batch ledger of the stage (read once)."""
+    found = {}
+    for ledger in sorted((work / "work" / "batches" / stage).glob("b*.tsv")):
+        for row in pd.read_csv(ledger, sep="\t", dtype=str, keep_default_na=False).to_dict("records"):
+            found[row["subject"]] = (ledger.stem, row)
+    return found
+
+
 def batch_of(work: Path, stage: str, subject: str) -> tuple[str, dict] | None:
     """(batch id, the subject's ledger row) of the stage's batch job that had the subject as a member."""
-    for ledger in sorted((work / "work" / "batches" / stage).glob("b*.tsv")):
-        rows = pd.read_csv(ledger, sep="\t", dtype=str, keep_default_na=False)
-        found = rows[rows["subject"] == subject]
-        if len(found):
-            return ledger.stem, found.iloc[0].to_dict()
-    return None
+    return _ledgers(work, stage).get(subject)
 
 
 def check(work: Path, exit_status: int, failing: list[str], good: list[str], atlas: str = DEFAULT_ATLAS) -> list[str]:

@@ -40,7 +40,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UniregError
@@ -48,7 +48,6 @@ from .errors import UniregError
 #: the batch wildcard of the workflow (``b000001``...): never a subject id's shape in the logs
 BATCH_PATTERN = "b[0-9]{6}"
 LEDGER_COLUMNS = ("subject", "status", "made", "ran", "seconds", "command", "error")
-STATUSES = ("ok", "failed", "skipped")
 SUBJECT = "{subject}"
 
 
@@ -76,15 +75,7 @@ class Member:
     error: str = ""
 
     def row(self) -> dict:
-        return {
-            "subject": self.subject,
-            "status": self.status,
-            "made": str(self.made),
-            "ran": self.ran,
-            "seconds": f"{self.seconds:.2f}",
-            "command": self.command,
-            "error": self.error,
-        }
+        return {**asdict(self), "seconds": f"{self.seconds:.2f}"}
 
 
 def read_ledger(path: str | Path) -> dict[str, Member]:

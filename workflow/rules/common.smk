@@ -80,16 +80,16 @@ def cohort_input():
     return f"{DEMO_DIR}/cohort.tsv" if config["cohort"] == "demo" else config["cohort"]
 
 
+# subjects() and batches(), read once per Snakemake process (params functions ask for them per job)
+_CACHE = {}
+
+
 def subjects():
     """Subject ids, known before anything runs wherever possible (config, demo, cohort TSV);
     only a bare DICOM folder needs the `index` checkpoint's manifest."""
-    key = ("subjects",)
-    if key not in _CACHE:
-        _CACHE[key] = _read_subjects()  # not cached while the checkpoint is incomplete (it raises)
-    return _CACHE[key]
-
-
-_CACHE = {}
+    if "subjects" not in _CACHE:
+        _CACHE["subjects"] = _read_subjects()  # not cached while the checkpoint is incomplete (it raises)
+    return _CACHE["subjects"]
 
 
 def _read_subjects():
