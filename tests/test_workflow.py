@@ -118,7 +118,7 @@ def _readable_bytes(path: Path) -> bytes:
 def test_no_patient_information_reaches_any_output(finished_run):
     """The demo DICOM carries patient name, id, birth date, accession number, institution, study
     date and study/series/SOP instance UIDs: none may appear in any path or file the workflow wrote (results,
-    logs, benchmarks, Snakemake's own logs). The list of each series' files is no result: it lives in work/."""
+    logs, benchmarks, batch ledgers, Snakemake's own logs). The list of each series' files is no result: it lives in work/."""
     from unireg.demo import _common_tags
 
     phi = set()
@@ -154,7 +154,7 @@ def test_no_patient_information_reaches_any_output(finished_run):
     found = re.compile("|".join(re.escape(v) for v in sorted(phi, key=len, reverse=True)).encode())
     written = [
         p
-        for folder in ("results", "work/logs", "work/benchmarks", ".snakemake/log")
+        for folder in ("results", "work/logs", "work/benchmarks", "work/batches", ".snakemake/log")
         for p in (finished_run / folder).rglob("*")
         if p.is_file()
     ]
