@@ -117,8 +117,9 @@ def _readable_bytes(path: Path) -> bytes:
 
 def test_no_patient_information_reaches_any_output(finished_run):
     """The demo DICOM carries patient name, id, birth date, accession number, institution, study
-    date and study/series/SOP instance UIDs: none may appear in any path or file the workflow wrote (results,
-    logs, benchmarks, batch ledgers, Snakemake's own logs). The list of each series' files is no result: it lives in work/."""
+    date and study/series/SOP instance UIDs: none may appear in any path or file the workflow wrote
+    (results, logs, benchmarks, batch ledgers, Snakemake's own logs). The list of each series' files
+    is no result: it lives in work/."""
     from unireg.demo import _common_tags
 
     phi = set()
