@@ -15,9 +15,7 @@ rule convert:
     conda:
         "../../envs/dicom.yaml"
     params:
-        **batch_params(
-            "convert", inputs=[f"{RESULTS}/manifest.tsv", SERIES_FILES], outputs=[FILES["image"]]
-        ),
+        **batch_params("convert", inputs=[f"{RESULTS}/manifest.tsv", SERIES_FILES], outputs=[FILES["image"]]),
         unireg=UNIREG,
         image=template(FILES["image"]),
         salt=UID_SALT,

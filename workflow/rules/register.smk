@@ -12,8 +12,8 @@ ATLAS_FILES = {
 
 rule register:
     input:
-        after=ledger("preprocess"),
         **ATLAS_FILES,
+        after=ledger("preprocess"),
     output:
         ledger=ledger("register"),
     log:
