@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import blobs
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-from unireg.losses import box_sum, lncc_loss
+from unireg.losses import ImageSimilarity, _box_sum, box_sum, lncc_loss
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
@@ -23,6 +23,33 @@ def test_box_sum_is_a_zero_padded_box_filter():
     ones = torch.ones(3, 1, 5, 5, 5, dtype=torch.float64)
     expected = F.conv3d(x, ones, padding=2, groups=3)
     assert torch.allclose(box_sum(x, 5), expected, atol=1e-10)
+
+
+def test_box_sum_backward_is_its_adjoint():
+    """The hand-written backward (the box sum of the gradient) is the exact gradient: torch's own
+    check in float64, and equal to autograd through the cumulative sums."""
+    x = torch.rand(1, 2, 6, 7, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: box_sum(t, 3), (x,))
+    weights = torch.rand(1, 2, 6, 7, 8, dtype=torch.float64)
+    (mine,) = torch.autograd.grad((box_sum(x, 5) * weights).sum(), x)
+    (autograd,) = torch.autograd.grad((_box_sum(x, 5) * weights).sum(), x)
+    assert torch.allclose(mine, autograd, atol=1e-12)
+
+
+def test_a_prepared_target_gives_the_same_loss_and_gradient():
+    """ImageSimilarity.prepare (the fixed image's window sums computed once, as instance optimisation
+    does) changes neither the LNCC nor its gradient with respect to the warped image."""
+    fixed = blobs(1)
+    similarity = ImageSimilarity("lncc")
+    prepared = similarity.prepare(fixed)
+    results = []
+    for target in (fixed, prepared):
+        warped = (0.7 * blobs(0) + 0.3 * fixed).requires_grad_(True)
+        loss = similarity.compare(warped, target)
+        results.append((loss.detach(), torch.autograd.grad(loss, warped)[0]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-9)
+    assert similarity.prepare(fixed) is not fixed and ImageSimilarity("mind").prepare(fixed) is fixed
 
 
 def test_lncc_is_blind_to_a_contrast_inversion():

@@ -122,3 +122,15 @@ def test_too_little_memory_is_a_clear_error_naming_grid_and_setting(default_atla
     runtime.check_memory((512, 512, 512), 5, torch.device("cuda"))  # only the CPU's memory is checked
     monkeypatch.undo()
     runtime.check_memory(default_atlas.grid.shape, 20, torch.device("cpu"))  # 2 mm fits on this 24 GB machine
+
+
+def test_keep_freed_memory_tunes_glibc_once_and_can_be_switched_off():
+    """In a fresh process: glibc's mallopt accepts both settings (True) and a second call is a no-op;
+    UNIREG_MALLOC=default leaves the allocator alone (False)."""
+    code = "from unireg.runtime import keep_freed_memory as k; print(k(), k())"
+    env = {**os.environ, "UNIREG_MALLOC": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+    env["UNIREG_MALLOC"] = "default"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -48,10 +48,9 @@ def sampling_matrix(shape: tuple[int, ...]) -> np.ndarray:
 
 def sampling_grid(points: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Voxel coordinates ``(B, 3, *S)`` on a grid of ``shape`` -> a ``grid_sample`` grid ``(B, *S, 3)``."""
-    grid = points.movedim(1, -1).clone()
-    for axis, span in enumerate(_axis_spans(shape)):
-        grid[..., axis] = grid[..., axis] * 2 / span - 1.0
-    return grid.flip(-1)
+    spans = torch.tensor(_axis_spans(shape)[::-1], dtype=points.dtype, device=points.device)
+    spans = spans.view(1, 3, *[1] * (points.dim() - 2))
+    return (points.flip(1) * 2 / spans - 1.0).movedim(1, -1).contiguous()  # (x = k, y = j, z = i)
 
 
 def sample(

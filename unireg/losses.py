@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,29 @@ REGULARISERS = ("diffusion", "bending")
 
 
 def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over a ``size``^3 box centred on each voxel of ``(B, C, D, H, W)``, zero outside (odd size)."""
+    """Sum over a ``size``^3 box centred on each voxel of ``(B, C, D, H, W)``, zero outside (odd size).
+
+    Differentiable with a hand-written backward: the zero-padded centred box filter is a symmetric
+    linear operator, so its adjoint (the backward) is the box sum of the incoming gradient. That
+    replaces autograd's path back through cumulative sums (flip, cumsum, flip) and slices (a zeroed
+    tensor each): instance optimisation's image-grid steps take about half the time
+    (benchmarks/results/register_speed.md)."""
+    return _BoxSum.apply(x, size)
+
+
+class _BoxSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int) -> torch.Tensor:
+        ctx.size = size
+        return _box_sum(x, size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _box_sum(grad, ctx.size), None
+
+
+def _box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`box_sum` by cumulative sums along each axis (no autograd of its own)."""
     r = size // 2
     for axis in (2, 3, 4):
         pad = [0] * 6
@@ -37,11 +60,30 @@ def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
-def lncc_loss(warped: torch.Tensor, fixed: torch.Tensor, size: int = 7, smooth_dr: float = 1e-5) -> torch.Tensor:
-    """``-mean(cross^2 / (var_w * var_f))`` over ``size``^3 windows (MONAI's LNCC, ``smooth_nr`` 0)."""
+class LnccTarget(NamedTuple):
+    """A fixed image with its window sums, computed once for many :func:`lncc_loss` calls."""
+
+    image: torch.Tensor  # (B, 1, D, H, W)
+    sums: torch.Tensor  # (B, 2, D, H, W): box sums of the image and of its square
+
+
+def lncc_target(fixed: torch.Tensor, size: int = 7) -> LnccTarget:
+    with torch.no_grad():
+        return LnccTarget(fixed, box_sum(torch.cat([fixed, fixed * fixed], dim=1), size))
+
+
+def lncc_loss(
+    warped: torch.Tensor, fixed: torch.Tensor | LnccTarget, size: int = 7, smooth_dr: float = 1e-5
+) -> torch.Tensor:
+    """``-mean(cross^2 / (var_w * var_f))`` over ``size``^3 windows (MONAI's LNCC, ``smooth_nr`` 0).
+    ``fixed`` may be an :func:`lncc_target` (its sums not recomputed; no gradient to it then)."""
     n = float(size**3)
-    sums = box_sum(torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1), size)
-    w, f, ww, ff, wf = sums.unbind(1)
+    if isinstance(fixed, LnccTarget):
+        image, (f, ff) = fixed.image, fixed.sums.unbind(1)
+        w, ww, wf = box_sum(torch.cat([warped, warped * warped, warped * image], dim=1), size).unbind(1)
+    else:
+        sums = box_sum(torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1), size)
+        w, f, ww, ff, wf = sums.unbind(1)
     cross = wf - w * f / n
     var_w = (ww - w * w / n).clamp_min(smooth_dr)
     var_f = (ff - f * f / n).clamp_min(smooth_dr)
@@ -67,8 +109,13 @@ class ImageSimilarity(torch.nn.Module):
         """What is compared: the image itself (``lncc``) or its MIND-SSC descriptor (``mind``)."""
         return _mind().to(image.device)(image) if self.name == "mind" else image
 
-    def compare(self, warped_descriptor: torch.Tensor, target_descriptor: torch.Tensor) -> torch.Tensor:
-        """Dissimilarity of two descriptors (of :meth:`descriptor`), e.g. a warped moving one."""
+    def prepare(self, target_descriptor: torch.Tensor) -> torch.Tensor | LnccTarget:
+        """A fixed descriptor made ready for many :meth:`compare` calls (LNCC: its window sums)."""
+        return lncc_target(target_descriptor, self.kernel_size) if self.name == "lncc" else target_descriptor
+
+    def compare(self, warped_descriptor: torch.Tensor, target_descriptor: torch.Tensor | LnccTarget) -> torch.Tensor:
+        """Dissimilarity of two descriptors (of :meth:`descriptor`, the target perhaps through
+        :meth:`prepare`), e.g. a warped moving one and the fixed one."""
         if self.name == "lncc":
             return lncc_loss(warped_descriptor, target_descriptor, self.kernel_size)
         return torch.mean((warped_descriptor - target_descriptor) ** 2)

@@ -35,7 +35,7 @@ from .io import Image, load_image, save_displacement, save_image, write_text_ato
 from .layout import PLAIN_NAMES
 from .losses import ImageSimilarity, box_sum, regulariser
 from .model import UniRegNet, loaded_checkpoint
-from .runtime import check_memory, execution_environment, select_device
+from .runtime import check_memory, execution_environment, keep_freed_memory, select_device
 from .transforms import resample
 
 OUTPUT_FILES = PLAIN_NAMES["register"]  # names outside the workflow (unireg.layout)
@@ -146,10 +146,12 @@ def instance_optimise(
     optimiser = torch.optim.Adam([param], lr=options.learning_rate)
     for (source, target), steps, region in ((coarse, options.coarse_steps, None), (fine, options.steps, box)):
         fraction = 1.0 if region is None else target[0, 0].numel() / float(np.prod(image_shape))
+        if steps:
+            target = similarity.prepare(target)
         for _ in range(steps):
             optimiser.zero_grad()
             if region is None:
-                warped = warp(source, field(param, tuple(target.shape[2:]), False))
+                warped = warp(source, field(param, tuple(source.shape[2:]), False))
             else:
                 warped = warp_in_box(source, field(param, image_shape, True), region)
             loss = fraction * similarity.compare(warped, target) + options.weight * smooth(param)
@@ -199,6 +201,7 @@ def register_images(
     this grid, where instance optimisation refines it."""
     check_pair(fixed, moving, multiple=16 * network_factor)
     device = torch.device(device)
+    keep_freed_memory()
     check_memory(fixed.shape, (instance_opt or InstanceOptOptions()).total, device)
     model = model.to(device).eval()
     timings = {}

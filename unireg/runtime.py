@@ -8,14 +8,19 @@
   (:data:`BASE_BYTES` + :data:`BYTES_PER_VOXEL`, measured with ``benchmarks/register_speed.py``)
   against :func:`available_memory_bytes` (the cgroup limit or MemAvailable), so that a job too
   small fails early with what to change instead of being OOM-killed.
+* :func:`keep_freed_memory`: glibc's allocator told to keep freed memory for reuse, which makes a
+  CPU registration 12-20 % faster (torch frees and allocates tensors of tens of MB at every step).
 
 Used by :mod:`unireg.register`; nothing here registers anything.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import socket
+import sys
 
 import numpy as np
 import torch
@@ -110,3 +115,33 @@ def check_memory(shape: tuple[int, ...], instance_opt_steps: int, device: torch.
             "atlas (atlas_spacing / unireg atlas prepare --spacing), set register.instance_opt: 0, "
             "or give the job more memory"
         )
+
+
+#: glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_allocator = {"tuned": None}
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory in the process for reuse; True when it now does.
+
+    By default glibc serves every block above its mmap threshold (at most 32 MB) with a fresh
+    mmap and returns it to the kernel when freed; below it, it trims the heap top when freed.
+    Torch on the CPU allocates and frees tensors of 8-80 MB at every instance-optimisation step, so
+    each step pays page faults and zeroing of fresh pages again. With mmap off (``M_MMAP_MAX`` 0)
+    and no trimming below 2 GB, freed blocks are reused: a 2 mm registration takes 12 % less time
+    and a 1 mm one 20 % less, for about 4 % more peak memory (``benchmarks/register_speed.py``).
+    Called by :func:`unireg.register.register_images` (once per process; idempotent). Set
+    ``UNIREG_MALLOC=default`` to leave the allocator alone; a libc that is not glibc is left alone.
+    """
+    if _allocator["tuned"] is None:
+        _allocator["tuned"] = False
+        if os.environ.get("UNIREG_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
+            return False
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):  # no glibc (musl has no mallopt)
+            return False
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        _allocator["tuned"] = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator["tuned"]
