@@ -211,6 +211,49 @@ class _Page(HTMLParser):
         self.open.pop()
 
 
+def _decoded_png(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
+
+
+def test_an_atlas_set_subject_gets_a_fusion_confidence_picture(tiny_results):
+    """A subject with a fusion confidence map (multi-atlas segmentation) gets a second QC picture: the
+    confidence over its preprocessed image, red where the atlases disagreed; a subject whose atlases
+    all agreed shows no red; a confidence map on another grid is a note, not a crash."""
+    results = tiny_results / "results"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    labels = _blobs()
+    for subject, low in (("a1", 0.2), ("b2", 1.0)):
+        confidence = np.ones(labels.shape, np.float32)
+        confidence[4:10, 6:14, 6:14] = low  # label 1: the atlases disagreed (a1) or not (b2)
+        save_image(Image((labels * 50.0 + 20).astype(np.float32), affine), _at(results, subject, "preproc"))
+        save_image(Image(labels, affine, is_label=True), _at(results, subject, "warped_labels"))
+        save_image(Image(confidence, affine), _at(results, subject, "confidence"))
+    write_report(results, results / "report.html", results / "cohort_metrics.tsv")
+    text = (results / "report.html").read_text()
+    page = _page(text)
+    assert len(page.images) == 3 + 2 * 2  # plots; per subject its labels and its fusion confidence
+    assert "sub-a1 fusion confidence" in text and "where the atlases disagree" in text
+    pictures = dict(re.findall(r'<img src="([^"]+)" alt="([^"]+)"', text))
+    by_caption = {caption: _decoded_png(uri) for uri, caption in pictures.items()}
+
+    def red(rgb):  # RdYlGn at 0.2 is orange-red (0.96, 0.43, 0.26); in the slices, left of the colour bar
+        rgb = rgb[:, : int(rgb.shape[1] * 0.85)]
+        return int(((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.55) & (rgb[..., 2] < 0.4)).sum())
+
+    assert red(by_caption["sub-a1 fusion confidence"]) > 100
+    assert red(by_caption["sub-b2 fusion confidence"]) == 0
+    save_image(Image(np.ones((4, 4, 4), np.float32), affine), _at(results, "b2", "confidence"))
+    write_report(results, results / "report.html", results / "cohort_metrics.tsv")
+    text = (results / "report.html").read_text()
+    assert "sub-b2: no QC image (preprocessed image and fusion confidence are not on one grid)" in text
+    assert "sub-b2 QC" in text and "sub-b2 fusion confidence" not in text
+
+
 def test_report_is_self_contained_with_plots_qc_table_and_subject_images(tiny_results):
     results = tiny_results / "results"
     out = write_report(results, results / "report.html", results / "cohort_metrics.tsv")

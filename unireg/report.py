@@ -9,6 +9,8 @@ by :func:`unireg.metrics.regenerate_metrics`):
   with those columns NaN).
 * its ``image`` (the converted T1w) and ``labels`` (the propagated dseg): on the same (native)
   grid, for QC pictures.
+* with an atlas set, its ``preproc`` image, fused ``warped_labels`` and ``confidence`` map (the
+  preprocessed, atlas-space grid): a picture of the fusion's confidence.
 * its registration record (the ``displacement_json`` sidecar): the registration's
   reference-free QC (``qc``, see :func:`unireg.register.registration_qc`) and Jacobian statistics.
 * ``RESULTS/manifest.tsv`` (optional): with columns ``selected``, ``selection_reason`` and
@@ -770,6 +772,21 @@ def _label_centre(labels: np.ndarray) -> np.ndarray:
     return centre
 
 
+def _ras_panels(spacing, centre) -> list[tuple[str, tuple, tuple[float, float]]]:
+    """(name, 2-D slice with axes (horizontal, vertical), horizontal/vertical voxel sizes) of the
+    sagittal, coronal and axial slices through ``centre`` of a RAS-oriented grid."""
+    return [
+        ("sagittal", np.s_[centre[0], :, :], (spacing[1], spacing[2])),
+        ("coronal", np.s_[:, centre[1], :], (spacing[0], spacing[2])),
+        ("axial", np.s_[:, :, centre[2]], (spacing[0], spacing[1])),
+    ]
+
+
+def _grey_limits(data: np.ndarray) -> tuple[float, float]:
+    finite = data[np.isfinite(data)]
+    return tuple(np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
+
+
 def qc_figure(image, labels, title: str) -> str:
     """Label contours over the image on three orthogonal slices through the labels' centre.
 
@@ -786,20 +803,11 @@ def qc_figure(image, labels, title: str) -> str:
 
     image, labels = reorient_to_ras(image), reorient_to_ras(labels)
     data, lab = image.data, labels.data
-    centre = _label_centre(lab)
-    finite = data[np.isfinite(data)]
-    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-    spacing = labels.spacing
-    # (name, 2-D slice with axes (horizontal, vertical), horizontal/vertical voxel sizes)
-    panels = [
-        ("sagittal", np.s_[centre[0], :, :], (spacing[1], spacing[2])),
-        ("coronal", np.s_[:, centre[1], :], (spacing[0], spacing[2])),
-        ("axial", np.s_[:, :, centre[2]], (spacing[0], spacing[1])),
-    ]
+    lo, hi = _grey_limits(data)
     n_colours = 20
     colours = ListedColormap([(0, 0, 0, 0)] + [(*c[:3], 1.0) for c in colormaps["tab20"].colors[:n_colours]])
     fig = Figure(figsize=(7.5, 2.7), dpi=80)
-    for n, (name, index, (dx, dy)) in enumerate(panels, start=1):
+    for n, (name, index, (dx, dy)) in enumerate(_ras_panels(labels.spacing, _label_centre(lab)), start=1):
         ax = fig.add_subplot(1, 3, n)
         ax.imshow(data[index].T, origin="lower", cmap="gray", vmin=lo, vmax=hi, aspect=dy / dx, interpolation="nearest")
         edges = _label_edges(lab[index])
@@ -814,17 +822,52 @@ def qc_figure(image, labels, title: str) -> str:
     return _png_data_uri(fig)
 
 
+def confidence_figure(image, confidence, labels, title: str) -> str:
+    """A multi-atlas fusion's confidence (:func:`unireg.fusion.fuse`: the share of the atlases'
+    weight the winning label got) over the image, on the three RAS slices through the centre of
+    the voxels where the atlases disagree (confidence < 1); voxels where all agree, or outside the
+    fused labels, show the image alone. All three :class:`unireg.io.Image` on one grid (the
+    preprocessed, atlas-space grid the fusion ran on). Returns a PNG data URI."""
+    from matplotlib.figure import Figure
+
+    from .transforms import reorient_to_ras
+
+    image, confidence, labels = (reorient_to_ras(x) for x in (image, confidence, labels))
+    data, conf = image.data, confidence.data.astype(np.float32)
+    shown = np.ma.masked_where((conf >= 1.0) | (labels.data <= 0), conf)
+    disagree = (~np.ma.getmaskarray(shown)).astype(np.int32)
+    lo, hi = _grey_limits(data)
+    fig = Figure(figsize=(8.2, 2.7), dpi=80)
+    axes = [fig.add_subplot(1, 3, n) for n in (1, 2, 3)]
+    for ax, (name, index, (dx, dy)) in zip(axes, _ras_panels(image.spacing, _label_centre(disagree))):
+        ax.imshow(data[index].T, origin="lower", cmap="gray", vmin=lo, vmax=hi, aspect=dy / dx, interpolation="nearest")
+        overlay = ax.imshow(
+            shown[index].T, origin="lower", cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect=dy / dx, interpolation="nearest"
+        )
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    fig.colorbar(overlay, ax=axes, fraction=0.02, pad=0.01).ax.tick_params(labelsize=7)
+    inside = labels.data > 0
+    low = float((conf[inside] < 0.5).mean() * 100) if inside.any() else 0.0
+    fig.suptitle(f"{title}: {low:.1f} % of labelled voxels below 0.5", fontsize=9)
+    return _png_data_uri(fig)
+
+
 def subject_qc_images(
     results_dir: str | Path, subjects: list[str], max_images: int = MAX_QC_IMAGES
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """QC pictures ``(subject, data URI)`` for up to ``max_images`` of ``subjects`` (in order),
-    skipping subjects whose image or labels are missing; also one note per unreadable subject."""
+    """QC pictures ``(caption, data URI)`` for up to ``max_images`` of ``subjects`` (in order),
+    skipping subjects whose image or labels are missing; also one note per unreadable subject.
+
+    Each subject's picture shows its propagated labels on its native image. A subject segmented
+    with an atlas set (it has a ``confidence`` map) gets a second one: the fusion's confidence on
+    its preprocessed image (:func:`confidence_figure`)."""
     from .io import load_image
 
     results_dir = Path(results_dir)
-    images, notes = [], []
+    images, notes, shown = [], [], 0
     for subject in subjects:
-        if len(images) >= max_images:
+        if shown >= max_images:
             break
         image_path = find_subject_file(results_dir, subject, "image")
         labels_path = find_subject_file(results_dir, subject, "labels")
@@ -835,7 +878,16 @@ def subject_qc_images(
             labels = load_image(labels_path, label=True, subject=subject)
             if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-3):
                 raise UniregError("image and propagated labels are not on the same grid", subject=subject)
-            images.append((subject, qc_figure(image, labels, f"sub-{subject}")))
+            images.append((f"sub-{subject} QC", qc_figure(image, labels, f"sub-{subject}")))
+            shown += 1
+            fused = [find_subject_file(results_dir, subject, k) for k in ("preproc", "confidence", "warped_labels")]
+            if all(fused):
+                preproc, confidence = (load_image(p, subject=subject) for p in fused[:2])
+                fused_labels = load_image(fused[2], label=True, subject=subject)
+                if {preproc.shape, fused_labels.shape} != {confidence.shape}:
+                    raise UniregError("preprocessed image and fusion confidence are not on one grid", subject=subject)
+                title = f"sub-{subject} fusion confidence"
+                images.append((title, confidence_figure(preproc, confidence, fused_labels, title)))
         except UniregError as err:
             notes.append(f"sub-{subject}: no QC image ({err.message})")
     return images, notes
@@ -1142,7 +1194,13 @@ def write_report(
         f"and anterior up, subject's right on the right in coronal and axial views); flagged subjects first, "
         f"then those with volume outliers, at most {max_qc_images}.</p>",
     ]
-    body += [f"<figure>{_img(uri, f'sub-{s} QC')}</figure>" for s, uri in images]
+    if any(caption.endswith("fusion confidence") for caption, _ in images):
+        body.append(
+            "<p class=\"note\">Multi-atlas segmentation: each subject's second picture shows the fusion's "
+            "confidence, the share of the atlases' weight its label got, on the preprocessed (atlas-space) image "
+            "where the atlases disagree (red: low); where they all agree the image shows alone.</p>"
+        )
+    body += [f"<figure>{_img(uri, caption)}</figure>" for caption, uri in images]
     body += [f"<p>{html.escape(note)}</p>" for note in notes]
     if not images:
         body.append("<p>No subject image with propagated labels found.</p>")
