@@ -250,7 +250,7 @@ def test_an_atlas_set_subject_gets_a_fusion_confidence_picture(tiny_results):
     save_image(Image(np.ones((4, 4, 4), np.float32), affine), _at(results, "b2", "confidence"))
     write_report(results, results / "report.html", results / "cohort_metrics.tsv")
     text = (results / "report.html").read_text()
-    assert "sub-b2: no QC image (preprocessed image and fusion confidence are not on one grid)" in text
+    assert "sub-b2: no fusion-confidence picture (preprocessed image and fusion confidence are not on one grid)" in text
     assert "sub-b2 QC" in text and "sub-b2 fusion confidence" not in text
 
 

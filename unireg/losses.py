@@ -32,8 +32,8 @@ def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     Differentiable with a hand-written backward: the zero-padded centred box filter is a symmetric
     linear operator, so its adjoint (the backward) is the box sum of the incoming gradient. That
     replaces autograd's path back through cumulative sums (flip, cumsum, flip) and slices (a zeroed
-    tensor each): instance optimisation's image-grid steps take about half the time
-    (benchmarks/results/register_speed.md)."""
+    tensor each); with the fixed image's sums computed once (:func:`lncc_target`), instance
+    optimisation at 2 mm takes a fifth less time."""
     return _BoxSum.apply(x, size)
 
 

@@ -880,16 +880,21 @@ def subject_qc_images(
                 raise UniregError("image and propagated labels are not on the same grid", subject=subject)
             images.append((f"sub-{subject} QC", qc_figure(image, labels, f"sub-{subject}")))
             shown += 1
-            fused = [find_subject_file(results_dir, subject, k) for k in ("preproc", "confidence", "warped_labels")]
-            if all(fused):
-                preproc, confidence = (load_image(p, subject=subject) for p in fused[:2])
-                fused_labels = load_image(fused[2], label=True, subject=subject)
-                if {preproc.shape, fused_labels.shape} != {confidence.shape}:
-                    raise UniregError("preprocessed image and fusion confidence are not on one grid", subject=subject)
-                title = f"sub-{subject} fusion confidence"
-                images.append((title, confidence_figure(preproc, confidence, fused_labels, title)))
         except UniregError as err:
             notes.append(f"sub-{subject}: no QC image ({err.message})")
+            continue
+        fused = [find_subject_file(results_dir, subject, k) for k in ("preproc", "confidence", "warped_labels")]
+        if not all(fused):
+            continue
+        try:
+            preproc, confidence = (load_image(p, subject=subject) for p in fused[:2])
+            fused_labels = load_image(fused[2], label=True, subject=subject)
+            if {preproc.shape, fused_labels.shape} != {confidence.shape}:
+                raise UniregError("preprocessed image and fusion confidence are not on one grid", subject=subject)
+            title = f"sub-{subject} fusion confidence"
+            images.append((title, confidence_figure(preproc, confidence, fused_labels, title)))
+        except UniregError as err:
+            notes.append(f"sub-{subject}: no fusion-confidence picture ({err.message})")
     return images, notes
 
 
