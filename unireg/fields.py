@@ -48,9 +48,8 @@ def sampling_matrix(shape: tuple[int, ...]) -> np.ndarray:
 
 def sampling_grid(points: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Voxel coordinates ``(B, 3, *S)`` on a grid of ``shape`` -> a ``grid_sample`` grid ``(B, *S, 3)``."""
-    spans = torch.tensor(_axis_spans(shape)[::-1], dtype=points.dtype, device=points.device)
-    spans = spans.view(1, 3, *[1] * (points.dim() - 2))
-    return (points.flip(1) * 2 / spans - 1.0).movedim(1, -1).contiguous()  # (x = k, y = j, z = i)
+    spans = _axis_spans(shape)
+    return torch.stack([points[:, axis] * 2 / spans[axis] - 1.0 for axis in (2, 1, 0)], dim=-1)  # x = k first
 
 
 def sample(

@@ -68,8 +68,13 @@ class LnccTarget(NamedTuple):
 
 
 def lncc_target(fixed: torch.Tensor, size: int = 7) -> LnccTarget:
+    """``fixed`` and its window sums, computed once (no gradient to ``fixed`` through them)."""
     with torch.no_grad():
-        return LnccTarget(fixed, box_sum(torch.cat([fixed, fixed * fixed], dim=1), size))
+        return _with_sums(fixed, size)
+
+
+def _with_sums(fixed: torch.Tensor, size: int) -> LnccTarget:
+    return LnccTarget(fixed, box_sum(torch.cat([fixed, fixed * fixed], dim=1), size))
 
 
 def lncc_loss(
@@ -78,12 +83,9 @@ def lncc_loss(
     """``-mean(cross^2 / (var_w * var_f))`` over ``size``^3 windows (MONAI's LNCC, ``smooth_nr`` 0).
     ``fixed`` may be an :func:`lncc_target` (its sums not recomputed; no gradient to it then)."""
     n = float(size**3)
-    if isinstance(fixed, LnccTarget):
-        image, (f, ff) = fixed.image, fixed.sums.unbind(1)
-        w, ww, wf = box_sum(torch.cat([warped, warped * warped, warped * image], dim=1), size).unbind(1)
-    else:
-        sums = box_sum(torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1), size)
-        w, f, ww, ff, wf = sums.unbind(1)
+    target = fixed if isinstance(fixed, LnccTarget) else _with_sums(fixed, size)
+    f, ff = target.sums.unbind(1)
+    w, ww, wf = box_sum(torch.cat([warped, warped * warped, warped * target.image], dim=1), size).unbind(1)
     cross = wf - w * f / n
     var_w = (ww - w * w / n).clamp_min(smooth_dr)
     var_f = (ff - f * f / n).clamp_min(smooth_dr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import socket
 import sys
@@ -119,9 +120,9 @@ def check_memory(shape: tuple[int, ...], instance_opt_steps: int, device: torch.
 
 #: glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_allocator = {"tuned": None}
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory in the process for reuse; True when it now does.
 
@@ -130,18 +131,15 @@ def keep_freed_memory() -> bool:
     Torch on the CPU allocates and frees tensors of 8-80 MB at every instance-optimisation step, so
     each step pays page faults and zeroing of fresh pages again. With mmap off (``M_MMAP_MAX`` 0)
     and no trimming below 2 GB, freed blocks are reused: a 2 mm registration takes 12 % less time
-    and a 1 mm one 20 % less, for about 4 % more peak memory (``benchmarks/register_speed.py``).
-    Called by :func:`unireg.register.register_images` (once per process; idempotent). Set
+    and a 1 mm one 20 % less, for up to 10 % more peak memory (``benchmarks/register_speed.py``).
+    Called by :func:`unireg.register.register_images` (once per process: cached). Set
     ``UNIREG_MALLOC=default`` to leave the allocator alone; a libc that is not glibc is left alone.
     """
-    if _allocator["tuned"] is None:
-        _allocator["tuned"] = False
-        if os.environ.get("UNIREG_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-            return False
-        try:
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-        except (OSError, AttributeError):  # no glibc (musl has no mallopt)
-            return False
-        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-        _allocator["tuned"] = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _allocator["tuned"]
+    if os.environ.get("UNIREG_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # no glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
