@@ -268,3 +268,66 @@ def test_a_cascade_trains_validates_with_io_and_registers(tiny_dataset):
     info = json.loads((out / "registration.json").read_text())
     assert info["instance_opt_steps"] == 3 and info["jacobian"]["folding_percent"] == 0.0
     assert (out / "warped_labels.nii.gz").is_file()
+
+
+def test_a_run_can_start_from_a_trained_checkpoint(tiny_dataset, capsys):
+    """train.init: a new run starts from a trained model's weights, validates them as its step 0,
+    records them in its card, keeps them through a resume, and refuses a checkpoint of another
+    architecture with one line that says what differs."""
+    import torch
+
+    from unireg.model import model_state
+
+    assert main(["train", "--config", str(_config(tiny_dataset, 2, output="base")), "--no-progress"]) == 0
+    base = tiny_dataset / "base"
+    base_card = json.loads((base / "model_card.json").read_text())
+    path = _config(tiny_dataset, 1, output="further", train={"steps": 1, "validate_every": 2, "val_pairs": 2})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["init"] = "base/model.pt"  # relative to the config, like the data paths
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    run = tiny_dataset / "further"
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    assert rows[0]["total"] == "" and float(rows[0]["val_dice"]) == pytest.approx(base_card["validation"]["val_dice"])
+    card = json.loads((run / "model_card.json").read_text())
+    digest = (base / "model.pt.sha256").read_text().split()[0]
+    assert card["init"] == {"checkpoint": str(base / "model.pt"), "sha256": digest, "steps": 2}
+    assert "Started from model.pt" in (run / "model_card.md").read_text()
+    # step 1 (a validation) moved the weights; resumed to step 2, the step-0 row stays the only one
+    trained, _ = load_checkpoint(base / "model.pt")
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert any(not torch.equal(v, last["model"][k]) for k, v in model_state(trained).items())
+    cfg["train"]["steps"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == [0, 1, 2]
+    assert json.loads((run / "model_card.json").read_text())["init"]["sha256"] == digest
+    # another architecture: one line naming what differs, nothing trained
+    cfg.update(output="misfit", model={"extractor": "mobilenet_v1_025", "channels": [8, 16, 16], "flow_stride": 1})
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not fit the recipe's model" in err and "flow_stride 2 (the recipe: 1)" in err and "model.pt" in err
+    cfg["train"]["init"] = "default"  # the packaged model: MIND-SSC, a cascade of 2, wider UNets
+    cfg["model"]["flow_stride"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "extractor mind (the recipe: mobilenet_v1_025)" in err and "cascade 2 (the recipe: 1)" in err
+    assert not (tiny_dataset / "misfit" / "log.csv").exists()
+
+
+def test_every_shipped_recipe_loads_and_an_init_recipe_fits_its_checkpoint():
+    from pathlib import Path
+
+    from unireg.model import architecture
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "config").glob("train_*.yaml"))
+    assert len(recipes) > 10
+    for recipe in recipes:
+        cfg = load_config(recipe)
+        if cfg["train"]["init"] == "default":
+            packaged, _ = load_checkpoint()
+            assert architecture(build_model(cfg["model"])) == architecture(packaged), recipe.name
+            assert cfg["data"]["split_seed"] == 0 and (cfg["data"]["n_train"], cfg["data"]["n_val"]) == (30, 10)

@@ -156,6 +156,19 @@ def model_state(model: UniRegNet) -> dict:
     return {k: v for k, v in model.state_dict().items() if model.extractor.trainable or not k.startswith("extractor.")}
 
 
+def architecture(model: UniRegNet) -> dict:
+    """What two models must share for one's trained weights to be the other's: extractor (and its
+    weights), flow grid, integration, cascade, and every trainable tensor's shape."""
+    return {
+        "extractor": model.extractor.name,
+        "extractor_weights_sha256": model.extractor.weights_sha256,
+        "flow_stride": model.flow_stride,
+        "int_steps": model.int_steps,
+        "cascade": model.cascade,
+        "weights": {k: tuple(v.shape) for k, v in model_state(model).items()},
+    }
+
+
 def save_checkpoint(path: str | Path, model: UniRegNet, config: dict, extra: dict | None = None) -> Path:
     """Write a checkpoint atomically, plus ``<path>.sha256`` that :func:`load_checkpoint` verifies."""
     path = Path(path)

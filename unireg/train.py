@@ -32,6 +32,14 @@ as a run that was never stopped (``log.csv`` is cut back to the resumed step). `
 starts from step 0. A long run can go on in the background (``nohup unireg train ... &``;
 ``log.csv`` grows as it goes).
 
+**Starting from trained weights.** ``train.init``: a checkpoint (``unireg train``'s ``model.pt``
+or a snapshot; ``default``: the packaged default model) whose weights start a new run instead of
+a random initialisation, e.g. to train a shipped model further or to fine-tune it on another
+cohort. Its architecture (``model`` section) must be the recipe's; the optimiser starts afresh.
+The run validates once before its first step (step 0 of the learning curve: where it started),
+and the card records the checkpoint (path, sha256, its own steps). A resumed run continues from
+``last.pt`` as always.
+
 **Device.** ``train.device``: ``auto`` (CUDA when visible, else CPU), ``cpu`` or ``cuda``;
 the recipe is the same on both.
 
@@ -68,11 +76,12 @@ from .fields import jacobian_stats, resize_field, warp, warp_affine
 from .io import load_image, save_image, write_atomic, write_text_atomic
 from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
-from .model import build_model, model_state, save_checkpoint
+from .model import DEFAULT_MODEL, architecture, build_model, load_checkpoint, model_state, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
 from .register import InstanceOptOptions, instance_optimise
 from .runtime import select_device
 from .transforms import resample
+from .weights import sha256_file
 
 DEFAULTS = {
     "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": [], "cache": None},
@@ -96,6 +105,7 @@ DEFAULTS = {
     "train": {
         "steps": 1000,
         "learning_rate": 1e-3,
+        "init": None,
         "seed": 0,
         "validate_every": 250,
         "val_pairs": 9,
@@ -141,6 +151,9 @@ def load_config(path: str | Path) -> dict:
     if not config["output"]:
         raise UniregError("config needs output (a folder for checkpoints and logs)", path=path)
     config["output"] = str((base / config["output"]).resolve())
+    init = config["train"]["init"]
+    if init and init != "default":
+        config["train"]["init"] = str((base / init).resolve())
     return config
 
 
@@ -318,8 +331,11 @@ class Trainer:
         augment = train_cfg["augment"]
         self.cache_features = not self.model.extractor.trainable and not augment["gamma"] and not augment["remap"]
         self._features = {}
+        self.init = None  # train.init's checkpoint, as the card records it
         if resume and (self.out / "last.pt").is_file():
             self._resume(self.out / "last.pt")
+        elif train_cfg["init"]:
+            self._initialise(train_cfg["init"])
 
     # -- data -------------------------------------------------------------------------------
     def _image(self, record) -> torch.Tensor:
@@ -443,7 +459,7 @@ class Trainer:
         """Record a validation; True when ``train.plateau.patience`` validations in a row have not
         raised the best by ``min_delta`` (the best weights go to best.pt)."""
         plateau = self.config["train"]["plateau"]
-        if val_dice > self.best["val_dice"] + plateau["min_delta"] or self.best["step"] == 0:
+        if val_dice > self.best["val_dice"] + plateau["min_delta"] or self.best["val_dice"] == float("-inf"):
             self.best = {"val_dice": val_dice, "step": self.step, "stale": 0}
             weights = model_state(self.model)
             write_atomic(self.out / "best.pt", lambda tmp: torch.save(weights, tmp))
@@ -452,6 +468,25 @@ class Trainer:
         return bool(plateau["patience"]) and self.best["stale"] >= plateau["patience"]
 
     # -- checkpoints --------------------------------------------------------------------------
+    def _initialise(self, source: str) -> None:
+        """Start from a trained checkpoint's weights (``train.init``), which must fit the recipe's model."""
+        path = DEFAULT_MODEL if source == "default" else Path(source)
+        trained, payload = load_checkpoint(path)
+        mine, theirs = architecture(self.model), architecture(trained)
+        differ = [key for key in mine if mine[key] != theirs[key]]
+        if differ:
+            what = ", ".join(
+                "layer shapes (model.channels or model.cascade)"
+                if key == "weights"
+                else f"{key} {theirs[key]} (the recipe: {mine[key]})"
+                for key in differ
+            )
+            raise UniregError(f"train.init checkpoint does not fit the recipe's model: it has {what}", path=path)
+        self.model.load_state_dict(model_state(trained), strict=False)
+        card = payload.get("model_card") or {}
+        self.init = {"checkpoint": str(path), "sha256": sha256_file(path), "steps": card.get("steps")}
+        self.log(f"initialised from {path} ({card.get('steps', '?')} steps)")
+
     def _resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"], strict=False)
@@ -461,6 +496,7 @@ class Trainer:
         self.best = state.get("best", self.best)
         self.train_seconds = state.get("train_seconds", 0.0)
         self.devices = state.get("devices", [])
+        self.init = state.get("init")
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
@@ -476,6 +512,7 @@ class Trainer:
             "best": self.best,
             "train_seconds": self.train_seconds,
             "devices": self.devices,
+            "init": self.init,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
@@ -519,6 +556,13 @@ class Trainer:
             self.devices.append(device)
         fh, writer = self._open_log()
         with fh:
+            if self.init and self.step == 0 and steps > 0:  # where a run from trained weights starts
+                row = {"step": 0, **self.validate()}
+                if "val_dice" in row:
+                    self._plateau(row["val_dice"])
+                writer.writerow(row)
+                fh.flush()
+                self.history.append(row)
             while self.step < steps and stopped == "max_steps":
                 t0 = time.perf_counter()
                 row = self.train_step()
@@ -581,6 +625,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 1),
             "device": ", ".join(self.devices) or str(self.device),
             "seed": self.config["train"]["seed"],
+            "init": self.init,
             "grid": {"shape": list(self.atlas.grid.shape), "spacing_mm": list(self.atlas.grid.spacing)},
             "atlas": self.atlas.path,
             "train_subjects": [r["id"] for r in self.train_set],
@@ -619,7 +664,13 @@ def write_learning_curve(card: dict, out_dir: Path) -> None:
         "",
         f"Stopped: {card['stopped']} (rule {card['stop_rule']}); shipped weights: step {card['best_step']} "
         f"(best validation Dice of the network alone); {card['train_seconds']:.0f} s of training on "
-        f"{card['device']}; validation subjects {', '.join(card['val_subjects'])}.",
+        f"{card['device']}; validation subjects {', '.join(card['val_subjects'])}."
+        + (
+            f" Started from {Path(card['init']['checkpoint']).name} (sha256 {card['init']['sha256'][:12]}, "
+            f"{card['init']['steps']} steps): step 0 is its validation."
+            if card.get("init")
+            else ""
+        ),
         "",
         "| step | affine | network alone | network + IO | folding % |",
         "|---|---|---|---|---|",
