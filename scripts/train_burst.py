@@ -44,6 +44,8 @@ def burst_config(recipe: Path, args, out: Path) -> dict:
     config = yaml.safe_load(recipe.read_text())
     config["data"].update(images=str(Path(args.data).resolve()), labels=None, cache=str(Path(args.cache).resolve()))
     train = config.setdefault("train", {})
+    if train.get("init") and train["init"] != "default":  # relative to the recipe, as unireg train reads it
+        train["init"] = str((recipe.parent / train["init"]).resolve())
     train.update(
         device=args.device,
         steps=args.max_steps,

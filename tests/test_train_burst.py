@@ -69,3 +69,22 @@ def test_burst_stops_every_run_resumably_and_packs_a_common_step(tiny_dataset, t
     for name in ("a", "b"):
         last = f"{name}/snapshots/step_{summary['reached'][name]:06d}.pt"
         assert {f"{name}/last.pt", f"{name}/log.csv", f"{name}/config.yaml", f"{name}/snapshots/{step}", last} <= names
+
+
+def test_a_burst_recipe_keeps_its_init_checkpoint(tmp_path):
+    """A recipe's relative train.init still names its checkpoint from the burst's own config folder."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from argparse import Namespace
+
+    from train_burst import burst_config
+
+    recipe = tmp_path / "recipes" / "train_more.yaml"
+    recipe.parent.mkdir()
+    for init, expected in (
+        ("../runs/base/model.pt", str(tmp_path / "runs" / "base" / "model.pt")),
+        ("default", "default"),
+    ):
+        recipe.write_text(yaml.safe_dump({"data": {"images": "x"}, "train": {"init": init}, "output": "o"}))
+        args = Namespace(data="d.tsv", cache="c", device="cpu", max_steps=10, validate_every=5, val_io_steps=0)
+        args.patience, args.min_delta = 0, 0.002
+        assert burst_config(recipe, args, tmp_path / "work")["train"]["init"] == expected
