@@ -33,6 +33,11 @@ schedule) for every registration; K = 1 is the single-atlas SyN row, K > 1 is fu
 same warped atlases. ANTs rows only exist for the (target, K) whose K SyN registrations are in the
 cache or fit ``--ants-k`` (default 1): at 1 mm each SyN pair costs many minutes on 2 cores.
 
+**Head to head.** Where ANTs rows exist for fewer targets than UniReg's (``--ants-targets``, or the
+cache holds fewer SyN fields for some targets), the summary's means are over different targets; the
+second table (``multi_atlas*.paired.csv``) compares the two on exactly the targets ANTs has at
+each K: ANTs SyN (+ JLF) against each UniReg fusion, and the best fusion's difference.
+
 **Time per target.** The sum of the K registrations' seconds (from the cache: the run that made
 them) + warping + fusion, measured here.
 """
@@ -76,6 +81,18 @@ COLUMNS = [
     "registration_seconds_per_target",
     "fusion_seconds_per_target",
     "peak_rss_mb",
+]
+PAIRED_COLUMNS = [
+    "k",
+    "targets",
+    "ants_dice_mean",
+    "unireg_single_dice_mean",
+    "unireg_majority_dice_mean",
+    "unireg_weighted_dice_mean",
+    "unireg_jlf_dice_mean",
+    "best_unireg_minus_ants",
+    "ants_seconds_per_target",
+    "unireg_seconds_per_target",
 ]
 TARGET_COLUMNS = [
     "target",
@@ -381,15 +398,51 @@ def main(argv=None) -> None:
         "warping and fusion.",
         data.data_note,
     ]
-    text = markdown(header, summary, notes, data.title)
+    head_to_head = paired(rows, data.short)
+    text = markdown(header, summary, notes, data.title, head_to_head)
     args.out.mkdir(parents=True, exist_ok=True)
+    peers.write_csv(args.out / f"{args.name}.paired.csv", head_to_head, PAIRED_COLUMNS, header)
     (args.out / f"{args.name}.md").write_text(text)
     peers.write_csv(args.out / f"{args.name}.csv", summary, COLUMNS, header)
     peers.write_csv(args.out / f"{args.name}.targets.csv", rows, TARGET_COLUMNS, header)
     print(text)
 
 
-def markdown(header: list[str], summary: list[dict], notes: list[str], title: str) -> str:
+def paired(rows: list[dict], short: Callable) -> list[dict]:
+    """For each K with ANTs rows: ANTs and every UniReg fusion, averaged over exactly the targets ANTs
+    has at that K (UniReg's seconds: those of its best fusion)."""
+    out = []
+    for k in sorted({r["k"] for r in rows if r["method"] == "ants"}):
+        ants = {r["target"]: r for r in rows if r["method"] == "ants" and r["k"] == k}
+        mine = [r for r in rows if r["method"] == "unireg_io" and r["k"] == k and r["target"] in ants]
+        by_fusion = {}
+        for r in mine:
+            by_fusion.setdefault(r["fusion"], []).append(r)
+        by_fusion = {f: rs for f, rs in by_fusion.items() if len(rs) == len(ants)}
+        if not by_fusion:
+            continue
+
+        def mean(rs, key):
+            return float(np.mean([r[key] for r in rs]))
+
+        def seconds(rs):
+            return float(np.mean([r["registration_seconds"] + r["fusion_seconds"] for r in rs]))
+
+        entry = {"k": k, "targets": " ".join(short(t) for t in sorted(ants))}
+        entry["ants_dice_mean"] = mean(ants.values(), "dice_mean")
+        for fusion in ("single", *FUSIONS):
+            entry[f"unireg_{fusion}_dice_mean"] = mean(by_fusion[fusion], "dice_mean") if fusion in by_fusion else None
+        best = max(by_fusion, key=lambda f: mean(by_fusion[f], "dice_mean"))
+        entry["best_unireg_minus_ants"] = mean(by_fusion[best], "dice_mean") - entry["ants_dice_mean"]
+        entry["ants_seconds_per_target"] = seconds(ants.values())
+        entry["unireg_seconds_per_target"] = seconds(by_fusion[best])
+        out.append(entry)
+    return out
+
+
+def markdown(
+    header: list[str], summary: list[dict], notes: list[str], title: str, head_to_head: list[dict] = ()
+) -> str:
     fmt = peers.fmt
     names = {"unireg_io": "UniReg + IO", "ants": "ANTs SyN"}
     lines = [f"# Multi-atlas segmentation: leave-one-out on {title}", ""]
@@ -406,6 +459,22 @@ def markdown(header: list[str], summary: list[dict], notes: list[str], title: st
             f"{fmt(r['seconds_per_target'], 0)} ({fmt(r['registration_seconds_per_target'], 0)} + "
             f"{fmt(r['fusion_seconds_per_target'], 0)}) | {fmt(r['peak_rss_mb'], 0)} |"
         )
+    if head_to_head:
+        lines += [
+            "",
+            "## Head to head: the targets ANTs was run on",
+            "",
+            "| K | targets | ANTs SyN (K > 1: + JLF) | UniReg single | UniReg majority | UniReg weighted | "
+            "UniReg JLF | best UniReg - ANTs | s / target ANTs | s / target UniReg (best fusion) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in head_to_head:
+            lines.append(
+                f"| {r['k']} | {r['targets']} | {fmt(r['ants_dice_mean'])} | {fmt(r['unireg_single_dice_mean'])} | "
+                f"{fmt(r['unireg_majority_dice_mean'])} | {fmt(r['unireg_weighted_dice_mean'])} | "
+                f"{fmt(r['unireg_jlf_dice_mean'])} | {r['best_unireg_minus_ants']:+.3f} | "
+                f"{fmt(r['ants_seconds_per_target'], 0)} | {fmt(r['unireg_seconds_per_target'], 0)} |"
+            )
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 

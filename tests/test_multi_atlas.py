@@ -31,6 +31,7 @@ def smoke(tmp_path_factory):
         "stdout": stdout,
         "rows": {(r["method"], r["fusion"], r["k"]): r for r in read_commented_csv(out / "multi_atlas.csv")},
         "targets": read_commented_csv(out / "multi_atlas.targets.csv"),
+        "paired": read_commented_csv(out / "multi_atlas.paired.csv"),
     }
 
 
@@ -58,6 +59,8 @@ def test_tables_say_where_and_how_they_were_made(smoke):
         assert key in smoke["text"], key
     [row] = [r for r in smoke["targets"] if r["method"] == "ants" and r["k"] == "2"]
     assert row["atlases"] == "03 05"
+    assert "## Head to head: the targets ANTs was run on" in smoke["text"]
+    assert [r["k"] for r in smoke["paired"]] == ["1", "2"]
 
 
 def test_the_ixi_side_segments_a_validation_subject_with_the_next_ones(tmp_path):
@@ -75,3 +78,26 @@ def test_the_ixi_side_segments_a_validation_subject_with_the_next_ones(tmp_path)
     [target] = {r["target"] for r in read_commented_csv(out / "multi_atlas_ixi.targets.csv")}
     [row] = [r for r in read_commented_csv(out / "multi_atlas_ixi.targets.csv") if r["k"] == "2"][:1]
     assert target == validation[0] and row["atlases"] == " ".join(s.split("-")[0] for s in validation[1:3])
+
+
+def test_head_to_head_compares_on_exactly_the_targets_ants_has():
+    def row(target, method, fusion, k, dice, seconds=10.0):
+        return {"target": target, "method": method, "fusion": fusion, "k": k, "dice_mean": dice} | {
+            "registration_seconds": seconds,
+            "fusion_seconds": 1.0,
+        }
+
+    rows = [row(t, "unireg_io", "single", 1, d) for t, d in (("a", 0.60), ("b", 0.50))]
+    rows += [row(t, "unireg_io", f, 3, d) for t in "ab" for f, d in (("majority", 0.65), ("weighted", 0.70))]
+    rows += [row("a", "ants", "single", 1, 0.58, 2000.0), row("b", "ants", "single", 1, 0.56, 2000.0)]
+    rows += [row("a", "ants", "jlf", 3, 0.68, 6000.0)]  # K = 3 only on target a
+    rows += [row("a", "unireg_io", "jlf", 3, 0.71)]  # on a only, which is every ANTs target at K = 3
+    rows += [row("a", "unireg_io", "weighted", 1, 0.99)]  # on a only, but ANTs has a and b at K = 1: left out
+    [k1, k3] = ma.paired(rows, short=str.upper)
+    assert (k1["k"], k1["targets"], k1["ants_dice_mean"]) == (1, "A B", pytest.approx(0.57))
+    assert k1["unireg_single_dice_mean"] == pytest.approx(0.55) and k1["best_unireg_minus_ants"] == pytest.approx(-0.02)
+    assert k1["unireg_weighted_dice_mean"] is None
+    assert (k3["targets"], k3["unireg_weighted_dice_mean"], k3["unireg_jlf_dice_mean"]) == ("A", 0.70, 0.71)
+    assert k3["best_unireg_minus_ants"] == pytest.approx(0.03)  # JLF, present on target a
+    assert (k3["ants_seconds_per_target"], k3["unireg_seconds_per_target"]) == (6001.0, 11.0)
+    assert "| 3 | A | 0.680 |" in ma.markdown([], [], [], "x", [k1, k3])
