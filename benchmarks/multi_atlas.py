@@ -202,7 +202,12 @@ def ixi_dataset(args) -> Dataset:
 
 def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list[np.ndarray], spacing) -> np.ndarray:
     """antspyx joint label fusion of already-warped atlases on the target's grid (mask: the union of
-    the atlases' labels and the target's non-zero voxels)."""
+    the atlases' labels and the target's non-zero voxels).
+
+    antspyx fuses only the non-zero labels it is given and gives every voxel of the mask one of them,
+    so a voxel that every atlas calls background would still get a structure. Background is fused
+    like any label instead (as antsJointFusion does): labels are passed shifted by one, background
+    as 1, and shifted back."""
     import ants
 
     def img(a):
@@ -213,10 +218,11 @@ def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list
         img(target_image),
         img(mask.astype(np.float32)),
         [img(i) for i in images],
-        label_list=[img(x.astype(np.float32)) for x in labels],
+        label_list=[img(x.astype(np.float32) + 1.0) for x in labels],
         **ANTS_JLF,
     )
-    return np.rint(out["segmentation"].numpy()).astype(np.int32)
+    fused = np.rint(out["segmentation"].numpy()).astype(np.int32) - 1
+    return np.where(mask, np.maximum(fused, 0), 0)
 
 
 def parse_args(argv=None):
