@@ -6,6 +6,7 @@ No timing is asserted: the machine may be shared.
 
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, read_commented_csv, run_benchmark_smoke
 
@@ -101,3 +102,19 @@ def test_head_to_head_compares_on_exactly_the_targets_ants_has():
     assert k3["best_unireg_minus_ants"] == pytest.approx(0.03)  # JLF, present on target a
     assert (k3["ants_seconds_per_target"], k3["unireg_seconds_per_target"]) == (6001.0, 11.0)
     assert "| 3 | A | 0.680 |" in ma.markdown([], [], [], "x", [k1, k3])
+
+
+def test_antspyx_fusion_keeps_background_where_every_atlas_has_it():
+    """antspyx labels every mask voxel with a non-zero label it was given; ants_fusion fuses background
+    as a label, so voxels all atlases call background stay 0 even inside the target's head."""
+    pytest.importorskip("ants")
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.5, 1.0, (24, 24, 24)).astype(np.float32)  # non-zero everywhere: all in the mask
+    labels = np.zeros((24, 24, 24), np.int32)
+    labels[4:12, 4:20, 4:20], labels[12:20, 4:20, 4:20] = 4, 1021
+    atlases = [labels.copy() for _ in range(3)]
+    atlases[2][4:6] = 0  # one atlas disagrees on a slab: the other two win
+    fused = ma.ants_fusion(target, [target.copy() for _ in atlases], atlases, (1.0, 1.0, 1.0))
+    assert fused.dtype == np.int32 and set(np.unique(fused)) == {0, 4, 1021}
+    assert (fused[labels == 0] == 0).mean() > 0.99 and (fused[labels == 4] == 4).mean() > 0.99
+    assert (fused[labels == 1021] == 1021).mean() > 0.99
