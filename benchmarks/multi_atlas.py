@@ -221,8 +221,7 @@ def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list
         label_list=[img(x.astype(np.float32) + 1.0) for x in labels],
         **ANTS_JLF,
     )
-    fused = np.rint(out["segmentation"].numpy()).astype(np.int32) - 1
-    return np.where(mask, np.maximum(fused, 0), 0)
+    return np.maximum(np.rint(out["segmentation"].numpy()).astype(np.int32) - 1, 0)  # outside the mask: 0
 
 
 def parse_args(argv=None):
@@ -417,23 +416,23 @@ def main(argv=None) -> None:
 def paired(rows: list[dict], short: Callable) -> list[dict]:
     """For each K with ANTs rows: ANTs and every UniReg fusion, averaged over exactly the targets ANTs
     has at that K (UniReg's seconds: those of its best fusion)."""
+
+    def mean(rs, key):
+        return float(np.mean([r[key] for r in rs]))
+
+    def seconds(rs):
+        return float(np.mean([r["registration_seconds"] + r["fusion_seconds"] for r in rs]))
+
     out = []
     for k in sorted({r["k"] for r in rows if r["method"] == "ants"}):
         ants = {r["target"]: r for r in rows if r["method"] == "ants" and r["k"] == k}
-        mine = [r for r in rows if r["method"] == "unireg_io" and r["k"] == k and r["target"] in ants]
         by_fusion = {}
-        for r in mine:
-            by_fusion.setdefault(r["fusion"], []).append(r)
+        for r in rows:
+            if r["method"] == "unireg_io" and r["k"] == k and r["target"] in ants:
+                by_fusion.setdefault(r["fusion"], []).append(r)
         by_fusion = {f: rs for f, rs in by_fusion.items() if len(rs) == len(ants)}
         if not by_fusion:
             continue
-
-        def mean(rs, key):
-            return float(np.mean([r[key] for r in rs]))
-
-        def seconds(rs):
-            return float(np.mean([r["registration_seconds"] + r["fusion_seconds"] for r in rs]))
-
         entry = {"k": k, "targets": " ".join(short(t) for t in sorted(ants))}
         entry["ants_dice_mean"] = mean(ants.values(), "dice_mean")
         for fusion in ("single", *FUSIONS):

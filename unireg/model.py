@@ -192,7 +192,8 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
 
     The checkpoint's bytes must match the hash in ``<path>.sha256`` (written by
     :func:`save_checkpoint`; a checkpoint without one is refused), and its frozen extractor's
-    weight file must be the one it was trained on (``extractor_weights_sha256``).
+    weight file must be the one it was trained on (``extractor_weights_sha256``). The returned
+    payload carries the verified digest as ``sha256``.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
@@ -241,6 +242,7 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
             f"checkpoint does not fit its model: missing {missing[:3]}, unexpected {unexpected[:3]}", path=path
         )
     model.eval()
+    payload["sha256"] = expected  # the file's, as verified above
     return model.to(device), payload
 
 

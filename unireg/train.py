@@ -81,7 +81,6 @@ from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
 from .register import InstanceOptOptions, instance_optimise
 from .runtime import select_device
 from .transforms import resample
-from .weights import sha256_file
 
 DEFAULTS = {
     "data": {"images": None, "labels": None, "n_train": 30, "n_val": 10, "split_seed": 0, "exclude": [], "cache": None},
@@ -484,7 +483,7 @@ class Trainer:
             raise UniregError(f"train.init checkpoint does not fit the recipe's model: it has {what}", path=path)
         self.model.load_state_dict(model_state(trained), strict=False)
         card = payload.get("model_card") or {}
-        self.init = {"checkpoint": str(path), "sha256": sha256_file(path), "steps": card.get("steps")}
+        self.init = {"checkpoint": str(path), "sha256": payload["sha256"], "steps": card.get("steps")}
         self.log(f"initialised from {path} ({card.get('steps', '?')} steps)")
 
     def _resume(self, path: Path) -> None:
