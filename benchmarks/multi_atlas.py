@@ -396,7 +396,7 @@ def main(argv=None) -> None:
     notes = [
         f"UniReg: {peers.model_name(args.model)}, {args.instance_opt} IO steps, for every registration; fusion by "
         f"unireg.fusion: majority; weighted = inverse local MSD {WEIGHTED_DEFAULTS}; jlf = joint label fusion "
-        f"{JLF_DEFAULTS} (no patch search).",
+        f"{JLF_DEFAULTS} (local patch search and patch voting, as antsJointFusion).",
         f"ANTs: SyN {data.ants}; K > 1 fused with antspyx joint_label_fusion {ANTS_JLF}; rows only where all K SyN "
         "fields exist (at 1 mm each costs many minutes).",
         "HD95 where present in both; seconds per target = its K registrations (the cached runs' own seconds) + "

@@ -3,6 +3,7 @@ right answer is known."""
 
 import numpy as np
 import pytest
+import torch
 
 from unireg.errors import UniregError
 from unireg.fusion import FUSIONS, fuse, jlf_weights, vote
@@ -67,10 +68,38 @@ def test_jlf_discounts_atlases_that_make_the_same_errors():
     out = fuse(labels, "jlf", images=[copy, copy, other], target=target)
     inner = (slice(2, -2),) * 3  # away from the zero padding at the border
     assert (out.labels[inner] == 2).all()
-    w = jlf_weights(np.stack([copy, copy, other]), target, np.arange(target.size), radius=2, alpha=0.1, beta=2.0)
-    assert np.allclose(w.sum(0), 1.0)
-    assert np.allclose(w[0], w[1])  # the copies share their weight
-    assert np.median(w[2]) > 0.5
+    diffs = torch.from_numpy(np.abs(np.stack([copy, copy, other]) - target).reshape(1, 3, -1))
+    w = jlf_weights(diffs, alpha=0.1, beta=2.0)[0]
+    assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
+    assert torch.isclose(w[0], w[1])  # the copies share their weight
+    assert w[2] > 0.5
+
+
+def test_jlf_search_finds_each_atlas_s_match_when_the_atlases_are_misaligned():
+    """Three atlases, each the subject's image and labels moved by a voxel or two in a different
+    direction: where their labels disagree, majority voting (and JLF without search) errs on every
+    boundary; the local search finds each atlas's matching patch and recovers the subject's labels."""
+    rng = np.random.default_rng(3)
+    shape = (32, 32, 32)
+    smooth = torch.nn.functional.avg_pool3d(torch.from_numpy(rng.normal(size=(1, 1, *shape))).float(), 5, 1, 2)
+    target = smooth[0, 0].numpy() * 10
+    truth = np.digitize(target, np.quantile(target, [0.3, 0.6])).astype(np.int32)  # labels 0, 1, 2
+    shifts = [(1, 0, 0), (0, -1, 0), (0, 0, 2)]
+    images = [np.roll(target, s, (0, 1, 2)) for s in shifts]
+    labels = [np.roll(truth, s, (0, 1, 2)) for s in shifts]
+    inner = np.zeros(shape, bool)
+    inner[(slice(8, -8),) * 3] = True  # away from the wrap-around of np.roll
+    fused_here = inner & ~np.all(np.stack(labels) == labels[0], axis=0)  # where the atlases disagree
+
+    def errors(out):
+        return int((out.labels[fused_here] != truth[fused_here]).sum())
+
+    assert fused_here.sum() > 200
+    assert errors(fuse(labels, "majority")) > 0.3 * fused_here.sum()
+    assert errors(fuse(labels, "jlf", images=images, target=target, options={"search": 0})) > 0.3 * fused_here.sum()
+    searched = fuse(labels, "jlf", images=images, target=target)
+    assert errors(searched) == 0
+    assert searched.confidence[fused_here].mean() > 0.95
 
 
 def test_bad_requests_fail_with_one_clear_line():

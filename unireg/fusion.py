@@ -8,12 +8,20 @@ and keeps the best:
   al. 2010): atlas k weighs ``(MSD_k(x) + eps)^-p`` at voxel x, where MSD_k is the mean squared
   intensity difference between the subject and atlas k's warped image over a ``(2 radius + 1)^3``
   window around x (:data:`WEIGHTED_DEFAULTS`: radius 2 voxels, p = 1).
-* ``jlf``: joint label fusion (Wang et al. 2013, PAMI 35(3)): the weights minimise the expected joint
-  error of the atlases, ``w = (M + alpha I)^-1 1 / (1^T (M + alpha I)^-1 1)`` with ``M_ij(x) =
-  [mean_{y in N(x)} |A_i(y) - T(y)| |A_j(y) - T(y)|]^beta`` over the window N(x) (:data:`JLF_DEFAULTS`:
-  radius 2, alpha 0.1, beta 2: antsJointFusion's defaults; no local patch search, i.e. search radius 0,
-  and the images' own normalisation rather than per-patch normalisation). Atlases that agree in their
-  errors share weight; one that errs differently from the rest gains it.
+* ``jlf``: joint label fusion (Wang et al. 2013, PAMI 35(3)), as antsJointFusion does it
+  (:data:`JLF_DEFAULTS`: antsJointFusion's, patch radius 2, search radius 3, alpha 0.1, beta 2):
+
+  1. *Patches*: the ``(2 radius + 1)^3`` patch around each voxel, mean-centred (the subject's and
+     each warped atlas's).
+  2. *Local search*: for each atlas and patch centre x, the offset within ``search`` voxels whose
+     atlas patch is nearest the subject's (sum of squared differences; ties: the nearest offset).
+     It absorbs the registration's residual misalignment of a voxel or two.
+  3. *Weights*: with ``d_i`` the absolute differences of atlas i's matched patch to the subject's,
+     ``M_ij(x) = (sum_p d_ip d_jp / (P - 1))^beta`` and ``w = (M + alpha I)^-1 1``, negative weights
+     set to 0, normalised to sum 1. Atlases that err alike share weight; one that errs differently
+     from the rest gains it.
+  4. *Patch voting*: the weights of centre x vote, with each atlas's labels at its matched offset,
+     for every voxel of x's patch; a voxel's label scores are the sum over the patches that cover it.
 
 Rules shared by all three:
 
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .defaults import FUSIONS
 from .errors import UniregError
@@ -42,9 +51,9 @@ from .losses import box_sum
 
 __all__ = ["FUSIONS", "fuse"]
 WEIGHTED_DEFAULTS = {"radius": 2, "power": 1.0, "eps": 1e-3}
-JLF_DEFAULTS = {"radius": 2, "alpha": 0.1, "beta": 2.0}
+JLF_DEFAULTS = {"radius": 2, "search": 3, "alpha": 0.1, "beta": 2.0}  # antsJointFusion's defaults
 TIE_TOLERANCE = 1e-9
-CHUNK = 1 << 18  # voxels per batched solve in jlf
+CHUNK = 1 << 14  # patch centres per batch in jlf
 
 
 @dataclass
@@ -93,8 +102,9 @@ def fuse(
         if fusion == "weighted":
             weights = local_weights(imgs, target, where, **{**WEIGHTED_DEFAULTS, **(options or {})})
         else:
-            weights = jlf_weights(imgs, target, where, **{**JLF_DEFAULTS, **(options or {})})
-    best, share = vote(votes, weights)
+            best, share = jlf_fuse(stack, imgs, target, where, **{**JLF_DEFAULTS, **(options or {})})
+    if fusion != "jlf":
+        best, share = vote(votes, weights)
     fused.reshape(-1)[where] = best
     confidence.reshape(-1)[where] = share
     return FusionResult(fused, confidence, float(len(where)) / agree.size)
@@ -136,21 +146,109 @@ def local_weights(images, target, where, *, radius: int, power: float, eps: floa
     return out
 
 
-def jlf_weights(images, target, where, *, radius: int, alpha: float, beta: float) -> np.ndarray:
-    """(K, N) joint label fusion weights at the flat voxel indices ``where`` (module docstring)."""
-    k = len(images)
-    t = torch.from_numpy(target)
-    idx = torch.from_numpy(where)
-    diffs = [(torch.from_numpy(image) - t).abs() for image in images]
-    m = torch.empty((len(where), k, k), dtype=torch.float64)
+def _offsets(radius: int) -> torch.Tensor:
+    """(n, 3) integer offsets of the (2 radius + 1)^3 cube, nearest first (ties: raster order)."""
+    r = torch.arange(-radius, radius + 1)
+    cube = torch.cartesian_prod(r, r, r).reshape(-1, 3)
+    order = sorted(range(len(cube)), key=lambda n: int(cube[n].square().sum()))
+    return cube[order]
+
+
+def jlf_fuse(stack, images, target, where, *, radius: int, search: int, alpha: float, beta: float):
+    """Joint label fusion with local patch search and patch voting at the flat voxel indices ``where``:
+    (fused labels, confidence) there (module docstring)."""
+    k, shape = len(stack), stack.shape[1:]
+    size = 2 * radius + 1
+    npatch = size**3
+    dis = np.zeros(shape, bool)
+    dis.reshape(-1)[where] = True
+    # The box the work needs: the voxels to decide, the centres of every patch that covers one
+    # (radius more), their patches (radius more) at any search offset (search more); zero outside.
+    margin = 2 * radius + search
+    lo = np.argwhere(dis).min(0) - margin
+    hi = np.argwhere(dis).max(0) + margin + 1
+    src = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, shape))
+    pad = [(max(-a, 0), max(b - n, 0)) for a, b, n in zip(lo, hi, shape)]
+
+    def crop(x, dtype):
+        return torch.from_numpy(np.pad(np.asarray(x)[(Ellipsis, *src)], [(0, 0)] * (x.ndim - 3) + pad).astype(dtype))
+
+    t, a, lab, box_dis = crop(target, np.float32), crop(images, np.float32), crop(stack, np.int64), crop(dis, bool)
+    box = t.shape
+    strides = torch.tensor([box[1] * box[2], box[2], 1])
+    mean_t = box_sum(t[None, None], size)[0, 0] / npatch
+    mean_a = box_sum(a[None], size)[0] / npatch
+    # Patch centres: every voxel within ``radius`` of a voxel to decide.
+    centre_mask = F.max_pool3d(box_dis[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
+    centres = torch.nonzero(centre_mask.reshape(-1))[:, 0]
+    # Search: per atlas and centre, the offset (within ``search``) whose mean-centred atlas patch is
+    # nearest the mean-centred subject patch (sum of squared differences; ties: the nearest offset).
+    shifts = _offsets(search)
+    delta_search = shifts @ strides
+    best = torch.zeros((k, len(centres)), dtype=torch.int64)
     for i in range(k):
-        for j in range(i, k):
-            local = _window_mean((diffs[i] * diffs[j])[None], radius)[0].reshape(-1)[idx].double()
-            m[:, i, j] = m[:, j, i] = local.clamp_min(0).pow(beta)
+        best_ssd = torch.full((len(centres),), float("inf"))
+        for n, (dz, dy, dx) in enumerate(shifts.tolist()):
+            moved = torch.roll(a[i], (-dz, -dy, -dx), (0, 1, 2))  # moved[x] = a[i][x + offset]
+            moved_mean = torch.roll(mean_a[i], (-dz, -dy, -dx), (0, 1, 2))
+            ssd = box_sum((t - moved).square()[None, None], size)[0, 0] - npatch * (mean_t - moved_mean).square()
+            ssd = ssd.reshape(-1)[centres]
+            better = ssd < best_ssd
+            best_ssd = torch.where(better, ssd, best_ssd)
+            best[i] = torch.where(better, n, best[i])
+    # Weights per centre (the JLF solve on the matched patches), then every centre's weights vote for
+    # the atlases' labels over its whole patch, at their matched offsets.
+    delta_patch = _offsets(radius) @ strides
+    flat_t, flat_mt = t.reshape(-1), mean_t.reshape(-1)
+    flat_a, flat_ma = a.reshape(k, -1), mean_a.reshape(k, -1)
+    decide = torch.full((t.numel(),), -1, dtype=torch.int64)
+    decide_at = torch.nonzero(box_dis.reshape(-1))[:, 0]
+    decide[decide_at] = torch.arange(len(decide_at))
+    values = torch.unique(lab)  # every label a patch can reach
+    nlab = len(values)
+    lab_index = torch.searchsorted(values, lab.reshape(k, -1))  # (K, box voxels) index into values
+    posterior = torch.zeros(len(decide_at) * nlab, dtype=torch.float32)
+    for start in range(0, len(centres), CHUNK):
+        c = centres[start : start + CHUNK]
+        patch_t = flat_t[c[:, None] + delta_patch] - flat_mt[c][:, None]  # (n, P)
+        matched = c[None] + delta_search[best[:, start : start + CHUNK]]  # (K, n)
+        diffs = torch.stack(
+            [
+                (flat_a[i][matched[i][:, None] + delta_patch] - flat_ma[i][matched[i]][:, None] - patch_t).abs()
+                for i in range(k)
+            ],
+            1,
+        )  # (n, K, P)
+        w = jlf_weights(diffs, alpha=alpha, beta=beta).float()  # (n, K)
+        voxel = c[:, None] + delta_patch  # (n, P): the voxels this centre votes for
+        row = decide[voxel]
+        keep = row >= 0
+        for i in range(k):
+            slot = row * nlab + lab_index[i][voxel + (matched[i] - c)[:, None]]
+            posterior.index_add_(0, slot[keep], w[:, i : i + 1].expand_as(slot)[keep])
+    posterior = posterior.reshape(len(decide_at), nlab).double()
+    total = posterior.sum(1)
+    top = posterior.max(1).values
+    tied = posterior >= top[:, None] - TIE_TOLERANCE * top.clamp_min(1.0)[:, None]
+    # Ties: the label of the first atlas (given order) that voted for a tied one here; else the lowest.
+    choice = posterior.argmax(1)
+    settled = torch.zeros(len(decide_at), dtype=torch.bool)
+    own = lab_index[:, decide_at]  # (K, N) each atlas's own label at the voxel
+    for i in range(k):
+        idx = own[i]
+        ok = ~settled & tied.gather(1, idx[:, None])[:, 0]
+        choice = torch.where(ok, idx, choice)
+        settled |= ok
+    share = (top / torch.where(total > 0, total, 1.0)).clamp(0, 1).float()
+    # back to ``where``'s order (the decided voxels are in raster order of the box = of the grid)
+    return values[choice].numpy().astype(np.int32), share.numpy()
+
+
+def jlf_weights(diffs: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
+    """(n, K) joint label fusion weights from (n, K, P) absolute patch differences atlas - subject:
+    ``M_ij = (sum_p d_ip d_jp / (P - 1))^beta``, ``w = (M + alpha I)^-1 1``, negatives set to 0, sum 1."""
+    n, k, npatch = diffs.shape
+    m = (torch.einsum("nkp,nlp->nkl", diffs, diffs).double() / max(npatch - 1, 1)).pow(beta)
     m += alpha * torch.eye(k, dtype=torch.float64)
-    ones = torch.ones((k, 1), dtype=torch.float64)
-    weights = torch.empty((len(where), k), dtype=torch.float64)
-    for start in range(0, len(where), CHUNK):
-        sol = torch.linalg.solve(m[start : start + CHUNK], ones.expand(min(CHUNK, len(where) - start), k, 1))[..., 0]
-        weights[start : start + CHUNK] = sol / sol.sum(1, keepdim=True)
-    return weights.T.numpy()
+    w = torch.linalg.solve(m, torch.ones((n, k, 1), dtype=torch.float64))[..., 0].clamp_min(0)
+    return w / w.sum(1, keepdim=True)
