@@ -12,7 +12,8 @@ and keeps the best:
   (:data:`JLF_DEFAULTS`: antsJointFusion's, patch radius 2, search radius 3, alpha 0.1, beta 2):
 
   1. *Patches*: the ``(2 radius + 1)^3`` patch around each voxel, mean-centred (the subject's and
-     each warped atlas's).
+     each warped atlas's; antsJointFusion also divides by the patch's standard deviation where that
+     exceeds 1, which images normalised to 0..1 never reach).
   2. *Local search*: for each atlas and patch centre x, the offset within ``search`` voxels whose
      atlas patch is nearest the subject's (sum of squared differences; ties: the nearest offset).
      It absorbs the registration's residual misalignment of a voxel or two.
@@ -101,9 +102,9 @@ def fuse(
             )
         if fusion == "weighted":
             weights = local_weights(imgs, target, where, **{**WEIGHTED_DEFAULTS, **(options or {})})
-        else:
-            best, share = jlf_fuse(stack, imgs, target, where, **{**JLF_DEFAULTS, **(options or {})})
-    if fusion != "jlf":
+    if fusion == "jlf":
+        best, share = jlf_fuse(stack, imgs, target, where, **{**JLF_DEFAULTS, **(options or {})})
+    else:
         best, share = vote(votes, weights)
     fused.reshape(-1)[where] = best
     confidence.reshape(-1)[where] = share
