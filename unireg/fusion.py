@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from .defaults import FUSIONS
 from .errors import UniregError
 from .losses import box_sum
+from .transforms import foreground_bbox
 
 __all__ = ["FUSIONS", "fuse"]
 WEIGHTED_DEFAULTS = {"radius": 2, "power": 1.0, "eps": 1e-3}
@@ -88,9 +89,8 @@ def fuse(
     where = np.flatnonzero(~agree.ravel())
     if len(where) == 0:
         return FusionResult(fused, confidence, 0.0)
-    votes = stack.reshape(k, -1)[:, where]  # (K, N) labels at the disagreement voxels
     if fusion == "majority":
-        weights = np.ones(votes.shape, np.float64)
+        weights = np.ones((k, len(where)), np.float64)
     else:
         if images is None or target is None:
             raise UniregError(f"fusion {fusion!r} needs the warped atlas images and the subject's image")
@@ -103,9 +103,9 @@ def fuse(
         if fusion == "weighted":
             weights = local_weights(imgs, target, where, **{**WEIGHTED_DEFAULTS, **(options or {})})
     if fusion == "jlf":
-        best, share = jlf_fuse(stack, imgs, target, where, **{**JLF_DEFAULTS, **(options or {})})
+        best, share = jlf_fuse(stack, imgs, target, ~agree, **{**JLF_DEFAULTS, **(options or {})})
     else:
-        best, share = vote(votes, weights)
+        best, share = vote(stack.reshape(k, -1)[:, where], weights)  # the labels at the voxels to decide
     fused.reshape(-1)[where] = best
     confidence.reshape(-1)[where] = share
     return FusionResult(fused, confidence, float(len(where)) / agree.size)
@@ -155,19 +155,17 @@ def _offsets(radius: int) -> torch.Tensor:
     return cube[order]
 
 
-def jlf_fuse(stack, images, target, where, *, radius: int, search: int, alpha: float, beta: float):
-    """Joint label fusion with local patch search and patch voting at the flat voxel indices ``where``:
-    (fused labels, confidence) there (module docstring)."""
+def jlf_fuse(stack, images, target, dis: np.ndarray, *, radius: int, search: int, alpha: float, beta: float):
+    """Joint label fusion with local patch search and patch voting at the voxels of the mask ``dis``:
+    (fused labels, confidence) there, in raster order (module docstring)."""
     k, shape = len(stack), stack.shape[1:]
     size = 2 * radius + 1
     npatch = size**3
-    dis = np.zeros(shape, bool)
-    dis.reshape(-1)[where] = True
     # The box the work needs: the voxels to decide, the centres of every patch that covers one
     # (radius more), their patches (radius more) at any search offset (search more); zero outside.
     margin = 2 * radius + search
-    lo = np.argwhere(dis).min(0) - margin
-    hi = np.argwhere(dis).max(0) + margin + 1
+    lo, hi = foreground_bbox(dis)
+    lo, hi = lo - margin, hi + margin
     src = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, shape))
     pad = [(max(-a, 0), max(b - n, 0)) for a, b, n in zip(lo, hi, shape)]
 
@@ -241,7 +239,7 @@ def jlf_fuse(stack, images, target, where, *, radius: int, search: int, alpha: f
         choice = torch.where(ok, idx, choice)
         settled |= ok
     share = (top / torch.where(total > 0, total, 1.0)).clamp(0, 1).float()
-    # back to ``where``'s order (the decided voxels are in raster order of the box = of the grid)
+    # the decided voxels in raster order of the box, which is their raster order in the grid
     return values[choice].numpy().astype(np.int32), share.numpy()
 
 
