@@ -38,6 +38,11 @@ cache holds fewer SyN fields for some targets), the summary's means are over dif
 second table (``multi_atlas*.paired.csv``) compares the two on exactly the targets ANTs has at
 each K: ANTs SyN (+ JLF) against each UniReg fusion, and the best fusion's difference.
 
+**Tuning** (``--dataset ixi --split train``): the same on the model's first 10 *training* subjects
+(``multi_atlas_ixi_train.*``), with ``--jlf-option KEY=VALUE`` (unireg.fusion.JLF_DEFAULTS) and
+``--io-option KEY=VALUE`` (InstanceOptOptions) to try settings; defaults are chosen there, never on
+the validation subjects (benchmarks/results/multi_atlas_ixi_train.md).
+
 **Time per target.** The sum of the K registrations' seconds (from the cache: the run that made
 them) + warping + fusion, measured here.
 """
@@ -167,7 +172,9 @@ def ixi_dataset(args) -> Dataset:
         raise SystemExit(f"multi_atlas: data not found: {peers.IXI} (../shared/data is absent)")
     atlas = builtin_atlas(TISSUE_ATLAS, args.grid_mm)
     cache = peers.cache_dir(args.cache, "peers", args.grid_mm)  # shared with peers.py's preprocessing
-    _, val_ids = peers.model_split(args.model)
+    train_ids, val_ids = peers.model_split(args.model)
+    tuning = args.split == "train"
+    ids = train_ids[:10] if tuning else val_ids
 
     def preprocess(ids):
         records = peers.preprocess_ixi(list(ids), atlas, cache)
@@ -182,8 +189,8 @@ def ixi_dataset(args) -> Dataset:
 
     return Dataset(
         name="ixi",
-        title="IXI validation subjects, 2 mm",
-        subjects=tuple(val_ids),
+        title=f"IXI {'training subjects (for tuning)' if tuning else 'validation subjects'}, 2 mm",
+        subjects=tuple(ids),
         atlas=atlas,
         cache=cache,
         preprocess=preprocess,
@@ -196,7 +203,8 @@ def ixi_dataset(args) -> Dataset:
         },
         short=lambda sid: sid.split("-")[0],
         data_note="Data: IXI T1 heads (CC BY-SA 3.0) with DLMUSE labels, read from ../shared/data; the packaged "
-        "model's 10 validation subjects. Dice over the labels present in all 10 subjects (0 where lost).",
+        f"model's {'first 10 training' if tuning else '10 validation'} subjects. Dice over the labels present in all "
+        "10 subjects (0 where lost).",
     )
 
 
@@ -244,6 +252,26 @@ def parse_args(argv=None):
     )
     parser.add_argument("--grid-mm", type=float, default=None, help="default 1 (mindboggle), 2 (ixi)")
     parser.add_argument("--instance-opt", type=int, default=INSTANCE_OPT_STEPS)
+    parser.add_argument(
+        "--io-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="UniReg: another InstanceOptOptions value (e.g. weight=0.1), for tuning; repeatable",
+    )
+    parser.add_argument(
+        "--jlf-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"jlf: another value of {sorted(JLF_DEFAULTS)} (e.g. beta=1), for tuning; repeatable",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("validation", "train"),
+        default="validation",
+        help="ixi: the model's 10 validation subjects (default), or its first 10 training subjects (for tuning)",
+    )
     parser.add_argument("--ants-iterations", default=None, help="default: mindboggle.py's or peers.py's schedule")
     parser.add_argument("--model", type=Path, default=None, help="UniReg checkpoint (default: the packaged default)")
     parser.add_argument("--threads", type=int, default=2)
@@ -261,7 +289,11 @@ def parse_args(argv=None):
             SMOKE["ants_iterations"],
             SMOKE["ants_k"],
         )
-    args.name = args.name or ("multi_atlas_ixi" if args.dataset == "ixi" else "multi_atlas")
+    if args.split == "train" and args.dataset != "ixi":
+        parser.error("--split train: only with --dataset ixi (Mindboggle has no training subjects)")
+    args.name = args.name or ("multi_atlas_ixi" if args.dataset == "ixi" else "multi_atlas") + (
+        "_train" if args.split == "train" else ""
+    )
     args.model = peers.checkpoint_arg(parser, args.model)
     args.k = sorted({int(k) for k in args.k.split(",")})
     args.fusions = [f for f in args.fusions.split(",") if f]
@@ -273,7 +305,13 @@ def parse_args(argv=None):
             parser.error(f"unknown {what} {sorted(set(given) - set(allowed))}; choose from {', '.join(allowed)}")
     if not 1 <= args.targets <= 10:
         parser.error("--targets must be 1..10")
-    args.io_options, args.elastix_iterations = {}, None  # what mindboggle.worker_settings reads
+    args.io_options, args.elastix_iterations = mb.parse_io_options(args.io_option), None  # mb.worker_settings
+    args.jlf_options = {}
+    for item in args.jlf_option:
+        key, _, value = item.partition("=")
+        if key not in JLF_DEFAULTS or not value:
+            parser.error(f"--jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(JLF_DEFAULTS)}")
+        args.jlf_options[key] = type(JLF_DEFAULTS[key])(value)
     return args
 
 
@@ -329,7 +367,13 @@ def main(argv=None) -> None:
                         fused = ants_fusion(target_image, warped_images[:k], warped_labels[:k], spacing)
                         disagreement = float("nan")
                     else:
-                        result = fuse(warped_labels[:k], fusion, images=warped_images[:k], target=target_image)
+                        result = fuse(
+                            warped_labels[:k],
+                            fusion,
+                            images=warped_images[:k],
+                            target=target_image,
+                            options=args.jlf_options if fusion == "jlf" else None,
+                        )
                         fused, disagreement = result.labels, 100.0 * result.disagreement_fraction
                     fusion_s = time.perf_counter() - t0 + warp_s * k
                     s = mb.score_labels(reference, fused, labels, spacing)
@@ -394,9 +438,10 @@ def main(argv=None) -> None:
         + (f"; ANTs on the first {args.ants_targets} targets only" if args.ants_targets is not None else ""),
     ]
     notes = [
-        f"UniReg: {peers.model_name(args.model)}, {args.instance_opt} IO steps, for every registration; fusion by "
+        f"UniReg: {peers.model_name(args.model)}, IO {peers.describe_io(args.instance_opt, **args.io_options)}, "
+        "for every registration; fusion by "
         f"unireg.fusion: majority; weighted = inverse local MSD {WEIGHTED_DEFAULTS}; jlf = joint label fusion "
-        f"{JLF_DEFAULTS} (local patch search and patch voting, as antsJointFusion).",
+        f"{ {**JLF_DEFAULTS, **args.jlf_options} } (local patch search and patch voting, as antsJointFusion).",
         f"ANTs: SyN {data.ants}; K > 1 fused with antspyx joint_label_fusion {ANTS_JLF}; rows only where all K SyN "
         "fields exist (at 1 mm each costs many minutes).",
         "HD95 where present in both; seconds per target = its K registrations (the cached runs' own seconds) + "

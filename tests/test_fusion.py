@@ -102,6 +102,33 @@ def test_jlf_search_finds_each_atlas_s_match_when_the_atlases_are_misaligned():
     assert searched.confidence[fused_here].mean() > 0.95
 
 
+def test_jlf_normalised_patches_ignore_each_atlas_s_gain_and_offset():
+    """Patches divided by their standard deviation: atlases whose intensities differ from the
+    subject's by a gain and an offset (another scanner's scaling) are matched and weighed as if they
+    had the subject's own scale: the same labels, the same confidence."""
+    rng = np.random.default_rng(5)
+    shape = (32, 32, 32)
+    smooth = torch.nn.functional.avg_pool3d(torch.from_numpy(rng.normal(size=(1, 1, *shape))).float(), 5, 1, 2)
+    target = smooth[0, 0].numpy()
+    target = (target - target.min()) / (target.max() - target.min())  # 0..1, as unireg preprocess leaves it
+    truth = np.digitize(target, np.quantile(target, [0.3, 0.6])).astype(np.int32)
+    shifts, scales = [(1, 0, 0), (0, -1, 0), (0, 0, 2)], [(0.3, 0.5), (1.8, -0.4), (1.0, 0.0)]
+    images = [g * np.roll(target, s, (0, 1, 2)) + b for s, (g, b) in zip(shifts, scales)]
+    labels = [np.roll(truth, s, (0, 1, 2)) for s in shifts]
+    inner = np.zeros(shape, bool)
+    inner[(slice(8, -8),) * 3] = True
+    here = inner & ~np.all(np.stack(labels) == labels[0], axis=0)
+    same_scale = [np.roll(target, s, (0, 1, 2)) for s in shifts]
+    options = {"std_floor": 1e-4}
+    reference = fuse(labels, "jlf", images=same_scale, target=target, options=options)
+    scaled = fuse(labels, "jlf", images=images, target=target, options=options)
+    assert (reference.labels[here] != truth[here]).sum() == 0
+    assert (scaled.labels[here] != truth[here]).sum() == 0
+    np.testing.assert_allclose(scaled.confidence[here], reference.confidence[here], atol=1e-3)
+    unnormalised = fuse(labels, "jlf", images=images, target=target, options={"std_floor": 1.0})
+    assert np.abs(unnormalised.confidence[here] - reference.confidence[here]).max() > 0.05  # scale mattered
+
+
 def test_bad_requests_fail_with_one_clear_line():
     with pytest.raises(UniregError, match="unknown fusion 'vote'"):
         fuse(maps(1, 2), "vote")

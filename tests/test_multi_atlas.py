@@ -118,3 +118,23 @@ def test_antspyx_fusion_keeps_background_where_every_atlas_has_it():
     assert fused.dtype == np.int32 and set(np.unique(fused)) == {0, 4, 1021}
     assert (fused[labels == 0] == 0).mean() > 0.99 and (fused[labels == 4] == 4).mean() > 0.99
     assert (fused[labels == 1021] == 1021).mean() > 0.99
+
+
+def test_tuning_runs_use_training_subjects_and_say_what_they_changed():
+    """--split train (IXI: the model's first 10 training subjects, never the validation ones),
+    --jlf-option and --io-option: what settings were chosen on (benchmarks/results/multi_atlas_ixi_train.md)."""
+    import peers
+
+    args = ma.parse_args(
+        ["--dataset", "ixi", "--split", "train", "--jlf-option", "beta=1", "--io-option", "weight=0.6"]
+    )
+    assert (args.name, args.jlf_options, args.io_options) == ("multi_atlas_ixi_train", {"beta": 1.0}, {"weight": 0.6})
+    for bad in (["--split", "train"], ["--jlf-option", "gamma=1"], ["--jlf-option", "beta"]):
+        with pytest.raises(SystemExit):
+            ma.parse_args(bad)
+    if not peers.IXI.is_dir():
+        pytest.skip("../shared/data absent")
+    train, validation = peers.model_split()
+    data = ma.ixi_dataset(args)
+    assert data.subjects == tuple(train[:10]) and not set(data.subjects) & set(validation)
+    assert "training subjects" in data.title and "first 10 training" in data.data_note

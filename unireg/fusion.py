@@ -11,9 +11,12 @@ and keeps the best:
 * ``jlf``: joint label fusion (Wang et al. 2013, PAMI 35(3)), as antsJointFusion does it
   (:data:`JLF_DEFAULTS`: antsJointFusion's, patch radius 2, search radius 3, alpha 0.1, beta 2):
 
-  1. *Patches*: the ``(2 radius + 1)^3`` patch around each voxel, mean-centred (the subject's and
-     each warped atlas's; antsJointFusion also divides by the patch's standard deviation where that
-     exceeds 1, which images normalised to 0..1 never reach).
+  1. *Patches*: the ``(2 radius + 1)^3`` patch around each voxel (the subject's and each warped
+     atlas's), normalised: minus its mean, divided by its standard deviation (at least ``std_floor``,
+     0.01 on unireg's 0..1 intensities, so that flat background patches stay finite). Atlases
+     whose intensity scale differs from the subject's are then compared as if it were the same;
+     antsJointFusion normalises its patches too (its output does not change when the images are
+     scaled by 0.01 to 10^4).
   2. *Local search*: for each atlas and patch centre x, the offset within ``search`` voxels whose
      atlas patch is nearest the subject's (sum of squared differences; ties: the nearest offset).
      It absorbs the registration's residual misalignment of a voxel or two.
@@ -53,7 +56,8 @@ from .transforms import foreground_bbox
 
 __all__ = ["FUSIONS", "fuse"]
 WEIGHTED_DEFAULTS = {"radius": 2, "power": 1.0, "eps": 1e-3}
-JLF_DEFAULTS = {"radius": 2, "search": 3, "alpha": 0.1, "beta": 2.0}  # antsJointFusion's defaults
+# antsJointFusion's defaults; std_floor: benchmarks/multi_atlas.py --split train (0.01 and 0.001 alike)
+JLF_DEFAULTS = {"radius": 2, "search": 3, "alpha": 0.1, "beta": 2.0, "std_floor": 0.01}
 TIE_TOLERANCE = 1e-9
 CHUNK = 1 << 14  # patch centres per batch in jlf
 
@@ -155,7 +159,9 @@ def _offsets(radius: int) -> torch.Tensor:
     return cube[order]
 
 
-def jlf_fuse(stack, images, target, dis: np.ndarray, *, radius: int, search: int, alpha: float, beta: float):
+def jlf_fuse(
+    stack, images, target, dis: np.ndarray, *, radius: int, search: int, alpha: float, beta: float, std_floor: float
+):
     """Joint label fusion with local patch search and patch voting at the voxels of the mask ``dis``:
     (fused labels, confidence) there, in raster order (module docstring)."""
     k, shape = len(stack), stack.shape[1:]
@@ -177,29 +183,42 @@ def jlf_fuse(stack, images, target, dis: np.ndarray, *, radius: int, search: int
     strides = torch.tensor([box[1] * box[2], box[2], 1])
     mean_t = box_sum(t[None, None], size)[0, 0] / npatch
     mean_a = box_sum(a[None], size)[0] / npatch
+
+    def scale(x, mean):  # each patch's divisor: its standard deviation (n - 1), at least std_floor
+        var = box_sum(x.square()[None] if x.dim() == 4 else x.square()[None, None], size) - npatch * mean.square()
+        var = var.reshape(mean.shape) / max(npatch - 1, 1)
+        return var.clamp_min(0).sqrt().clamp_min(std_floor)
+
+    std_t, std_a = scale(t, mean_t), scale(a, mean_a)
     # Patch centres: every voxel within ``radius`` of a voxel to decide.
     centre_mask = F.max_pool3d(box_dis[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
     centres = torch.nonzero(centre_mask.reshape(-1))[:, 0]
-    # Search: per atlas and centre, the offset (within ``search``) whose mean-centred atlas patch is
-    # nearest the mean-centred subject patch (sum of squared differences; ties: the nearest offset).
+    # Search: per atlas and centre, the offset (within ``search``) whose normalised atlas patch is
+    # nearest the normalised subject patch (sum of squared differences; ties: the nearest offset).
+    # With u = (t - mean_t) / std_t and v = (a - mean_a) / std_a over a patch, SSD(u, v) = sum u^2
+    # + sum (a - mean_a)^2 / std_a^2 - 2 (sum t a - P mean_t mean_a) / (std_t std_a); sum u^2 is the
+    # same at every offset, so it is left out of the comparison.
     shifts = _offsets(search)
     delta_search = shifts @ strides
     best = torch.zeros((k, len(centres)), dtype=torch.int64)
+    flat_mt, flat_st = mean_t.reshape(-1)[centres], std_t.reshape(-1)[centres]
     for i in range(k):
         best_ssd = torch.full((len(centres),), float("inf"))
+        var_a = (box_sum(a[i].square()[None, None], size)[0, 0] - npatch * mean_a[i].square()).reshape(-1)
+        flat_ma, flat_sa = mean_a[i].reshape(-1), std_a[i].reshape(-1)
         for n, (dz, dy, dx) in enumerate(shifts.tolist()):
+            at = centres + delta_search[n]  # the atlas patch centres at this offset
             moved = torch.roll(a[i], (-dz, -dy, -dx), (0, 1, 2))  # moved[x] = a[i][x + offset]
-            moved_mean = torch.roll(mean_a[i], (-dz, -dy, -dx), (0, 1, 2))
-            ssd = box_sum((t - moved).square()[None, None], size)[0, 0] - npatch * (mean_t - moved_mean).square()
-            ssd = ssd.reshape(-1)[centres]
+            cross = box_sum((t * moved)[None, None], size)[0, 0].reshape(-1)[centres] - npatch * flat_mt * flat_ma[at]
+            ssd = var_a[at] / flat_sa[at].square() - 2 * cross / (flat_st * flat_sa[at])
             better = ssd < best_ssd
             best_ssd = torch.where(better, ssd, best_ssd)
             best[i] = torch.where(better, n, best[i])
     # Weights per centre (the JLF solve on the matched patches), then every centre's weights vote for
     # the atlases' labels over its whole patch, at their matched offsets.
     delta_patch = _offsets(radius) @ strides
-    flat_t, flat_mt = t.reshape(-1), mean_t.reshape(-1)
-    flat_a, flat_ma = a.reshape(k, -1), mean_a.reshape(k, -1)
+    flat_t, flat_mt, flat_st = t.reshape(-1), mean_t.reshape(-1), std_t.reshape(-1)
+    flat_a, flat_ma, flat_sa = a.reshape(k, -1), mean_a.reshape(k, -1), std_a.reshape(k, -1)
     decide = torch.full((t.numel(),), -1, dtype=torch.int64)
     decide_at = torch.nonzero(box_dis.reshape(-1))[:, 0]
     decide[decide_at] = torch.arange(len(decide_at))
@@ -209,11 +228,15 @@ def jlf_fuse(stack, images, target, dis: np.ndarray, *, radius: int, search: int
     posterior = torch.zeros(len(decide_at) * nlab, dtype=torch.float32)
     for start in range(0, len(centres), CHUNK):
         c = centres[start : start + CHUNK]
-        patch_t = flat_t[c[:, None] + delta_patch] - flat_mt[c][:, None]  # (n, P)
+        patch_t = (flat_t[c[:, None] + delta_patch] - flat_mt[c][:, None]) / flat_st[c][:, None]  # (n, P)
         matched = c[None] + delta_search[best[:, start : start + CHUNK]]  # (K, n)
         diffs = torch.stack(
             [
-                (flat_a[i][matched[i][:, None] + delta_patch] - flat_ma[i][matched[i]][:, None] - patch_t).abs()
+                (
+                    (flat_a[i][matched[i][:, None] + delta_patch] - flat_ma[i][matched[i]][:, None])
+                    / flat_sa[i][matched[i]][:, None]
+                    - patch_t
+                ).abs()
                 for i in range(k)
             ],
             1,
