@@ -183,13 +183,11 @@ def jlf_fuse(
     strides = torch.tensor([box[1] * box[2], box[2], 1])
     mean_t = box_sum(t[None, None], size)[0, 0] / npatch
     mean_a = box_sum(a[None], size)[0] / npatch
-
-    def scale(x, mean):  # each patch's divisor: its standard deviation (n - 1), at least std_floor
-        var = box_sum(x.square()[None] if x.dim() == 4 else x.square()[None, None], size) - npatch * mean.square()
-        var = var.reshape(mean.shape) / max(npatch - 1, 1)
-        return var.clamp_min(0).sqrt().clamp_min(std_floor)
-
-    std_t, std_a = scale(t, mean_t), scale(a, mean_a)
+    # each patch's sum of squared deviations from its mean, and its divisor: the standard deviation
+    # (n - 1), at least std_floor
+    ss_t = box_sum(t.square()[None, None], size)[0, 0] - npatch * mean_t.square()
+    ss_a = box_sum(a.square()[None], size)[0] - npatch * mean_a.square()
+    std_t, std_a = ((ss / max(npatch - 1, 1)).clamp_min(0).sqrt().clamp_min(std_floor) for ss in (ss_t, ss_a))
     # Patch centres: every voxel within ``radius`` of a voxel to decide.
     centre_mask = F.max_pool3d(box_dis[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
     centres = torch.nonzero(centre_mask.reshape(-1))[:, 0]
@@ -201,16 +199,15 @@ def jlf_fuse(
     shifts = _offsets(search)
     delta_search = shifts @ strides
     best = torch.zeros((k, len(centres)), dtype=torch.int64)
-    flat_mt, flat_st = mean_t.reshape(-1)[centres], std_t.reshape(-1)[centres]
+    mean_tc, std_tc = mean_t.reshape(-1)[centres], std_t.reshape(-1)[centres]  # the subject's, at the centres
     for i in range(k):
         best_ssd = torch.full((len(centres),), float("inf"))
-        var_a = (box_sum(a[i].square()[None, None], size)[0, 0] - npatch * mean_a[i].square()).reshape(-1)
-        flat_ma, flat_sa = mean_a[i].reshape(-1), std_a[i].reshape(-1)
+        ss_ai, mean_ai, std_ai = ss_a[i].reshape(-1), mean_a[i].reshape(-1), std_a[i].reshape(-1)
         for n, (dz, dy, dx) in enumerate(shifts.tolist()):
             at = centres + delta_search[n]  # the atlas patch centres at this offset
             moved = torch.roll(a[i], (-dz, -dy, -dx), (0, 1, 2))  # moved[x] = a[i][x + offset]
-            cross = box_sum((t * moved)[None, None], size)[0, 0].reshape(-1)[centres] - npatch * flat_mt * flat_ma[at]
-            ssd = var_a[at] / flat_sa[at].square() - 2 * cross / (flat_st * flat_sa[at])
+            cross = box_sum((t * moved)[None, None], size)[0, 0].reshape(-1)[centres] - npatch * mean_tc * mean_ai[at]
+            ssd = ss_ai[at] / std_ai[at].square() - 2 * cross / (std_tc * std_ai[at])
             better = ssd < best_ssd
             best_ssd = torch.where(better, ssd, best_ssd)
             best[i] = torch.where(better, n, best[i])
