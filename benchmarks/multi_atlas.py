@@ -23,14 +23,16 @@ other subjects as atlases, in the ring order of :func:`mindboggle.pair_order` (a
 ..., 9: K = 1 is exactly mindboggle.py's pair onto that target). Each atlas (moving) is registered
 onto the target (fixed) on the 1 mm MNI template grid; its labels are warped with nearest
 neighbour and its image linearly; the K warped label maps are fused with :mod:`unireg.fusion`
-(``majority``, ``weighted``, ``jlf``, default parameters) and scored against the target's own
+(``majority``, ``weighted``, ``jlf``, default parameters: jlf's radii are set in mm, so 1 and 2 voxels
+at 2 mm) and scored against the target's own
 manual labels (Dice over the 98 labels common to all subjects; HD95 where present in both).
 
 **Methods.** ``unireg_io``: the shipped default (network + instance optimisation) for every
 registration, fused by unireg.fusion. ``ants``: ANTs SyN (mindboggle.py's antsRegistrationSyN
 schedule) for every registration; K = 1 is the single-atlas SyN row, K > 1 is fused with antspyx
-``joint_label_fusion`` (antsJointFusion: beta 2, patch radius 2, search radius 3, alpha 0.1) on the
-same warped atlases. ANTs rows only exist for the (target, K) whose K SyN registrations are in the
+``joint_label_fusion`` (antsJointFusion: beta 2, patch radius 2, search radius 3, alpha 0.1; others
+with ``--ants-jlf-option KEY=VALUE``, e.g. ``rad=1 r_search=2`` for the same mm at 2 mm) on the same
+warped atlases. ANTs rows only exist for the (target, K) whose K SyN registrations are in the
 cache or fit ``--ants-k`` (default 1): at 1 mm each SyN pair costs many minutes on 2 cores.
 
 **Head to head.** Where ANTs rows exist for fewer targets than UniReg's (``--ants-targets``, or the
@@ -68,10 +70,14 @@ import mindboggle as mb  # noqa: E402  (data, preprocessing, workers, cache, sco
 import peers  # noqa: E402
 
 from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402
-from unireg.fusion import FUSIONS, JLF_DEFAULTS, WEIGHTED_DEFAULTS  # noqa: E402
+from unireg.fusion import FUSIONS, JLF_DEFAULTS, JLF_VOXEL_OPTIONS, WEIGHTED_DEFAULTS, jlf_parameters  # noqa: E402
 
 METHODS = ("unireg_io", "ants")
 ANTS_JLF = {"beta": 2.0, "rad": 2, "r_search": 3, "rho": 0.1}  # antsJointFusion's defaults (-b 2 -p 2 -s 3 -a 0.1)
+JLF_OPTION_TYPES = {
+    **{key: type(value) for key, value in JLF_DEFAULTS.items()},
+    **dict.fromkeys(JLF_VOXEL_OPTIONS, int),
+}
 SMOKE = {"grid_mm": 4.0, "targets": 1, "k": "1,2", "instance_opt": 5, "ants_iterations": "20,10", "ants_k": 2}
 COLUMNS = [
     "method",
@@ -208,7 +214,9 @@ def ixi_dataset(args) -> Dataset:
     )
 
 
-def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list[np.ndarray], spacing) -> np.ndarray:
+def ants_fusion(
+    target_image: np.ndarray, images: list[np.ndarray], labels: list[np.ndarray], spacing, options: dict | None = None
+) -> np.ndarray:
     """antspyx joint label fusion of already-warped atlases on the target's grid (mask: the union of
     the atlases' labels and the target's non-zero voxels).
 
@@ -227,7 +235,7 @@ def ants_fusion(target_image: np.ndarray, images: list[np.ndarray], labels: list
         img(mask.astype(np.float32)),
         [img(i) for i in images],
         label_list=[img(x.astype(np.float32) + 1.0) for x in labels],
-        **ANTS_JLF,
+        **{**ANTS_JLF, **(options or {})},
     )
     return np.maximum(np.rint(out["segmentation"].numpy()).astype(np.int32) - 1, 0)  # outside the mask: 0
 
@@ -264,7 +272,15 @@ def parse_args(argv=None):
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"jlf: another value of {sorted(JLF_DEFAULTS)} (e.g. beta=1), for tuning; repeatable",
+        help=f"jlf: another value of {sorted(JLF_OPTION_TYPES)} (e.g. beta=1; radius, search: in voxels), for "
+        "tuning; repeatable",
+    )
+    parser.add_argument(
+        "--ants-jlf-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"ANTs rows: another antspyx joint_label_fusion value of {sorted(ANTS_JLF)} (e.g. rad=1); repeatable",
     )
     parser.add_argument(
         "--split",
@@ -309,9 +325,15 @@ def parse_args(argv=None):
     args.jlf_options = {}
     for item in args.jlf_option:
         key, _, value = item.partition("=")
-        if key not in JLF_DEFAULTS or not value:
-            parser.error(f"--jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(JLF_DEFAULTS)}")
-        args.jlf_options[key] = type(JLF_DEFAULTS[key])(value)
+        if key not in JLF_OPTION_TYPES or not value:
+            parser.error(f"--jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(JLF_OPTION_TYPES)}")
+        args.jlf_options[key] = JLF_OPTION_TYPES[key](value)
+    args.ants_jlf_options = {}
+    for item in args.ants_jlf_option:
+        key, _, value = item.partition("=")
+        if key not in ANTS_JLF or not value:
+            parser.error(f"--ants-jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(ANTS_JLF)}")
+        args.ants_jlf_options[key] = type(ANTS_JLF[key])(value)
     return args
 
 
@@ -364,7 +386,9 @@ def main(argv=None) -> None:
                     if fusion == "single":
                         fused, disagreement = warped_labels[0], 0.0
                     elif method == "ants":
-                        fused = ants_fusion(target_image, warped_images[:k], warped_labels[:k], spacing)
+                        fused = ants_fusion(
+                            target_image, warped_images[:k], warped_labels[:k], spacing, args.ants_jlf_options
+                        )
                         disagreement = float("nan")
                     else:
                         result = fuse(
@@ -373,6 +397,7 @@ def main(argv=None) -> None:
                             images=warped_images[:k],
                             target=target_image,
                             options=args.jlf_options if fusion == "jlf" else None,
+                            spacing=spacing,
                         )
                         fused, disagreement = result.labels, 100.0 * result.disagreement_fraction
                     fusion_s = time.perf_counter() - t0 + warp_s * k
@@ -441,9 +466,11 @@ def main(argv=None) -> None:
         f"UniReg: {peers.model_name(args.model)}, IO {peers.describe_io(args.instance_opt, **args.io_options)}, "
         "for every registration; fusion by "
         f"unireg.fusion: majority; weighted = inverse local MSD {WEIGHTED_DEFAULTS}; jlf = joint label fusion "
-        f"{ {**JLF_DEFAULTS, **args.jlf_options} } (local patch search and patch voting, as antsJointFusion).",
-        f"ANTs: SyN {data.ants}; K > 1 fused with antspyx joint_label_fusion {ANTS_JLF}; rows only where all K SyN "
-        "fields exist (at 1 mm each costs many minutes).",
+        f"{jlf_parameters(spacing, args.jlf_options)} (patch and search radii in voxels: "
+        f"{JLF_DEFAULTS['radius_mm']:g} and {JLF_DEFAULTS['search_mm']:g} mm over the {np.mean(spacing):g} mm voxel, "
+        "rounded, unless --jlf-option sets them; local patch search and patch voting, as antsJointFusion).",
+        f"ANTs: SyN {data.ants}; K > 1 fused with antspyx joint_label_fusion {ANTS_JLF | args.ants_jlf_options}; "
+        "rows only where all K SyN fields exist (at 1 mm each costs many minutes).",
         "HD95 where present in both; seconds per target = its K registrations (the cached runs' own seconds) + "
         "warping and fusion.",
         data.data_note,

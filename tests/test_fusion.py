@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unireg.errors import UniregError
-from unireg.fusion import FUSIONS, fuse, jlf_weights, vote
+from unireg.fusion import FUSIONS, fuse, jlf_parameters, jlf_weights, vote
 
 
 def maps(*values, shape=(4, 4, 4)):
@@ -127,6 +127,32 @@ def test_jlf_normalised_patches_ignore_each_atlas_s_gain_and_offset():
     np.testing.assert_allclose(scaled.confidence[here], reference.confidence[here], atol=1e-3)
     unnormalised = fuse(labels, "jlf", images=images, target=target, options={"std_floor": 1.0})
     assert np.abs(unnormalised.confidence[here] - reference.confidence[here]).max() > 0.05  # scale mattered
+
+
+def test_jlf_radii_are_set_in_mm_and_rounded_to_the_grid():
+    """antsJointFusion's patch radius 2 and search radius 3 voxels at 1 mm; the same millimetres on a
+    2 mm grid (radius 1, search 2), at least one voxel on a coarse one, or voxels given outright."""
+    assert {k: jlf_parameters(1.0)[k] for k in ("radius", "search", "alpha", "beta")} == {
+        "radius": 2,
+        "search": 3,
+        "alpha": 0.1,
+        "beta": 2.0,
+    }
+    assert jlf_parameters(None) == jlf_parameters((1.0, 1.0, 1.0))
+    assert (jlf_parameters((2.0, 2.0, 2.0))["radius"], jlf_parameters(2.0)["search"]) == (1, 2)
+    assert (jlf_parameters(4.0)["radius"], jlf_parameters(4.0)["search"]) == (1, 1)
+    assert jlf_parameters(2.0, {"radius": 2, "search": 0})["radius"] == 2
+    assert jlf_parameters(2.0, {"radius": 2, "search": 0})["search"] == 0
+    assert jlf_parameters(2.0, {"radius_mm": 4.0})["radius"] == 2
+    # fuse() takes the grid's spacing: on a 2 mm grid its defaults are the 1 mm call's radius 1, search 2
+    rng = np.random.default_rng(11)
+    target = rng.random((12, 12, 12)).astype(np.float32)
+    labels = [(target > t).astype(np.int32) for t in (0.4, 0.5, 0.6)]
+    images = [target + 0.1 * rng.random(target.shape).astype(np.float32) for _ in labels]
+    at_2mm = fuse(labels, "jlf", images=images, target=target, spacing=(2.0, 2.0, 2.0))
+    as_voxels = fuse(labels, "jlf", images=images, target=target, options={"radius": 1, "search": 2})
+    np.testing.assert_array_equal(at_2mm.labels, as_voxels.labels)
+    assert not np.array_equal(at_2mm.confidence, fuse(labels, "jlf", images=images, target=target).confidence)
 
 
 def test_bad_requests_fail_with_one_clear_line():

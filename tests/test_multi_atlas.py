@@ -129,7 +129,14 @@ def test_tuning_runs_use_training_subjects_and_say_what_they_changed():
         ["--dataset", "ixi", "--split", "train", "--jlf-option", "beta=1", "--io-option", "weight=0.6"]
     )
     assert (args.name, args.jlf_options, args.io_options) == ("multi_atlas_ixi_train", {"beta": 1.0}, {"weight": 0.6})
-    for bad in (["--split", "train"], ["--jlf-option", "gamma=1"], ["--jlf-option", "beta"]):
+    voxels = ma.parse_args(["--jlf-option", "radius=2", "--jlf-option", "search_mm=2", "--ants-jlf-option", "rad=1"])
+    assert (voxels.jlf_options, voxels.ants_jlf_options) == ({"radius": 2, "search_mm": 2.0}, {"rad": 1})
+    for bad in (
+        ["--split", "train"],
+        ["--jlf-option", "gamma=1"],
+        ["--jlf-option", "beta"],
+        ["--ants-jlf-option", "radius=1"],
+    ):
         with pytest.raises(SystemExit):
             ma.parse_args(bad)
     if not peers.IXI.is_dir():

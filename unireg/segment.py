@@ -22,7 +22,7 @@ import numpy as np
 from .atlas_set import AtlasSet, load_atlas_set
 from .defaults import FUSION, FUSIONS, NETWORK_GRID
 from .errors import UniregError
-from .fusion import JLF_DEFAULTS, WEIGHTED_DEFAULTS, fuse
+from .fusion import WEIGHTED_DEFAULTS, fuse, jlf_parameters
 from .io import Image, load_image, save_image, write_text_atomic
 from .layout import PLAIN_NAMES
 
@@ -96,11 +96,11 @@ def segment_images(
             }
         )
     t0 = time.perf_counter()
-    fused = fuse(labels, fusion, images=images, target=np.asarray(fixed.data, np.float32))
+    fused = fuse(labels, fusion, images=images, target=np.asarray(fixed.data, np.float32), spacing=fixed.spacing)
     jacobian, qc = summarise_members(per_member)
     info = {
         "fusion": fusion,
-        "fusion_parameters": {"weighted": WEIGHTED_DEFAULTS, "jlf": JLF_DEFAULTS}.get(fusion, {}),
+        "fusion_parameters": {"weighted": WEIGHTED_DEFAULTS, "jlf": jlf_parameters(fixed.spacing)}.get(fusion, {}),
         "members": per_member,
         "k": len(members),
         "disagreement_percent": round(100.0 * fused.disagreement_fraction, 3),
