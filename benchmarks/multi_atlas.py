@@ -240,6 +240,17 @@ def ants_fusion(
     return np.maximum(np.rint(out["segmentation"].numpy()).astype(np.int32) - 1, 0)  # outside the mask: 0
 
 
+def key_values(parser, flag: str, items: list[str], types: dict) -> dict:
+    """``KEY=VALUE`` words -> {key: types[key](value)}; anything else is a parser error naming ``flag``."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in types or not value:
+            parser.error(f"{flag} {item!r}: use KEY=VALUE, KEY one of {sorted(types)}")
+        out[key] = types[key](value)
+    return out
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -322,18 +333,9 @@ def parse_args(argv=None):
     if not 1 <= args.targets <= 10:
         parser.error("--targets must be 1..10")
     args.io_options, args.elastix_iterations = mb.parse_io_options(args.io_option), None  # mb.worker_settings
-    args.jlf_options = {}
-    for item in args.jlf_option:
-        key, _, value = item.partition("=")
-        if key not in JLF_OPTION_TYPES or not value:
-            parser.error(f"--jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(JLF_OPTION_TYPES)}")
-        args.jlf_options[key] = JLF_OPTION_TYPES[key](value)
-    args.ants_jlf_options = {}
-    for item in args.ants_jlf_option:
-        key, _, value = item.partition("=")
-        if key not in ANTS_JLF or not value:
-            parser.error(f"--ants-jlf-option {item!r}: use KEY=VALUE, KEY one of {sorted(ANTS_JLF)}")
-        args.ants_jlf_options[key] = type(ANTS_JLF[key])(value)
+    args.jlf_options = key_values(parser, "--jlf-option", args.jlf_option, JLF_OPTION_TYPES)
+    ants_types = {key: type(value) for key, value in ANTS_JLF.items()}
+    args.ants_jlf_options = key_values(parser, "--ants-jlf-option", args.ants_jlf_option, ants_types)
     return args
 
 
