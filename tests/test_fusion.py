@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unireg.errors import UniregError
-from unireg.fusion import FUSIONS, fuse, jlf_parameters, jlf_weights, vote
+from unireg.fusion import FUSIONS, _best_offsets, _offsets, _patch_stats, fuse, jlf_parameters, jlf_weights, vote
 
 
 def maps(*values, shape=(4, 4, 4)):
@@ -100,6 +100,36 @@ def test_jlf_search_finds_each_atlas_s_match_when_the_atlases_are_misaligned():
     searched = fuse(labels, "jlf", images=images, target=target)
     assert errors(searched) == 0
     assert searched.confidence[fused_here].mean() > 0.95
+
+
+def test_jlf_search_scores_every_offset_as_the_normalised_patch_distance():
+    """The search scores all offsets over the whole box at once by shifted slices; at every centre its
+    choice must be the offset a direct patch-by-patch comparison picks: the smallest sum of squared
+    differences between the normalised patches (std with n - 1, floored)."""
+    rng = np.random.default_rng(7)
+    radius, search, floor, shape = 1, 2, 0.01, (11, 12, 13)
+    t = torch.from_numpy(rng.random(shape, dtype=np.float32))
+    a = torch.from_numpy(rng.random((2, *shape), dtype=np.float32))
+    a[1, :6] = 0.5  # flat patches: their std is the floor
+    edge = radius + search
+    inner = np.zeros(shape, bool)
+    inner[tuple(slice(edge, n - edge) for n in shape)] = True
+    centres = torch.from_numpy(np.flatnonzero(inner))
+    size = 2 * radius + 1
+    best = _best_offsets(
+        t, a, _patch_stats(t[None], size, floor), _patch_stats(a, size, floor), centres, radius=radius, search=search
+    )
+
+    def patch(x, centre):
+        p = x[tuple(slice(c - radius, c + radius + 1) for c in centre)].numpy().astype(np.float64).ravel()
+        return (p - p.mean()) / max(p.std(ddof=1), floor)
+
+    shifts = _offsets(search).numpy()
+    for n, flat in enumerate(centres.tolist()):
+        centre = np.unravel_index(flat, shape)
+        for i in range(len(a)):
+            ssd = [np.square(patch(a[i], np.add(centre, o)) - patch(t, centre)).sum() for o in shifts]
+            assert best[i, n] == int(np.argmin(ssd)), (centre, i)
 
 
 def test_jlf_normalised_patches_ignore_each_atlas_s_gain_and_offset():

@@ -173,6 +173,31 @@ def local_weights(images, target, where, *, radius: int, power: float, eps: floa
     return out
 
 
+def _inner_box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums over the ``size``^3 box around each voxel of (D, H, W) whose box lies inside: the
+    result is ``size - 1`` shorter on each axis (voxel j is the box centred on x's j + size // 2)."""
+    for axis in range(3):
+        x = _run_sum(x, axis, size)
+    return x
+
+
+def _run_sum(x: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """Sums of ``size`` consecutive values along ``axis``, by halving (size 5: 3 additions, not 4)."""
+    if size == 1:
+        return x
+    half = size // 2
+    part = _run_sum(x, axis, half)
+    n = x.shape[axis] - size + 1
+    total = part.narrow(axis, 0, n) + part.narrow(axis, half, n)
+    if size % 2:
+        total += x.narrow(axis, size - 1, n)
+    return total
+
+
+def _shifted(region: tuple[slice, ...], offset) -> tuple[slice, ...]:
+    return tuple(slice(r.start + o, r.stop + o) for r, o in zip(region, offset))
+
+
 def _offsets(radius: int) -> torch.Tensor:
     """(n, 3) integer offsets of the (2 radius + 1)^3 cube, nearest first (ties: raster order)."""
     r = torch.arange(-radius, radius + 1)
@@ -188,7 +213,6 @@ def jlf_fuse(
     (fused labels, confidence) there, in raster order (module docstring)."""
     k, shape = len(stack), stack.shape[1:]
     size = 2 * radius + 1
-    npatch = size**3
     # The box the work needs: the voxels to decide, the centres of every patch that covers one
     # (radius more), their patches (radius more) at any search offset (search more); zero outside.
     margin = 2 * radius + search
@@ -203,40 +227,18 @@ def jlf_fuse(
     t, a, lab, box_dis = crop(target, np.float32), crop(images, np.float32), crop(stack, np.int64), crop(dis, bool)
     box = t.shape
     strides = torch.tensor([box[1] * box[2], box[2], 1])
-    mean_t = box_sum(t[None, None], size)[0, 0] / npatch
-    mean_a = box_sum(a[None], size)[0] / npatch
-    # each patch's sum of squared deviations from its mean, and its divisor: the standard deviation
-    # (n - 1), at least std_floor
-    ss_t = box_sum(t.square()[None, None], size)[0, 0] - npatch * mean_t.square()
-    ss_a = box_sum(a.square()[None], size)[0] - npatch * mean_a.square()
-    std_t, std_a = ((ss / max(npatch - 1, 1)).clamp_min(0).sqrt().clamp_min(std_floor) for ss in (ss_t, ss_a))
+    # each patch's mean and standard deviation, for the search and the weights
+    stats_t, stats_a = _patch_stats(t[None], size, std_floor), _patch_stats(a, size, std_floor)
+    (mean_t, _, std_t), (mean_a, _, std_a) = stats_t, stats_a
     # Patch centres: every voxel within ``radius`` of a voxel to decide.
     centre_mask = F.max_pool3d(box_dis[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
     centres = torch.nonzero(centre_mask.reshape(-1))[:, 0]
-    # Search: per atlas and centre, the offset (within ``search``) whose normalised atlas patch is
-    # nearest the normalised subject patch (sum of squared differences; ties: the nearest offset).
-    # With u = (t - mean_t) / std_t and v = (a - mean_a) / std_a over a patch, SSD(u, v) = sum u^2
-    # + sum (a - mean_a)^2 / std_a^2 - 2 (sum t a - P mean_t mean_a) / (std_t std_a); sum u^2 is the
-    # same at every offset, so it is left out of the comparison.
-    shifts = _offsets(search)
-    delta_search = shifts @ strides
-    best = torch.zeros((k, len(centres)), dtype=torch.int64)
-    mean_tc, std_tc = mean_t.reshape(-1)[centres], std_t.reshape(-1)[centres]  # the subject's, at the centres
-    for i in range(k):
-        best_ssd = torch.full((len(centres),), float("inf"))
-        ss_ai, mean_ai, std_ai = ss_a[i].reshape(-1), mean_a[i].reshape(-1), std_a[i].reshape(-1)
-        for n, (dz, dy, dx) in enumerate(shifts.tolist()):
-            at = centres + delta_search[n]  # the atlas patch centres at this offset
-            moved = torch.roll(a[i], (-dz, -dy, -dx), (0, 1, 2))  # moved[x] = a[i][x + offset]
-            cross = box_sum((t * moved)[None, None], size)[0, 0].reshape(-1)[centres] - npatch * mean_tc * mean_ai[at]
-            ssd = ss_ai[at] / std_ai[at].square() - 2 * cross / (std_tc * std_ai[at])
-            better = ssd < best_ssd
-            best_ssd = torch.where(better, ssd, best_ssd)
-            best[i] = torch.where(better, n, best[i])
+    delta_search = _offsets(search) @ strides
+    best = _best_offsets(t, a, stats_t, stats_a, centres, radius=radius, search=search)
     # Weights per centre (the JLF solve on the matched patches), then every centre's weights vote for
     # the atlases' labels over its whole patch, at their matched offsets.
     delta_patch = _offsets(radius) @ strides
-    flat_t, flat_mt, flat_st = t.reshape(-1), mean_t.reshape(-1), std_t.reshape(-1)
+    flat_t, flat_mt, flat_st = t.reshape(-1), mean_t[0].reshape(-1), std_t[0].reshape(-1)
     flat_a, flat_ma, flat_sa = a.reshape(k, -1), mean_a.reshape(k, -1), std_a.reshape(k, -1)
     decide = torch.full((t.numel(),), -1, dtype=torch.int64)
     decide_at = torch.nonzero(box_dis.reshape(-1))[:, 0]
@@ -244,7 +246,8 @@ def jlf_fuse(
     values = torch.unique(lab)  # every label a patch can reach
     nlab = len(values)
     lab_index = torch.searchsorted(values, lab.reshape(k, -1))  # (K, box voxels) index into values
-    posterior = torch.zeros(len(decide_at) * nlab, dtype=torch.float32)
+    # votes for voxels that are not to be decided go to one extra row, dropped after the loop
+    posterior = torch.zeros((len(decide_at) + 1) * nlab, dtype=torch.float32)
     for start in range(0, len(centres), CHUNK):
         c = centres[start : start + CHUNK]
         patch_t = (flat_t[c[:, None] + delta_patch] - flat_mt[c][:, None]) / flat_st[c][:, None]  # (n, P)
@@ -263,11 +266,11 @@ def jlf_fuse(
         w = jlf_weights(diffs, alpha=alpha, beta=beta).float()  # (n, K)
         voxel = c[:, None] + delta_patch  # (n, P): the voxels this centre votes for
         row = decide[voxel]
-        keep = row >= 0
+        row = row.masked_fill_(row < 0, len(decide_at)).mul_(nlab).reshape(-1)
         for i in range(k):
-            slot = row * nlab + lab_index[i][voxel + (matched[i] - c)[:, None]]
-            posterior.index_add_(0, slot[keep], w[:, i : i + 1].expand_as(slot)[keep])
-    posterior = posterior.reshape(len(decide_at), nlab).double()
+            slot = row + lab_index[i][voxel + (matched[i] - c)[:, None]].reshape(-1)
+            posterior.index_add_(0, slot, w[:, i : i + 1].expand_as(voxel).reshape(-1))
+    posterior = posterior.reshape(len(decide_at) + 1, nlab)[:-1].double()
     total = posterior.sum(1)
     top = posterior.max(1).values
     tied = posterior >= top[:, None] - TIE_TOLERANCE * top.clamp_min(1.0)[:, None]
@@ -283,6 +286,49 @@ def jlf_fuse(
     share = (top / torch.where(total > 0, total, 1.0)).clamp(0, 1).float()
     # the decided voxels in raster order of the box, which is their raster order in the grid
     return values[choice].numpy().astype(np.int32), share.numpy()
+
+
+def _patch_stats(x: torch.Tensor, size: int, std_floor: float):
+    """Per voxel of (C, D, H, W), over its ``size``^3 patch (zero outside): the mean, the sum of
+    squared deviations from it, and the standard deviation (divisor n - 1), at least ``std_floor``."""
+    npatch = size**3
+    mean = box_sum(x[None], size)[0] / npatch
+    ss = box_sum(x.square()[None], size)[0] - npatch * mean.square()
+    std = (ss / max(npatch - 1, 1)).clamp_min(0).sqrt().clamp_min(std_floor)
+    return mean, ss, std
+
+
+def _best_offsets(t, a, stats_t, stats_a, centres, *, radius: int, search: int) -> torch.Tensor:
+    """(K, n): per atlas of ``a`` (K, D, H, W) and patch centre (flat indices into the grid of ``t``,
+    each at least ``radius + search`` from every face), the index into ``_offsets(search)`` of the
+    offset whose normalised atlas patch is nearest the subject's (sum of squared differences; ties:
+    the nearest offset). ``stats_*``: :func:`_patch_stats` of ``t[None]`` and ``a``.
+
+    With u = (t - mean_t) / std_t and v = (a - mean_a) / std_a over a patch, SSD(u, v) = sum u^2
+    + ss_a / std_a^2 - 2 (sum t a - P mean_t mean_a) / (std_t std_a); sum u^2 is the same at every
+    offset, so it is left out, and the rest is compared times std_t / 2 (> 0). Each offset is scored
+    over the whole inner box (the voxels ``radius + search`` from each face, where the centres lie)
+    by shifted slices, and the best offsets are read at the centres at the end."""
+    size = 2 * radius + 1
+    shifts = _offsets(search)
+    box = t.shape
+    edge = radius + search
+    inner = tuple(slice(edge, n - edge) for n in box)
+    rows = tuple(slice(search, n - search) for n in box)  # the subject's voxels in the inner box's patches
+    (mean_t, _, std_t), (mean_a, ss_a, std_a) = stats_t, stats_a
+    half_std_t, scale_t = std_t[0][inner] / 2, size**3 * mean_t[0][inner]
+    best = torch.empty((len(a), *half_std_t.shape), dtype=torch.int16 if len(shifts) <= 1 << 15 else torch.int32)
+    for i in range(len(a)):
+        q, g2, g3 = ss_a[i] / std_a[i].square(), mean_a[i] / std_a[i], 1.0 / std_a[i]
+        best_ssd = torch.full(half_std_t.shape, float("inf"))
+        best_i = best[i].zero_()
+        for n, offset in enumerate(shifts.tolist()):
+            at = _shifted(inner, offset)  # the atlas patch centres
+            cross = _inner_box_sum(t[rows] * a[i][_shifted(rows, offset)], size)
+            ssd = torch.mul(half_std_t, q[at]).addcmul_(scale_t, g2[at]).addcmul_(cross, g3[at], value=-1.0)
+            best_i.masked_fill_(ssd < best_ssd, n)
+            torch.minimum(best_ssd, ssd, out=best_ssd)
+    return best[(slice(None), *(c - edge for c in torch.unravel_index(centres, box)))].long()
 
 
 def jlf_weights(diffs: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
