@@ -457,7 +457,8 @@ def main(argv=None) -> None:
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}",
         ),
         f"wall time: {(time.perf_counter() - t_start) / 60:.1f} min (registrations cached in {data.cache}; "
-        "their seconds are those of the run that made them)",
+        "their seconds are those of the run that made them); peak RSS of this process (the preprocessed subjects, "
+        f"warping, every fusion and scoring; the registrations run in workers): {peers.peak_rss_mb():.0f} MB",
         f"grid: MNI 2009a template grid {'x'.join(map(str, data.atlas.grid.shape))} at {args.grid_mm:g} mm"
         + ("; SMOKE settings" if args.smoke else ""),
         f"targets (leave-one-out): {', '.join(data.short(t) for t in targets)}; atlases of each: the next subjects "
