@@ -14,7 +14,7 @@ Adam lr 1e-3, seed 0) and differs only in its feature extractor:
 * ``mobilenet``: the packaged unireg_mobilenet_v1_025.pt (frozen ImageNet MobileNetV1 x0.25),
   recipe config/train_default.yaml;
 * ``mind``: the packaged unireg_mind.pt (frozen MIND-SSC, a cascade of 2 UNets),
-  config/train_mind_cascade2.yaml;
+  config/train_mind_cascade2.yaml then config/train_mind_cascade2_more.yaml from its weights;
 * ``reinit``: ablation, frozen MobileNet whose first conv (the earliest layer) is re-initialised
   randomly (extractor ``mobilenet_v1_025_reinit``), config/train_reinit.yaml -> runs/reinit/model.pt;
 * ``scratch``: the same encoder architecture randomly initialised and trained end to end with the
@@ -85,7 +85,7 @@ METHODS = {
         "config/train_default.yaml",
         MODELS / "unireg_mobilenet_v1_025.pt",
     ),
-    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind_cascade2.yaml", MODELS / "unireg_mind.pt"),
+    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind_cascade2_more.yaml", MODELS / "unireg_mind.pt"),
     "reinit": (
         "UniReg, frozen MobileNet, 1st conv re-initialised",
         "config/train_reinit.yaml",
