@@ -265,13 +265,18 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
     differs = {k: v for k, v in network.items() if recipe_network.get(k) != v}
     if differs:
         recipe = f"{recipe} but model {', '.join(f'{k}: {v}' for k, v in differs.items())}"
+    # a run from trained weights (train.init): count the steps of the run it started from too
+    before = (card.get("init") or {}).get("steps") or 0
+    device = card.get("device")
+    if before and device:
+        device = f"{device} (its run; {before} steps before it: train.init)"
     return model, {
         "checkpoint": f"{shown} (sha256 {sha[:12]})",
         "extractor": card["extractor"],
         "train_seed": card["seed"],
-        "train_steps": card.get("best_step", card["steps"]),  # the steps the shipped weights saw
+        "train_steps": card.get("best_step", card["steps"]) + before,  # the steps the shipped weights saw
         "train_seconds": card.get("train_seconds", card.get("train_seconds_this_run")),
-        "train_device": card.get("device"),
+        "train_device": device,
         "recipe": recipe,
     }
 
