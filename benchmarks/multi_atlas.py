@@ -7,6 +7,7 @@ with ``--dataset ixi``, and prints the markdown):
     nice -n 10 .venv/bin/python benchmarks/multi_atlas.py                         # 3 targets, K = 1,3,5,9
     nice -n 10 .venv/bin/python benchmarks/multi_atlas.py --targets 10 --k 1,3,5,9 --methods unireg_io,ants
     .venv/bin/python benchmarks/multi_atlas.py --dataset ixi --targets 10 --ants-targets 2 --ants-k 9
+    .venv/bin/python benchmarks/multi_atlas.py --grid-mm 2 --targets 2 --ants-k 9   # Mindboggle, 2 mm: *_2mm.*
     .venv/bin/python benchmarks/multi_atlas.py --smoke --out /tmp/ma                # 4 mm, 1 target, K = 1,2
 
 **IXI** (``--dataset ixi``): the 10 validation subjects of the packaged model's split
@@ -29,7 +30,8 @@ manual labels (Dice over the 98 labels common to all subjects; HD95 where presen
 
 **Methods.** ``unireg_io``: the shipped default (network + instance optimisation) for every
 registration, fused by unireg.fusion. ``ants``: ANTs SyN (mindboggle.py's antsRegistrationSyN
-schedule) for every registration; K = 1 is the single-atlas SyN row, K > 1 is fused with antspyx
+schedule at 1 mm; with ``--grid-mm 2`` the 2 mm schedule of IXI, so that K = 9 SyN + JLF fits in
+minutes per target, not hours) for every registration; K = 1 is the single-atlas SyN row, K > 1 is fused with antspyx
 ``joint_label_fusion`` (antsJointFusion: beta 2, patch radius 2, search radius 3, alpha 0.1; others
 with ``--ants-jlf-option KEY=VALUE``, e.g. ``rad=1 r_search=2`` for the same mm at 2 mm) on the same
 warped atlases. ANTs rows only exist for the (target, K) whose K SyN registrations are in the
@@ -146,6 +148,24 @@ class Dataset:
     data_note: str
 
 
+def ants_schedule_2mm(iterations: str | None) -> dict:
+    """The project's SyN at 2 mm (peers.py): CC radius 2 (the 4 mm window of antsRegistrationSyN's
+    radius 4 at 1 mm), 100,70,20 at shrink 4, 2, 1."""
+    return {
+        "ants_iterations": iterations or peers.ANTS_ITERATIONS,
+        "ants_cc_radius": peers.ANTS_CC_RADIUS,
+        "ants_grad_step": peers.ANTS_GRAD_STEP,
+    }
+
+
+def mindboggle_ants(args) -> dict:
+    """mindboggle.py's antsRegistrationSyN schedule on a grid finer than 2 mm; on a 2 mm (or coarser)
+    grid the 2 mm schedule that IXI and peers.py use, so a SyN registration costs about 100 s, not 35 min."""
+    if args.grid_mm >= 2.0:
+        return ants_schedule_2mm(args.ants_iterations)
+    return {**mb.ANTS, "ants_iterations": args.ants_iterations or mb.ANTS["ants_iterations"]}
+
+
 def mindboggle_dataset(args) -> Dataset:
     from unireg.atlas import builtin_atlas
     from unireg.defaults import TISSUE_ATLAS
@@ -163,7 +183,7 @@ def mindboggle_dataset(args) -> Dataset:
         preprocess=lambda ids: mb.preprocess_subjects(ids, atlas, cache),
         labels=lambda subjects: mb.common_labels(cache),
         cortical=mb.CORTICAL,
-        ants={**mb.ANTS, "ants_iterations": args.ants_iterations or mb.ANTS["ants_iterations"]},
+        ants=mindboggle_ants(args),
         short=lambda sid: sid[-2:],
         data_note="Data: Mindboggle-101 OASIS-TRT-20 (Klein & Tourville 2012), CC BY-NC-SA 3.0, read from "
         "../shared/data. Dice over the labels common to all 10 subjects present in the target (0 where lost).",
@@ -202,11 +222,7 @@ def ixi_dataset(args) -> Dataset:
         preprocess=preprocess,
         labels=labels,
         cortical=None,
-        ants={
-            "ants_iterations": args.ants_iterations or peers.ANTS_ITERATIONS,
-            "ants_cc_radius": peers.ANTS_CC_RADIUS,
-            "ants_grad_step": peers.ANTS_GRAD_STEP,
-        },
+        ants=ants_schedule_2mm(args.ants_iterations),
         short=lambda sid: sid.split("-")[0],
         data_note="Data: IXI T1 heads (CC BY-SA 3.0) with DLMUSE labels, read from ../shared/data; the packaged "
         f"model's {'first 10 training' if tuning else '10 validation'} subjects. Dice over the labels present in all "
@@ -318,9 +334,11 @@ def parse_args(argv=None):
         )
     if args.split == "train" and args.dataset != "ixi":
         parser.error("--split train: only with --dataset ixi (Mindboggle has no training subjects)")
-    args.name = args.name or ("multi_atlas_ixi" if args.dataset == "ixi" else "multi_atlas") + (
-        "_train" if args.split == "train" else ""
-    )
+    if not args.name:  # Mindboggle off its 1 mm grid (not --smoke) gets its own tables, e.g. multi_atlas_2mm
+        other_grid = args.dataset == "mindboggle" and args.grid_mm != 1.0 and not args.smoke
+        args.name = ("multi_atlas_ixi" if args.dataset == "ixi" else "multi_atlas") + (
+            "_train" if args.split == "train" else f"_{args.grid_mm:g}mm" if other_grid else ""
+        )
     args.model = peers.checkpoint_arg(parser, args.model)
     args.k = sorted({int(k) for k in args.k.split(",")})
     args.fusions = [f for f in args.fusions.split(",") if f]

@@ -145,3 +145,20 @@ def test_tuning_runs_use_training_subjects_and_say_what_they_changed():
     data = ma.ixi_dataset(args)
     assert data.subjects == tuple(train[:10]) and not set(data.subjects) & set(validation)
     assert "training subjects" in data.title and "first 10 training" in data.data_note
+
+
+def test_mindboggle_at_2mm_uses_the_2mm_syn_schedule_and_its_own_tables():
+    """At 1 mm SyN runs antsRegistrationSyN's schedule (CC radius 4, 35 min a pair); on the 2 mm grid the
+    project's 2 mm schedule of IXI and peers.py (radius 2: the same 4 mm window), so K = 9 SyN fits."""
+    import peers
+
+    fine, coarse = ma.parse_args([]), ma.parse_args(["--grid-mm", "2"])
+    assert ma.mindboggle_ants(fine) == mb.ANTS and fine.name == "multi_atlas"
+    assert ma.mindboggle_ants(coarse) == {
+        "ants_iterations": peers.ANTS_ITERATIONS,
+        "ants_cc_radius": peers.ANTS_CC_RADIUS,
+        "ants_grad_step": peers.ANTS_GRAD_STEP,
+    }
+    assert coarse.name == "multi_atlas_2mm" and ma.parse_args(["--smoke"]).name == "multi_atlas"
+    given = ma.parse_args(["--grid-mm", "2", "--ants-iterations", "50,20"])
+    assert ma.mindboggle_ants(given)["ants_iterations"] == "50,20"
