@@ -123,6 +123,52 @@ def test_stops_at_a_validation_plateau_and_ships_the_best_weights(tiny_dataset):
     assert json.loads((run / "model_card.json").read_text())["steps"] == 2
 
 
+def _plateau_config(root, output: str, drops: int):
+    path = _config(root, 20, output=output)
+    cfg = yaml.safe_load(path.read_text())
+    # min_delta 1.0: every validation after the first is stale, so each one is a plateau
+    plateau = {"patience": 1, "min_delta": 1.0, "lr_factor": 0.5, "lr_drops": drops}
+    cfg["train"].update(validate_every=1, learning_rate=0.001, plateau=plateau)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_plateau_drops_the_learning_rate_until_its_drops_are_spent(tiny_dataset):
+    path = _plateau_config(tiny_dataset, "drops", drops=2)
+    run = tiny_dataset / "drops"
+    assert main(["train", "--config", str(path), "--no-progress", "--restart"]) == 0
+    card = json.loads((run / "model_card.json").read_text())
+    # step 1 is the best; the plateaus at steps 2 and 3 halve the rate, the one at step 4 stops
+    assert (card["steps"], card["stopped"], card["best_step"]) == (4, "plateau", 1)
+    assert card["lr_drops"] == [{"step": 2, "learning_rate": 0.0005}, {"step": 3, "learning_rate": 0.00025}]
+    assert [(s, float(v)) for s, v in _log_column(run, "learning_rate")] == [
+        (1, 0.001),
+        (2, 0.001),
+        (3, 0.0005),
+        (4, 0.00025),
+    ]
+    assert "Learning rate x 0.5 at step 2 (to 0.0005)" in (run / "model_card.md").read_text()
+    # the finished run, given one more drop, resumes past its plateau exactly as a run that had it all along
+    more = yaml.safe_load(path.read_text())
+    more["train"]["plateau"]["lr_drops"] = 3
+    path.write_text(yaml.safe_dump(more))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    straight = _plateau_config(tiny_dataset, "drops_straight", drops=3)
+    assert main(["train", "--config", str(straight), "--no-progress", "--restart"]) == 0
+    for column in ("total", "learning_rate", "val_dice"):
+        assert _log_column(run, column) == _log_column(tiny_dataset / "drops_straight", column)
+    assert json.loads((run / "model_card.json").read_text())["steps"] == 5
+
+
+def test_a_learning_rate_factor_outside_0_1_is_an_error(tiny_dataset):
+    path = _plateau_config(tiny_dataset, "bad_factor", drops=1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["plateau"]["lr_factor"] = 2.0
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UniregError, match="lr_factor must be between 0 and 1"):
+        load_config(path)
+
+
 def test_sigterm_stops_and_the_resumed_run_equals_an_unstopped_one(tiny_dataset):
     """Stopped wherever SIGTERM lands, then resumed: every logged number is the same as a straight run."""
     import os

@@ -20,7 +20,12 @@ are computed once per image (they do not change); ``scratch`` computes them ever
 
 **When it stops.** ``train.steps`` is the most steps a run takes. With ``train.plateau.patience``
 = P > 0 it stops earlier, at a *plateau*: when P validations in a row have not raised the best
-validation Dice (network alone) by at least ``train.plateau.min_delta``. The shipped model is the
+validation Dice (network alone) by at least ``train.plateau.min_delta``. With
+``train.plateau.lr_drops`` = D > 0 the first D plateaus do not stop the run: each multiplies the
+learning rate by ``train.plateau.lr_factor`` (default 0.1) and restarts the count, training on from
+the current weights and optimiser state (PyTorch's ``ReduceLROnPlateau`` with ``mode="max"``,
+``threshold_mode="abs"``, ``threshold=min_delta``; the D + 1-th plateau stops it). A run that stopped
+at a plateau resumes past it when its recipe is given more drops. The shipped model is the
 best validation checkpoint (``best_step`` in the card), not the last step.
 
 **Stopping and resuming.** ``last.pt`` holds everything the next step depends on (model,
@@ -109,7 +114,7 @@ DEFAULTS = {
         "validate_every": 250,
         "val_pairs": 9,
         "val_io_steps": 0,
-        "plateau": {"patience": 0, "min_delta": 0.002},
+        "plateau": {"patience": 0, "min_delta": 0.002, "lr_factor": 0.1, "lr_drops": 0},
         "checkpoint_every": 50,
         "snapshot_every": 0,
         "device": DEVICE,
@@ -141,6 +146,9 @@ def load_config(path: str | Path) -> dict:
     except (OSError, yaml.YAMLError) as exc:
         raise UniregError(f"cannot read training config ({type(exc).__name__})", path=path) from exc
     config = merge_config(user)
+    plateau = config["train"]["plateau"]
+    if plateau["lr_drops"] and not 0 < plateau["lr_factor"] < 1:
+        raise UniregError(f"train.plateau.lr_factor must be between 0 and 1, not {plateau['lr_factor']}", path=path)
     base = path.parent
     for section, key in (("data", "images"), ("data", "labels"), ("data", "cache")):
         if config[section][key]:
@@ -255,6 +263,7 @@ LOG_FIELDS = [
     "smooth",
     "dice",
     "seconds",
+    "learning_rate",
     "val_dice_affine",
     "val_dice",
     "val_dice_io",
@@ -322,7 +331,8 @@ class Trainer:
         self.dice = dice_loss()
         self.step = 0
         self.history = []
-        self.best = {"val_dice": float("-inf"), "step": 0, "stale": 0}  # plateau bookkeeping
+        # plateau bookkeeping; lr_drops: [{"step", "learning_rate"}] of each learning-rate drop
+        self.best = {"val_dice": float("-inf"), "step": 0, "stale": 0, "lr_drops": []}
         self.train_seconds = 0.0  # over all runs of this training, resumes included
         self.devices = []  # where it trained, in order (a run resumed on another device adds one)
         self.stop_requested = False
@@ -464,7 +474,31 @@ class Trainer:
             write_atomic(self.out / "best.pt", lambda tmp: torch.save(weights, tmp))
         else:
             self.best["stale"] += 1
-        return bool(plateau["patience"]) and self.best["stale"] >= plateau["patience"]
+        return self._at_plateau()
+
+    def _at_plateau(self) -> bool:
+        """True when the run must stop at a plateau; a plateau with learning-rate drops left
+        drops the rate instead (``train.plateau.lr_drops``) and restarts the count."""
+        plateau = self.config["train"]["plateau"]
+        if not plateau["patience"] or self.best["stale"] < plateau["patience"]:
+            return False
+        drops = self.best.setdefault("lr_drops", [])
+        if len(drops) >= plateau["lr_drops"]:
+            return True
+        for group in self.optimiser.param_groups:
+            group["lr"] *= plateau["lr_factor"]
+        drops.append({"step": self.step, "learning_rate": self.learning_rate})
+        self.best["stale"] = 0
+        self.log(
+            f"plateau at step {self.step} (best {self.best['val_dice']:.4f} at step {self.best['step']}): "
+            f"learning rate x {plateau['lr_factor']} -> {self.learning_rate:.3g} "
+            f"(drop {len(drops)} of {plateau['lr_drops']})"
+        )
+        return False
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimiser.param_groups[0]["lr"])
 
     # -- checkpoints --------------------------------------------------------------------------
     def _initialise(self, source: str) -> None:
@@ -548,8 +582,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        patience = cfg["plateau"]["patience"]
-        stopped = "plateau" if patience and self.best["stale"] >= patience else "max_steps"  # a finished run
+        stopped = "plateau" if self._at_plateau() else "max_steps"  # a finished run (or one given more drops)
         device = self._device_name()
         if self.step < steps and stopped == "max_steps" and device not in self.devices[-1:]:
             self.devices.append(device)
@@ -564,8 +597,9 @@ class Trainer:
                 self.history.append(row)
             while self.step < steps and stopped == "max_steps":
                 t0 = time.perf_counter()
+                learning_rate = self.learning_rate
                 row = self.train_step()
-                row.update(step=self.step, seconds=round(time.perf_counter() - t0, 3))
+                row.update(step=self.step, seconds=round(time.perf_counter() - t0, 3), learning_rate=learning_rate)
                 validated = self.step % cfg["validate_every"] == 0 or self.step == steps
                 if validated:
                     row.update(self.validate())
@@ -621,6 +655,8 @@ class Trainer:
             "best_step": weights_step,
             "stopped": stopped,
             "stop_rule": self.config["train"]["plateau"],
+            "learning_rate": self.config["train"]["learning_rate"],
+            "lr_drops": self.best.get("lr_drops", []),
             "train_seconds": round(self.train_seconds, 1),
             "device": ", ".join(self.devices) or str(self.device),
             "seed": self.config["train"]["seed"],
@@ -669,6 +705,10 @@ def write_learning_curve(card: dict, out_dir: Path) -> None:
             f"{card['init']['steps']} steps): step 0 is its validation."
             if card.get("init")
             else ""
+        )
+        + "".join(
+            f" Learning rate x {card['stop_rule']['lr_factor']} at step {d['step']} (to {d['learning_rate']:.3g})."
+            for d in card.get("lr_drops", [])
         ),
         "",
         "| step | affine | network alone | network + IO | folding % |",
@@ -686,6 +726,8 @@ def write_learning_curve(card: dict, out_dir: Path) -> None:
         if key != "val_dice_io" or with_io:
             ax.plot(steps, [r.get(key, float("nan")) for r in curve], marker="o", label=label)
     ax.axvline(card["best_step"], color="grey", linestyle=":", label="shipped weights")
+    for k, drop in enumerate(card.get("lr_drops", [])):
+        ax.axvline(drop["step"], color="tab:red", linestyle="--", label="learning rate drop" if k == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("validation mean Dice")
     ax.legend(loc="lower right")
