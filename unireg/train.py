@@ -474,9 +474,9 @@ class Trainer:
             write_atomic(self.out / "best.pt", lambda tmp: torch.save(weights, tmp))
         else:
             self.best["stale"] += 1
-        return self._at_plateau()
+        return self._stop_at_plateau()
 
-    def _at_plateau(self) -> bool:
+    def _stop_at_plateau(self) -> bool:
         """True when the run must stop at a plateau; a plateau with learning-rate drops left
         drops the rate instead (``train.plateau.lr_drops``) and restarts the count."""
         plateau = self.config["train"]["plateau"]
@@ -582,7 +582,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=self.step, disable=not progress, desc="train", unit="step")
-        stopped = "plateau" if self._at_plateau() else "max_steps"  # a finished run (or one given more drops)
+        stopped = "plateau" if self._stop_at_plateau() else "max_steps"  # a finished run (or one given more drops)
         device = self._device_name()
         if self.step < steps and stopped == "max_steps" and device not in self.devices[-1:]:
             self.devices.append(device)
