@@ -234,7 +234,7 @@ def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: 
     """The run folder's name and what it depends on (a change means a fresh run folder); ``pooling``:
     :func:`unireg.register.network_pooling` on this atlas."""
     from unireg import __version__
-    from unireg.defaults import AFFINE_SIMILARITY, INSTANCE_OPT_SIMILARITY
+    from unireg.defaults import AFFINE_SIMILARITY, INSTANCE_OPT_SIMILARITY, MIRROR
     from unireg.model import DEFAULT_MODEL
     from unireg.weights import sha256_file
 
@@ -248,6 +248,7 @@ def settings_key(spacing: float, steps: int, brain_extraction: bool, atlas_dir: 
         "model_sha256": sha256_file(DEFAULT_MODEL),
         "instance_opt": steps,
         "instance_opt_similarity": INSTANCE_OPT_SIMILARITY,
+        "mirror": MIRROR,
     }
     if pooling > 1:  # only then does the network grid change the computation
         settings["network_pooling"] = pooling

@@ -69,7 +69,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import peers  # noqa: E402  (the shared workers, scoring and report helpers)
 
-from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402  (pure Python)
+from unireg.defaults import INSTANCE_OPT_STEPS, MIRROR  # noqa: E402  (pure Python)
 
 SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATA = SHARED / "mindboggle_oasis_trt20"
@@ -164,6 +164,7 @@ def worker_settings(args, atlas) -> dict:
         **ANTS,
         "ants_iterations": args.ants_iterations,
         "model": str(args.model) if getattr(args, "model", None) else None,  # None: the packaged default
+        "mirror": MIRROR,  # unireg register's test-time mirroring
     }
 
 
@@ -173,8 +174,8 @@ def method_key(method: str, settings: dict) -> str:
     from unireg.weights import sha256_file
 
     keys = {
-        "unireg": ("threads",),
-        "unireg_io": ("threads", "instance_opt", "instance_opt_options"),
+        "unireg": ("threads", "mirror"),
+        "unireg_io": ("threads", "instance_opt", "instance_opt_options", "mirror"),
         "ants": ("threads", "ants_iterations", "ants_cc_radius", "ants_grad_step"),
         "elastix": ("threads", "elastix_iterations"),
     }[method]

@@ -78,7 +78,7 @@ import numpy as np  # the only module-level dependency: method workers must not 
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from unireg.defaults import INSTANCE_OPT_STEPS  # noqa: E402  (no heavy imports)
+from unireg.defaults import INSTANCE_OPT_STEPS, MIRROR  # noqa: E402  (no heavy imports)
 
 SHARED = Path(os.environ.get("UNIREG_SHARED_DATA", REPO.parent / "shared" / "data"))
 IXI = SHARED / "ixi_t1_dlmuse"
@@ -358,7 +358,8 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
     first = images[cases[0].name][0]
     # what `unireg register` does on this grid (--network-grid default): pool to the model's spacing
     factor = network_pooling(first.shape, first.spacing, (checkpoint.get("grid") or {}).get("spacing_mm"))
-    register_images(*images[cases[0].name], model, device=device, network_factor=factor)  # warm-up, untimed
+    mirror = settings.get("mirror", MIRROR)
+    register_images(*images[cases[0].name], model, device=device, network_factor=factor, mirror=mirror)  # warm-up
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds, cpu = {}, {}
@@ -375,6 +376,7 @@ def register_unireg(cases, work: Path, settings: dict, device: str, steps: int) 
             device=device,
             instance_opt=InstanceOptOptions.schedule(steps, **settings.get("instance_opt_options", {})),
             network_factor=factor,
+            mirror=mirror,
         )
         if device == "cuda":
             torch.cuda.synchronize()
@@ -813,6 +815,12 @@ def parse_args(argv=None):
         default=INSTANCE_OPT_STEPS,
         help=f"UniReg + IO: test-time steps (default {INSTANCE_OPT_STEPS}, the shipped default)",
     )
+    parser.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=MIRROR,
+        help=f"UniReg: test-time mirroring, as unireg register --mirror (default {'on' if MIRROR else 'off'})",
+    )
     parser.add_argument("--ants-iterations", default=ANTS_ITERATIONS, help="SyN iterations at shrink 4,2,1")
     parser.add_argument(
         "--elastix-iterations", type=int, default=None, help="override elastix's 256 iterations per resolution"
@@ -885,6 +893,7 @@ def main(argv=None) -> None:
             "grid_affine": atlas.grid.affine.tolist(),
             "instance_opt": args.instance_opt,
             "model": args.model and str(args.model),
+            "mirror": args.mirror,
             "ants_iterations": args.ants_iterations,
             "elastix_iterations": args.elastix_iterations,
         }
@@ -947,7 +956,9 @@ def main(argv=None) -> None:
     notes = [
         "Every method registers the same preprocessed arrays (unireg preprocess: deepbet, percentile "
         "normalisation, MI affine to MNI 2009a, atlas grid); affine only = those arrays unchanged.",
-        f"UniReg: {model_name(args.model)}; + IO: {args.instance_opt} steps of the shipped "
+        f"UniReg: {model_name(args.model)}, "
+        + ("test-time mirroring (left-right, unireg register's default)" if args.mirror else "no test-time mirroring")
+        + f"; + IO: {args.instance_opt} steps of the shipped "
         f"InstanceOptOptions.schedule ({describe_io(args.instance_opt)}), the same for every contrast; chosen on "
         "training pairs with benchmarks/io_tuning.py (benchmarks/results/io_tuning.md), never on these pairs.",
         f"ANTs SyN (antspyx SyNOnly from the identity): SyN[0.2,3,0], iterations {args.ants_iterations} at shrink "

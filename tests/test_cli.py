@@ -180,6 +180,8 @@ def test_top_level_help_lists_every_verb():
         ("register", "--instance-opt", None, defaults.INSTANCE_OPT_STEPS),
         ("register", "--device", None, defaults.DEVICE),
         ("register", "--network-grid", defaults.NETWORK_GRIDS, defaults.NETWORK_GRID),
+        ("register", "--mirror", None, defaults.MIRROR),
+        ("segment", "--mirror", None, defaults.MIRROR),
         ("atlas prepare", "--name", defaults.BUILTIN_ATLASES, defaults.DEFAULT_ATLAS),
         ("preprocess", "--atlas", None, defaults.DEFAULT_ATLAS),
         ("propagate", "--atlas", None, defaults.DEFAULT_ATLAS),
@@ -211,6 +213,7 @@ def test_config_schema_and_shipped_config_agree_with_the_package():
     assert tuple(register["device"]["enum"]) == defaults.DEVICES
     assert tuple(register["network_grid"]["enum"]) == defaults.NETWORK_GRIDS
     assert register["network_grid"]["default"] == config["register"]["network_grid"] == defaults.NETWORK_GRID
+    assert register["mirror"]["default"] == config["register"]["mirror"] == defaults.MIRROR
     assert schema["subjects"]["items"]["pattern"] == f"^{SUBJECT_PATTERN}$"
     assert tuple(schema["atlas"]["examples"]) == defaults.BUILTIN_ATLASES
     assert schema["atlas"]["default"] == defaults.DEFAULT_ATLAS

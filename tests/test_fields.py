@@ -136,3 +136,17 @@ def test_world_mm_round_trip_on_an_oblique_grid():
     unit[0, 0] = 1.0
     np.testing.assert_allclose(to_world_mm(unit, affine)[:, 0, 0, 0], affine[:3, 0])
     torch.testing.assert_close(from_world_mm(mm, affine), ddf)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_mirrored_field_warps_the_mirrored_image_to_the_mirrored_result(axis):
+    from unireg.fields import mirror_field
+
+    g = torch.Generator().manual_seed(axis)
+    image = torch.rand(1, 1, 12, 10, 8, generator=g)
+    ddf = 2.0 * torch.rand(1, 3, 12, 10, 8, generator=g) - 1.0
+    dims = (2 + axis,)
+    torch.testing.assert_close(
+        warp(torch.flip(image, dims), mirror_field(ddf, axis)), torch.flip(warp(image, ddf), dims)
+    )
+    torch.testing.assert_close(mirror_field(mirror_field(ddf, axis), axis), ddf)

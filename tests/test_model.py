@@ -131,3 +131,34 @@ def test_one_stage_prediction_is_the_integrated_velocity():
         ddf, velocity = model.predict(ff, fm)
         torch.testing.assert_close(velocity, model.velocity(ff, fm))
         torch.testing.assert_close(ddf, integrate(velocity, model.int_steps))
+
+
+@pytest.mark.parametrize("cascade", [1, 2])
+def test_mirrored_prediction_is_the_mean_of_both_and_mirror_equivariant(cascade):
+    """Test-time mirroring averages the prediction with the prediction for the mirrored pair,
+    mirrored back (velocities for a one-stage network, then integrated), so mirroring the pair
+    mirrors the result, which the network alone does not do."""
+    from unireg.fields import integrate, mirror_field
+
+    torch.manual_seed(0)
+    model = build_model({"extractor": "mind", "channels": [8, 16, 16], "cascade": cascade}).eval()
+    for p in model.parameters():  # leave the identity start
+        if p.requires_grad:
+            p.data.add_(0.05 * torch.randn_like(p))
+    fixed, moving = torch.rand(1, 1, *SHAPE), torch.rand(1, 1, *SHAPE)
+    flip = (2,)  # voxel axis 0
+    with torch.no_grad():
+        plain, plain_velocity = model.predict_images(fixed, moving)
+        torch.testing.assert_close(plain, model.predict(model.features(fixed), model.features(moving))[0])
+        ddf, velocity = model.predict_images(fixed, moving, mirror_axis=0)
+        other, other_velocity = model.predict_images(torch.flip(fixed, flip), torch.flip(moving, flip))
+        if cascade == 1:
+            torch.testing.assert_close(velocity, 0.5 * (plain_velocity + mirror_field(other_velocity, 0)))
+            torch.testing.assert_close(ddf, integrate(velocity, model.int_steps))
+        else:
+            assert velocity is None
+            torch.testing.assert_close(ddf, 0.5 * (plain + mirror_field(other, 0)))
+        mirrored, _ = model.predict_images(torch.flip(fixed, flip), torch.flip(moving, flip), mirror_axis=0)
+        torch.testing.assert_close(mirrored, mirror_field(ddf, 0), atol=1e-5, rtol=1e-4)
+        gap = (other - mirror_field(plain, 0)).abs().max()
+        assert gap > 10 * (mirrored - mirror_field(ddf, 0)).abs().max()  # the network alone is not equivariant

@@ -9,7 +9,7 @@ from conftest import shared_file
 
 from unireg.affine import read_affine_txt
 from unireg.cli import main
-from unireg.fields import integrate, warp
+from unireg.fields import integrate, resize_field, warp
 from unireg.io import Image, load_displacement, load_image, save_image
 from unireg.metrics import mean_dice
 from unireg.model import load_checkpoint
@@ -139,6 +139,7 @@ def test_register_cli_writes_outputs(ixi_validation_subjects, tmp_path, capsys):
     assert all((out / name).is_file() for name in REG_FILES.values())
     info = json.loads((out / REG_FILES["info"]).read_text())
     assert info["device"] == "cpu" and info["jacobian"]["folding_percent"] < 0.5
+    assert info["mirror_axis"] == 0  # test-time mirroring is on by default, along the RAS grid's x
     qc = info["qc"]  # subject -> subject of the same modality: both measures agree it worked
     assert qc["fixed_mask"] == "fixed mask" and qc["moving_mask"] == "moving mask"
     assert 0.2 < qc["similarity_before"] < qc["similarity_after"] <= 1.0
@@ -207,6 +208,32 @@ def test_registration_qc_before_and_after_a_known_shift_and_mask_fallbacks():
     assert qc["brain_mask_dice_after"] == round(mask_dice(_t(np.ones(fixed.shape)), _t(fixed_mask)), 4)
     assert registration_qc(fixed, moving, result)["brain_mask_dice_after"] is None
     assert np.isnan(mask_dice(torch.zeros(3), torch.zeros(3)))
+
+
+def test_the_mirror_axis_is_the_voxel_axis_closest_to_world_left_right():
+    from unireg.register import left_right_axis
+
+    assert left_right_axis(np.diag([2.0, 2.0, 2.0, 1.0])) == 0
+    assert left_right_axis(np.diag([-1.0, 1.0, 1.0, 1.0])) == 0  # LAS: still axis 0
+    permuted = np.array([[0, 0, -1.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # a sagittal stack
+    assert left_right_axis(permuted) == 2
+    oblique = np.array([[0.2, 0.1, 0.95, 0], [0.9, 0.1, -0.2, 0], [0.1, 0.95, 0.1, 0], [0, 0, 0, 1]])
+    assert left_right_axis(oblique) == 2
+
+
+def test_no_mirror_is_the_network_alone_and_mirror_changes_the_field(default_model, ixi_validation_subjects):
+    model, _ = default_model
+    f, m = ixi_validation_subjects[0], ixi_validation_subjects[1]
+    plain = register_images(f["image"], m["image"], model, mirror=False)
+    mirrored = register_images(f["image"], m["image"], model, mirror=True)
+    assert plain.info["mirror_axis"] is None and mirrored.info["mirror_axis"] == 0
+    fixed, moving = (torch.from_numpy(i.data.astype(np.float32))[None, None] for i in (f["image"], m["image"]))
+    with torch.no_grad():
+        network, _ = model.predict(model.features(fixed), model.features(moving))
+    torch.testing.assert_close(plain.ddf, resize_field(network, f["image"].shape))
+    change = (mirrored.ddf - plain.ddf).abs()
+    assert 0.01 < float(change.mean()) < 1.0  # voxels: a correction, not another registration
+    assert mirrored.info["jacobian"]["folding_percent"] < 0.5
 
 
 def test_network_factor_is_the_integer_ratio_of_model_to_grid_spacing():

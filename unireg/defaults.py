@@ -25,6 +25,12 @@ INSTANCE_OPT_SIMILARITY = "lncc"
 # (benchmarks/results/allen_mindboggle.md against allen_mindboggle.network-atlas.md).
 NETWORK_GRIDS = ("model", "atlas")
 NETWORK_GRID = "model"
+# test-time mirroring (`unireg register --mirror/--no-mirror`, the workflow's register.mirror): the
+# network's field is the mean of its prediction and of its prediction for both images mirrored
+# left-right (mirrored back); twice the network's time, +0.005-0.007 Dice of the network alone on every contrast
+# (benchmarks/results/peers_mind_cascade2_8500_mirror.md against peers_mind_cascade2_8500.md; chosen on
+# the training recipe's validation pairs).
+MIRROR = True
 FUSIONS = ("majority", "weighted", "jlf")  # unireg.fusion: multi-atlas label fusion rules
 FUSION = "jlf"
 # the file that makes a folder an atlas set (unireg.atlas_set; the workflow's `atlas:` may name one)

@@ -121,6 +121,15 @@ def resize_field(field: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return resized * scale.view(1, 3, 1, 1, 1)
 
 
+def mirror_field(field: torch.Tensor, axis: int) -> torch.Tensor:
+    """A displacement or velocity ``(B, 3, D, H, W)`` mirrored along voxel ``axis``: the field of the
+    mirrored images (the grid flipped on that axis, and that axis's component negated)."""
+    mirrored = torch.flip(field, dims=(2 + axis,))
+    sign = torch.ones(3, dtype=field.dtype, device=field.device)
+    sign[axis] = -1.0
+    return mirrored * sign.view(1, 3, 1, 1, 1)
+
+
 def warp_affine(volume: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """``volume`` resampled by an ``affine_grid`` theta ``(B, 3, 4)`` (normalised coordinates,
     ``x = k`` first), zero outside."""

@@ -27,7 +27,7 @@ from monai.networks.nets import UNet
 from . import __version__
 from .errors import UniregError
 from .features import FeatureExtractor, build_extractor
-from .fields import INTEGRATION_STEPS, integrate, resize_field, warp
+from .fields import INTEGRATION_STEPS, integrate, mirror_field, resize_field, warp
 from .io import write_atomic, write_text_atomic
 from .weights import sha256_file
 
@@ -118,6 +118,28 @@ class UniRegNet(torch.nn.Module):
             step = integrate(stage(torch.cat([fixed_features, warp(moving_features, ddf)], dim=1)), self.int_steps)
             ddf = step + warp(ddf, step)
         return ddf, (velocity if self.cascade == 1 else None)
+
+    def predict_images(
+        self, fixed: torch.Tensor, moving: torch.Tensor, mirror_axis: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`predict` from ``(B, 1, D, H, W)`` images. With ``mirror_axis`` (test-time
+        mirroring), the mean of that prediction and the prediction for both images mirrored along
+        that voxel axis, mirrored back: velocities are averaged before integration (the result stays
+        a diffeomorphism), a cascade's displacements directly. The mean is exactly mirror-equivariant,
+        which the network alone is not; along the left-right axis (anatomy is nearly symmetric) it
+        raises Dice (``benchmarks/results/peers_mind_cascade2_8500_mirror.md`` against
+        ``peers_mind_cascade2_8500.md``)."""
+        ddf, velocity = self.predict(self.features(fixed), self.features(moving))
+        if mirror_axis is None:
+            return ddf, velocity
+        dims = (2 + mirror_axis,)
+        other_ddf, other_velocity = self.predict(
+            self.features(torch.flip(fixed, dims)), self.features(torch.flip(moving, dims))
+        )
+        if velocity is not None:
+            velocity = 0.5 * (velocity + mirror_field(other_velocity, mirror_axis))
+            return integrate(velocity, self.int_steps), velocity
+        return 0.5 * (ddf + mirror_field(other_ddf, mirror_axis)), None
 
     def displacement(self, velocity: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
         """Integrate a flow-grid velocity and upsample to ``image_shape`` (image voxels)."""

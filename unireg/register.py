@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .defaults import INSTANCE_OPT_SIMILARITY, NETWORK_GRID, NETWORK_GRIDS
+from .defaults import INSTANCE_OPT_SIMILARITY, MIRROR, NETWORK_GRID, NETWORK_GRIDS
 from .errors import UniregError
 from .fields import foreground_box, integrate, jacobian_stats, resize_field, to_world_mm, warp, warp_in_box
 from .io import Image, load_image, save_displacement, save_image, write_text_atomic
@@ -183,6 +183,12 @@ def network_pooling(grid_shape, grid_spacing, model_spacing, network_grid: str =
     return 1 if any(s % (16 * k) for s in grid_shape) else k
 
 
+def left_right_axis(affine: np.ndarray) -> int:
+    """The voxel axis of a grid that runs closest to world left-right (RAS x): the axis of
+    test-time mirroring (``register_images(mirror=True)``); 0 on every atlas grid (RAS)."""
+    return int(np.argmax(np.abs(np.asarray(affine)[0, :3])))
+
+
 def register_images(
     fixed: Image,
     moving: Image,
@@ -193,8 +199,12 @@ def register_images(
     device: torch.device | str = "cpu",
     fixed_mask: Image | None = None,
     network_factor: int = 1,
+    mirror: bool = MIRROR,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (same grid). Returns the warped image and the field.
+
+    ``mirror``: the network's prediction is averaged with its prediction for both images mirrored
+    left-right (:meth:`unireg.model.UniRegNet.predict_images`, along :func:`left_right_axis`).
 
     ``network_factor`` = k > 1: the network predicts on both images average-pooled by k (e.g. a
     model trained at 2 mm on a 1 mm grid: k = 2, :func:`network_factor`); its field is resized to
@@ -211,7 +221,9 @@ def register_images(
         inputs = [
             torch.nn.functional.avg_pool3d(t, network_factor) if network_factor > 1 else t for t in (fixed_t, moving_t)
         ]
-        flow_ddf, velocity = model.predict(*(model.features(t) for t in inputs))
+        flow_ddf, velocity = model.predict_images(
+            *inputs, mirror_axis=left_right_axis(fixed.affine) if mirror else None
+        )
         flow_shape = model.flow_shape(tuple(fixed_t.shape[2:]))
         if tuple(flow_ddf.shape[2:]) != flow_shape:  # the network ran on pooled images
             if velocity is not None:  # a velocity is resized before integration, as the network was trained
@@ -242,6 +254,7 @@ def register_images(
     info = {
         "device": str(device),
         "network_factor": network_factor,
+        "mirror_axis": left_right_axis(fixed.affine) if mirror else None,
         "instance_opt_steps": opt.total,
         "instance_opt": vars(opt) if opt.total else None,
         "jacobian": stats,
@@ -359,6 +372,7 @@ def register_files(
     fixed_mask_path=None,
     moving_mask_path=None,
     network_grid: str = NETWORK_GRID,
+    mirror: bool = MIRROR,
     names: dict[str, str] | None = None,
 ) -> RegistrationResult:
     """Load, register, and write the outputs listed in the module docstring (JSON last).
@@ -367,7 +381,8 @@ def register_files(
     for the brain-mask Dice of :func:`registration_qc` (default: moving labels > 0). ``names``:
     file names by :data:`OUTPUT_FILES` key (default those plain names; the workflow passes
     :func:`unireg.layout.stage_names`). ``network_grid``: ``"model"`` predicts at the model's training
-    spacing where the grid is an integer factor finer, ``"atlas"`` on the grid (:func:`network_pooling`)."""
+    spacing where the grid is an integer factor finer, ``"atlas"`` on the grid (:func:`network_pooling`).
+    ``mirror``: test-time mirroring (:func:`register_images`)."""
     names = {**OUTPUT_FILES, **(names or {})}
     try:
         dev = select_device(device)
@@ -392,6 +407,7 @@ def register_files(
             device=dev,
             fixed_mask=mask,
             network_factor=factor,
+            mirror=mirror,
         )
         result.info["qc"] = registration_qc(
             fixed, moving, result, fixed_mask=mask, moving_mask=moving_mask, moving_labels=labels

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .atlas_set import AtlasSet, load_atlas_set
-from .defaults import FUSION, FUSIONS, NETWORK_GRID
+from .defaults import FUSION, FUSIONS, MIRROR, NETWORK_GRID
 from .errors import UniregError
 from .fusion import WEIGHTED_DEFAULTS, fuse, jlf_parameters
 from .io import Image, load_image, save_image, write_text_atomic
@@ -53,6 +53,7 @@ def segment_images(
     device="cpu",
     network_factor: int = 1,
     fixed_mask: Image | None = None,
+    mirror: bool = MIRROR,
 ):
     """Register the first ``k`` members (default all) onto ``fixed`` and fuse their labels.
     Returns (:class:`unireg.fusion.FusionResult`, info dict)."""
@@ -75,6 +76,7 @@ def segment_images(
             device=device,
             fixed_mask=fixed_mask,
             network_factor=network_factor,
+            mirror=mirror,
         )
         labels.append(result.warped_labels.data)
         images.append(result.warped.data)
@@ -107,6 +109,7 @@ def segment_images(
         "fusion_seconds": round(time.perf_counter() - t0, 3),
         "instance_opt_steps": 0 if instance_opt is None else instance_opt.total,
         "network_factor": network_factor,
+        "mirror": mirror,
         "jacobian": jacobian,
         "qc": qc,
     }
@@ -126,6 +129,7 @@ def segment_files(
     subject: str | None = None,
     fixed_mask_path=None,
     network_grid: str = NETWORK_GRID,
+    mirror: bool = MIRROR,
     names: dict | None = None,
 ) -> dict:
     """Load, segment (:func:`segment_images`) and write ``names`` (default :data:`OUTPUT_FILES`) into
@@ -158,6 +162,7 @@ def segment_files(
             device=dev,
             network_factor=factor,
             fixed_mask=mask,
+            mirror=mirror,
         )
     except UniregError as err:
         err.with_context(subject=subject)

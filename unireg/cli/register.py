@@ -43,6 +43,7 @@ def run(args) -> None:
         fixed_mask_path=args.fixed_mask,
         moving_mask_path=args.moving_mask,
         network_grid=args.network_grid,
+        mirror=args.mirror,
         names=stage_names("register", args.subject, args.space, args.atlas_label),
     )
     jac, qc = result.info["jacobian"], result.info["qc"]

@@ -49,6 +49,7 @@ def run(args) -> None:
         subject=args.subject,
         fixed_mask_path=args.fixed_mask,
         network_grid=args.network_grid,
+        mirror=args.mirror,
         names=stage_names("segment", args.subject, args.space, args.atlas_label),
     )
     seconds = sum(m["seconds"] for m in info["members"])

@@ -59,6 +59,7 @@ REGISTRATION_OPTIONS = " ".join(
         f"--instance-opt {config['register']['instance_opt']}",
         f"--instance-opt-similarity {config['register']['instance_opt_similarity']}",
         f"--network-grid {config['register']['network_grid']}",
+        "--mirror" if config["register"]["mirror"] else "--no-mirror",
     ]
 )
 
