@@ -84,6 +84,29 @@ def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
     assert (tiny_dataset / "gamma" / "model.pt").is_file()
 
 
+def test_flip_augmentation_trains_on_the_subjects_mirrored_left_right(tiny_dataset):
+    from unireg.train import Trainer
+
+    path = _config(tiny_dataset, 2, output="flip")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["augment"] = {"flip": 1.0}  # every pair mirrored
+    path.write_text(yaml.safe_dump(cfg))
+    trainer = Trainer(load_config(path), resume=False, log=lambda *a: None)
+    assert trainer.mirror_axis == 0 and trainer.cache_features  # the atlas grid is RAS
+    for record, mirrored in zip(trainer.train_set, trainer.mirrored_set):
+        assert mirrored["id"] == record["id"] + "~mirrored"
+        for key in ("image", "mask", "labels"):
+            np.testing.assert_array_equal(mirrored[key], record[key][::-1])
+    trainer.run(progress=False)
+    seen = set(trainer._features)  # whose features the network saw: mirrored training, original validation
+    val_ids = {r["id"] for r in trainer.val_set}
+    assert seen - val_ids and all(k.endswith("~mirrored") for k in seen - val_ids)
+    cfg["train"]["augment"] = {"flip": 1.5}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UniregError, match=r"train.augment.flip must be a probability in \[0, 1\] \(got 1.5\)"):
+        Trainer(load_config(path), resume=False, log=lambda *a: None)
+
+
 def test_unknown_config_key_is_named(tiny_dataset, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"data": {"images": "x", "n_trian": 3}, "output": "o"}))

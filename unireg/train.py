@@ -13,7 +13,11 @@ random affine to the moving one (image, labels and features alike) and, with
 ``train.augment.remap`` = p > 0, to each image independently with probability p a random
 contrast (a random monotone or non-monotone intensity curve: the source dataset seen under
 contrasts it does not have); features are then recomputed every step from the augmented images,
-while the loss compares the original ones. It predicts the displacement
+while the loss compares the original ones. With ``train.augment.flip`` = p > 0, with probability p
+the pair is the two subjects mirrored left-right (images, labels and features of the mirrored
+images, along the atlas grid's left-right axis): brains as plausible as the originals, which
+test-time mirroring (:meth:`unireg.model.UniRegNet.predict_images`) also shows the network. It
+predicts the displacement
 and minimises ``similarity + smooth_weight * regulariser + dice_weight * Dice loss`` (the Dice
 term uses ``dice_labels`` random labels present in both maps). Frozen extractors' features
 are computed once per image (they do not change); ``scratch`` computes them every step.
@@ -83,7 +87,7 @@ from .losses import ImageSimilarity, dice_loss, one_hot, regulariser
 from .metrics import mean_dice
 from .model import DEFAULT_MODEL, architecture, build_model, load_checkpoint, model_state, save_checkpoint
 from .preprocess import OUTPUT_FILES, PreprocessOptions, preprocess_file
-from .register import InstanceOptOptions, instance_optimise
+from .register import InstanceOptOptions, instance_optimise, left_right_axis
 from .runtime import select_device
 from .transforms import resample
 
@@ -118,7 +122,7 @@ DEFAULTS = {
         "checkpoint_every": 50,
         "snapshot_every": 0,
         "device": DEVICE,
-        "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0, "remap": 0.0},
+        "augment": {"rotation_deg": 5.0, "translation_mm": 4.0, "scale": 0.05, "gamma": 0.0, "remap": 0.0, "flip": 0.0},
     },
     "output": None,
 }
@@ -228,6 +232,15 @@ def prepare_subject(item: dict, atlas, cache: Path, options: PreprocessOptions) 
     return record
 
 
+def mirrored_record(record: dict, axis: int) -> dict:
+    """A prepared subject mirrored along voxel ``axis`` (image, mask, labels), under its own id."""
+
+    def flip(array):
+        return None if array is None else np.ascontiguousarray(np.flip(array, axis=axis))
+
+    return {**record, "id": f"{record['id']}~mirrored", **{k: flip(record[k]) for k in ("image", "mask", "labels")}}
+
+
 VOXEL_MM = 2.0  # nominal atlas voxel size used to express augmentation shifts in mm
 
 
@@ -321,6 +334,12 @@ class Trainer:
             f"prepared {len(self.train_set)} train + {len(self.val_set)} val subjects "
             f"in {time.perf_counter() - t0:.0f} s"
         )
+        # augment.flip: the training subjects mirrored left-right, each its own record (own features)
+        self.mirror_axis = left_right_axis(self.atlas.grid.affine)
+        flip = train_cfg["augment"]["flip"]
+        if not 0.0 <= flip <= 1.0:
+            raise UniregError(f"train.augment.flip must be a probability in [0, 1] (got {flip})")
+        self.mirrored_set = [mirrored_record(r, self.mirror_axis) for r in self.train_set] if flip else []
         self.model = build_model(config["model"]).to(self.device)
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -421,10 +440,13 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         i, j = self.rng.choice(len(self.train_set), size=2, replace=False)
-        theta = random_affine_theta(self.rng, self.config["train"]["augment"], self.train_set[j]["image"].shape)
+        augment = self.config["train"]["augment"]
+        theta = random_affine_theta(self.rng, augment, self.train_set[j]["image"].shape)
+        # drawn only when flipping is on, so that recipes without it keep their random streams
+        subjects = self.mirrored_set if augment["flip"] and self.rng.uniform() < augment["flip"] else self.train_set
         self.model.train()
         self.optimiser.zero_grad()
-        terms = self.losses(self.train_set[i], self.train_set[j], theta, augment=True)
+        terms = self.losses(subjects[i], subjects[j], theta, augment=True)
         terms["total"].backward()
         self.optimiser.step()
         self.step += 1
