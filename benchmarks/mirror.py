@@ -63,7 +63,7 @@ def validation_pairs(pairs: int, cache: Path | None = None) -> list[tuple[dict, 
 def score(model, pairs, axis) -> dict:
     import torch
 
-    from unireg.fields import jacobian_stats, resize_field, warp
+    from unireg.fields import jacobian_stats, resize_field
     from unireg.metrics import mean_dice
 
     dice, folding, seconds = [], [], []
@@ -73,9 +73,7 @@ def score(model, pairs, axis) -> dict:
             t0 = time.perf_counter()
             ddf = resize_field(model.predict_images(f, m, mirror_axis=axis)[0], fixed["image"].shape)
             seconds.append(time.perf_counter() - t0)
-            labels = torch.from_numpy(moving["labels"])[None, None].float()
-            warped = warp(labels, ddf, label=True)[0, 0].round().long().numpy()
-            dice.append(mean_dice(fixed["labels"], warped))
+            dice.append(mean_dice(fixed["labels"], peers.warp_labels(moving["labels"], ddf[0].numpy())))
             folding.append(jacobian_stats(ddf)["folding_percent"])
     return {"dice": np.array(dice), "folding": max(folding), "seconds": float(np.median(seconds))}
 

@@ -216,14 +216,13 @@ def register_images(
     model = model.to(device).eval()
     timings = {}
     fixed_t, moving_t = _tensor(fixed, device), _tensor(moving, device)
+    mirror_axis = left_right_axis(fixed.affine) if mirror else None
     t0 = time.perf_counter()
     with torch.no_grad():
         inputs = [
             torch.nn.functional.avg_pool3d(t, network_factor) if network_factor > 1 else t for t in (fixed_t, moving_t)
         ]
-        flow_ddf, velocity = model.predict_images(
-            *inputs, mirror_axis=left_right_axis(fixed.affine) if mirror else None
-        )
+        flow_ddf, velocity = model.predict_images(*inputs, mirror_axis=mirror_axis)
         flow_shape = model.flow_shape(tuple(fixed_t.shape[2:]))
         if tuple(flow_ddf.shape[2:]) != flow_shape:  # the network ran on pooled images
             if velocity is not None:  # a velocity is resized before integration, as the network was trained
@@ -254,7 +253,7 @@ def register_images(
     info = {
         "device": str(device),
         "network_factor": network_factor,
-        "mirror_axis": left_right_axis(fixed.affine) if mirror else None,
+        "mirror_axis": mirror_axis,
         "instance_opt_steps": opt.total,
         "instance_opt": vars(opt) if opt.total else None,
         "jacobian": stats,

@@ -153,6 +153,9 @@ def load_config(path: str | Path) -> dict:
     plateau = config["train"]["plateau"]
     if plateau["lr_drops"] and not 0 < plateau["lr_factor"] < 1:
         raise UniregError(f"train.plateau.lr_factor must be between 0 and 1, not {plateau['lr_factor']}", path=path)
+    flip = config["train"]["augment"]["flip"]
+    if not 0.0 <= flip <= 1.0:
+        raise UniregError(f"train.augment.flip must be a probability in [0, 1], not {flip}", path=path)
     base = path.parent
     for section, key in (("data", "images"), ("data", "labels"), ("data", "cache")):
         if config[section][key]:
@@ -337,8 +340,6 @@ class Trainer:
         # augment.flip: the training subjects mirrored left-right, each its own record (own features)
         self.mirror_axis = left_right_axis(self.atlas.grid.affine)
         flip = train_cfg["augment"]["flip"]
-        if not 0.0 <= flip <= 1.0:
-            raise UniregError(f"train.augment.flip must be a probability in [0, 1] (got {flip})")
         self.mirrored_set = [mirrored_record(r, self.mirror_axis) for r in self.train_set] if flip else []
         self.model = build_model(config["model"]).to(self.device)
         self.model.train()
