@@ -387,6 +387,48 @@ def test_a_run_can_start_from_a_trained_checkpoint(tiny_dataset, capsys):
     assert not (tiny_dataset / "misfit" / "log.csv").exists()
 
 
+def test_a_cascade_grows_by_a_stage_from_a_smaller_checkpoint_with_its_stages_frozen(tiny_dataset, capsys):
+    """train.init of a cascade of 1 into a recipe's cascade of 2: stage 1 keeps the checkpoint's
+    weights, stage 2 starts as a copy of it; with train.frozen_stages 1 only stage 2 learns."""
+    import torch
+
+    from unireg.model import model_state
+
+    model = {"extractor": "mind", "channels": [8, 16, 16]}
+    assert main(["train", "--config", str(_config(tiny_dataset, 2, output="one", model=model)), "--no-progress"]) == 0
+    path = _config(tiny_dataset, 2, output="grown", model={**model, "cascade": 2})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"].update(init="one/model.pt", frozen_stages=1)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert "new stages [2] copy its stage 1" in capsys.readouterr().out
+    base, _ = load_checkpoint(tiny_dataset / "one" / "model.pt")
+    grown = torch.load(tiny_dataset / "grown" / "last.pt", weights_only=False)["model"]
+    stage1 = model_state(base)
+    assert all(torch.equal(grown[k], v) for k, v in stage1.items())  # frozen: exactly the checkpoint's
+    as_stage = {k.replace("unet.", "0.", 1).replace("flow.", "1.", 1): v for k, v in stage1.items()}
+    stage2 = {k.removeprefix("refine.0."): v for k, v in grown.items() if k.startswith("refine.0.")}
+    assert stage2.keys() == as_stage.keys()
+    assert any(not torch.equal(stage2[k], v) for k, v in as_stage.items())  # the copy learned
+    card = json.loads((tiny_dataset / "grown" / "model_card.json").read_text())
+    assert (
+        card["init"]["cascade"] == 1
+        and "a cascade of 1 grown" in (tiny_dataset / "grown" / "model_card.md").read_text()
+    )
+    # a grown stage must fit too, and frozen_stages must leave a stage to train
+    cfg["train"]["frozen_stages"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(
+        UniregError, match=r"train.frozen_stages must be a whole number from 0 to model.cascade - 1 = 1, not 2"
+    ):
+        load_config(path)
+    cfg["train"]["frozen_stages"] = 0
+    cfg.update(output="misgrown", model={**model, "cascade": 2, "channels": [8, 16, 32]})
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 1
+    assert "layer shapes (model.channels or model.cascade)" in capsys.readouterr().err
+
+
 def test_every_shipped_recipe_loads_and_an_init_recipe_fits_its_checkpoint():
     from pathlib import Path
 

@@ -84,6 +84,12 @@ class UniRegNet(torch.nn.Module):
         torch.nn.init.zeros_(flow[1].bias)
         return unet, flow
 
+    def stage_modules(self) -> list[torch.nn.Module]:
+        """The modules of each cascade stage, in order: the first stage's UNet and flow head, then
+        each refining stage. All have the same state-dict keys (``0.``: UNet, ``1.``: flow head),
+        so one stage's weights load into another of the same channels."""
+        return [torch.nn.ModuleList([self.unet, self.flow]), *self.refine]
+
     def flow_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(s // self.flow_stride for s in image_shape)
 

@@ -44,7 +44,10 @@ starts from step 0. A long run can go on in the background (``nohup unireg train
 **Starting from trained weights.** ``train.init``: a checkpoint (``unireg train``'s ``model.pt``
 or a snapshot; ``default``: the packaged default model) whose weights start a new run instead of
 a random initialisation, e.g. to train a shipped model further or to fine-tune it on another
-cohort. Its architecture (``model`` section) must be the recipe's; the optimiser starts afresh.
+cohort. Its architecture (``model`` section) must be the recipe's, or the same with a smaller
+``model.cascade``: the stages it lacks then start as copies of its last stage (growing a cascade
+by a stage). ``train.frozen_stages`` = k keeps the first k stages' weights fixed (e.g. the grown
+cascade's trained stages, so that only the new one learns). The optimiser starts afresh.
 The run validates once before its first step (step 0 of the learning curve: where it started),
 and the card records the checkpoint (path, sha256, its own steps). A resumed run continues from
 ``last.pt`` as always.
@@ -114,6 +117,7 @@ DEFAULTS = {
         "steps": 1000,
         "learning_rate": 1e-3,
         "init": None,
+        "frozen_stages": 0,
         "seed": 0,
         "validate_every": 250,
         "val_pairs": 9,
@@ -156,6 +160,12 @@ def load_config(path: str | Path) -> dict:
     flip = config["train"]["augment"]["flip"]
     if not 0.0 <= flip <= 1.0:
         raise UniregError(f"train.augment.flip must be a probability in [0, 1], not {flip}", path=path)
+    frozen, cascade = config["train"]["frozen_stages"], config["model"]["cascade"]
+    if not (isinstance(frozen, int) and 0 <= frozen < cascade):
+        raise UniregError(
+            f"train.frozen_stages must be a whole number from 0 to model.cascade - 1 = {cascade - 1}, not {frozen}",
+            path=path,
+        )
     base = path.parent
     for section, key in (("data", "images"), ("data", "labels"), ("data", "cache")):
         if config[section][key]:
@@ -343,6 +353,8 @@ class Trainer:
         self.mirrored_set = [mirrored_record(r, self.mirror_axis) for r in self.train_set] if flip else []
         self.model = build_model(config["model"]).to(self.device)
         self.model.train()
+        for stage in self.model.stage_modules()[: train_cfg["frozen_stages"]]:
+            stage.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimiser = torch.optim.Adam(self.params, lr=train_cfg["learning_rate"])
         loss_cfg = config["loss"]
@@ -525,10 +537,16 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def _initialise(self, source: str) -> None:
-        """Start from a trained checkpoint's weights (``train.init``), which must fit the recipe's model."""
+        """Start from a trained checkpoint's weights (``train.init``), which must fit the recipe's
+        model, or be the same model with fewer cascade stages: then each stage it lacks starts as a
+        copy of its last stage (growing a cascade)."""
         path = DEFAULT_MODEL if source == "default" else Path(source)
         trained, payload = load_checkpoint(path)
         mine, theirs = architecture(self.model), architecture(trained)
+        grown = theirs["cascade"] < mine["cascade"]
+        if grown:  # the shared stages' tensors must match; the recipe's further stages are new
+            theirs = {**theirs, "cascade": mine["cascade"]}
+            mine = {**mine, "weights": {k: v for k, v in mine["weights"].items() if k in theirs["weights"]}}
         differ = [key for key in mine if mine[key] != theirs[key]]
         if differ:
             what = ", ".join(
@@ -539,9 +557,21 @@ class Trainer:
             )
             raise UniregError(f"train.init checkpoint does not fit the recipe's model: it has {what}", path=path)
         self.model.load_state_dict(model_state(trained), strict=False)
+        stages, last = self.model.stage_modules(), trained.stage_modules()[-1]
+        for stage in stages[trained.cascade :]:
+            stage.load_state_dict(last.state_dict())
         card = payload.get("model_card") or {}
         self.init = {"checkpoint": str(path), "sha256": payload["sha256"], "steps": card.get("steps")}
-        self.log(f"initialised from {path} ({card.get('steps', '?')} steps)")
+        if grown:
+            self.init["cascade"] = trained.cascade
+        self.log(
+            f"initialised from {path} ({card.get('steps', '?')} steps"
+            + (
+                f"; new stages {list(range(trained.cascade + 1, len(stages) + 1))} copy its stage {trained.cascade})"
+                if grown
+                else ")"
+            )
+        )
 
     def _resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -725,7 +755,13 @@ def write_learning_curve(card: dict, out_dir: Path) -> None:
         f"{card['device']}; validation subjects {', '.join(card['val_subjects'])}."
         + (
             f" Started from {Path(card['init']['checkpoint']).name} (sha256 {card['init']['sha256'][:12]}, "
-            f"{card['init']['steps']} steps): step 0 is its validation."
+            f"{card['init']['steps']} steps"
+            + (
+                f", a cascade of {card['init']['cascade']} grown by copies of its last stage"
+                if card["init"].get("cascade")
+                else ""
+            )
+            + "): step 0 is its validation."
             if card.get("init")
             else ""
         )
