@@ -422,7 +422,11 @@ def test_a_cascade_grows_by_a_stage_from_a_smaller_checkpoint_with_its_stages_fr
         UniregError, match=r"train.frozen_stages must be a whole number from 0 to model.cascade - 1 = 1, not 2"
     ):
         load_config(path)
-    cfg["train"]["frozen_stages"] = 0
+    cfg["train"].update(frozen_stages=1, init=None)
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UniregError, match="train.frozen_stages needs train.init"):
+        load_config(path)
+    cfg["train"].update(frozen_stages=0, init="one/model.pt")
     cfg.update(output="misgrown", model={**model, "cascade": 2, "channels": [8, 16, 32]})
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path), "--no-progress"]) == 1

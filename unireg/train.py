@@ -166,6 +166,10 @@ def load_config(path: str | Path) -> dict:
             f"train.frozen_stages must be a whole number from 0 to model.cascade - 1 = {cascade - 1}, not {frozen}",
             path=path,
         )
+    if frozen and not config["train"]["init"]:
+        raise UniregError(
+            "train.frozen_stages needs train.init: frozen stages would keep their random weights", path=path
+        )
     base = path.parent
     for section, key in (("data", "images"), ("data", "labels"), ("data", "cache")):
         if config[section][key]:
