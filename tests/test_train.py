@@ -10,7 +10,7 @@ import yaml
 from unireg.cli import main
 from unireg.errors import UniregError
 from unireg.model import build_model, load_checkpoint
-from unireg.train import discover_dataset, load_config
+from unireg.train import Trainer, discover_dataset, load_config
 
 
 def _config(root, steps, **extra):
@@ -64,7 +64,6 @@ def test_training_is_deterministic_for_a_seed(tiny_dataset):
 
 def _augmented_trainer(root, output: str, augment: dict):
     """A 2-step Trainer with intensity augmentation: features are then recomputed every step."""
-    from unireg.train import Trainer
 
     path = _config(root, 2, output=output)
     cfg = yaml.safe_load(path.read_text())
@@ -85,7 +84,6 @@ def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
 
 
 def test_flip_augmentation_trains_on_the_subjects_mirrored_left_right(tiny_dataset):
-    from unireg.train import Trainer
 
     path = _config(tiny_dataset, 2, output="flip")
     cfg = yaml.safe_load(path.read_text())
@@ -183,6 +181,22 @@ def test_a_plateau_drops_the_learning_rate_until_its_drops_are_spent(tiny_datase
     assert json.loads((run / "model_card.json").read_text())["steps"] == 5
 
 
+def test_a_best_found_after_a_drop_keeps_the_drops_that_were_spent(tiny_dataset):
+    # the rule's bookkeeping through a real trainer: best, plateau and drop, a new best at the lower
+    # rate, then a plateau again, which must stop the run (1 drop allowed), not drop a second time
+    path = _plateau_config(tiny_dataset, "drops_kept", drops=1)
+    cfg = load_config(path)
+    cfg["train"]["plateau"]["min_delta"] = 0.01
+    trainer = Trainer(cfg, resume=False, log=lambda *_: None)
+    decisions = []
+    for step, val_dice in enumerate([0.50, 0.50, 0.55, 0.55], start=1):
+        trainer.step = step
+        decisions.append(trainer._plateau(val_dice))
+    assert decisions == [False, False, False, True]
+    assert trainer.best["step"] == 3 and trainer.best["lr_drops"] == [{"step": 2, "learning_rate": 0.0005}]
+    assert trainer.learning_rate == 0.0005
+
+
 def test_a_learning_rate_factor_outside_0_1_is_an_error(tiny_dataset):
     path = _plateau_config(tiny_dataset, "bad_factor", drops=1)
     cfg = yaml.safe_load(path.read_text())
@@ -277,7 +291,6 @@ def test_snapshots_are_loadable_checkpoints_of_their_step(tiny_dataset):
 
 
 def test_finish_ships_a_stopped_run_without_training(tiny_dataset, capsys):
-    from unireg.train import Trainer
 
     path = _config(tiny_dataset, 6, output="tofinish")
     run = tiny_dataset / "tofinish"
