@@ -84,7 +84,6 @@ def test_intensity_augmentation_recomputes_features_and_trains(tiny_dataset):
 
 
 def test_flip_augmentation_trains_on_the_subjects_mirrored_left_right(tiny_dataset):
-
     path = _config(tiny_dataset, 2, output="flip")
     cfg = yaml.safe_load(path.read_text())
     cfg["train"]["augment"] = {"flip": 1.0}  # every pair mirrored
@@ -291,7 +290,6 @@ def test_snapshots_are_loadable_checkpoints_of_their_step(tiny_dataset):
 
 
 def test_finish_ships_a_stopped_run_without_training(tiny_dataset, capsys):
-
     path = _config(tiny_dataset, 6, output="tofinish")
     run = tiny_dataset / "tofinish"
     assert main(["train", "--config", str(path), "--no-progress", "--restart", "--finish"]) == 1

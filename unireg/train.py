@@ -508,8 +508,8 @@ class Trainer:
         raised the best by ``min_delta`` (the best weights go to best.pt)."""
         plateau = self.config["train"]["plateau"]
         if val_dice > self.best["val_dice"] + plateau["min_delta"] or self.best["val_dice"] == float("-inf"):
-            # a new best restarts the count; the drops made so far still count towards the stop
-            self.best = {"val_dice": val_dice, "step": self.step, "stale": 0, "lr_drops": self.best.get("lr_drops", [])}
+            # in place: a new best restarts the count, the drops made so far still count towards the stop
+            self.best.update(val_dice=val_dice, step=self.step, stale=0)
             weights = model_state(self.model)
             write_atomic(self.out / "best.pt", lambda tmp: torch.save(weights, tmp))
         else:
