@@ -372,7 +372,7 @@ def test_a_run_can_start_from_a_trained_checkpoint(tiny_dataset, capsys):
     assert rows[0]["total"] == "" and float(rows[0]["val_dice"]) == pytest.approx(base_card["validation"]["val_dice"])
     card = json.loads((run / "model_card.json").read_text())
     digest = (base / "model.pt.sha256").read_text().split()[0]
-    assert card["init"] == {"checkpoint": str(base / "model.pt"), "sha256": digest, "steps": 2}
+    assert card["init"] == {"checkpoint": str(base / "model.pt"), "sha256": digest, "steps": base_card["best_step"]}
     assert "Started from model.pt" in (run / "model_card.md").read_text()
     # step 1 (a validation) moved the weights; resumed to step 2, the step-0 row stays the only one
     trained, _ = load_checkpoint(base / "model.pt")
@@ -382,7 +382,15 @@ def test_a_run_can_start_from_a_trained_checkpoint(tiny_dataset, capsys):
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path), "--no-progress"]) == 0
     assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == [0, 1, 2]
-    assert json.loads((run / "model_card.json").read_text())["init"]["sha256"] == digest
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["init"]["sha256"] == digest
+    # a run from a run from trained weights counts the whole lineage: its init's steps and theirs
+    cfg.update(output="third")
+    cfg["train"].update(init="further/model.pt", steps=1)
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    third = json.loads((tiny_dataset / "third" / "model_card.json").read_text())
+    assert third["init"]["steps"] == card["best_step"] + base_card["best_step"]
     # another architecture: one line naming what differs, nothing trained
     cfg.update(output="misfit", model={"extractor": "mobilenet_v1_025", "channels": [8, 16, 16], "flow_stride": 1})
     path.write_text(yaml.safe_dump(cfg))

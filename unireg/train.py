@@ -566,7 +566,12 @@ class Trainer:
         for stage in stages[trained.cascade :]:
             stage.load_state_dict(last.state_dict())
         card = payload.get("model_card") or {}
-        self.init = {"checkpoint": str(path), "sha256": payload["sha256"], "steps": card.get("steps")}
+        # the steps these weights saw: their run's up to the step they are (a finished run's
+        # model.pt is its best step, not its last) plus those of the weights that run started from
+        seen = card.get("best_step", card.get("steps"))
+        if seen is not None:
+            seen += (card.get("init") or {}).get("steps") or 0
+        self.init = {"checkpoint": str(path), "sha256": payload["sha256"], "steps": seen}
         if grown:
             self.init["cascade"] = trained.cascade
         self.log(
