@@ -13,8 +13,10 @@ Adam lr 1e-3, seed 0) and differs only in its feature extractor:
 
 * ``mobilenet``: the packaged unireg_mobilenet_v1_025.pt (frozen ImageNet MobileNetV1 x0.25),
   recipe config/train_default.yaml;
-* ``mind``: the packaged unireg_mind.pt (frozen MIND-SSC, a cascade of 2 UNets),
-  config/train_mind_cascade2.yaml then config/train_mind_cascade2_more.yaml from its weights;
+* ``mind``: the packaged unireg_mind.pt (frozen MIND-SSC, a cascade of 3 UNets),
+  config/train_mind_cascade2.yaml, then config/train_mind_cascade2_more.yaml,
+  config/train_mind_cascade2_smooth01.yaml and config/train_mind_cascade3_grown_smooth01.yaml, each
+  from the weights of the one before;
 * ``reinit``: ablation, frozen MobileNet whose first conv (the earliest layer) is re-initialised
   randomly (extractor ``mobilenet_v1_025_reinit``), config/train_reinit.yaml -> runs/reinit/model.pt;
 * ``scratch``: the same encoder architecture randomly initialised and trained end to end with the
@@ -85,7 +87,7 @@ METHODS = {
         "config/train_default.yaml",
         MODELS / "unireg_mobilenet_v1_025.pt",
     ),
-    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind_cascade2_more.yaml", MODELS / "unireg_mind.pt"),
+    "mind": ("UniReg, frozen MIND-SSC", "config/train_mind_cascade3_grown_smooth01.yaml", MODELS / "unireg_mind.pt"),
     "reinit": (
         "UniReg, frozen MobileNet, 1st conv re-initialised",
         "config/train_reinit.yaml",
@@ -265,7 +267,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
     differs = {k: v for k, v in network.items() if recipe_network.get(k) != v}
     if differs:
         recipe = f"{recipe} but model {', '.join(f'{k}: {v}' for k, v in differs.items())}"
-    # a run from trained weights (train.init): count the steps of the run it started from too
+    # a run from trained weights (train.init): count the steps those weights saw too (their lineage)
     before = (card.get("init") or {}).get("steps") or 0
     device = card.get("device")
     if before and device:

@@ -52,11 +52,12 @@ def test_every_method_mode_and_case_has_a_row_with_sane_numbers(smoke):
         t1 = float(rows[(method, mode, T1)]["dice_mean"])
         assert drop == pytest.approx(t1 - dice, abs=1e-4)
     # the packaged models record their training runs; the stand-ins say they are untrained
-    # (mind: 6,000 steps from a random start, then 8,500 more from those weights with seed 1)
-    for method, seed, steps in (("mobilenet", "0", "1000"), ("mind", "1", "14500")):  # the packaged models
+    # (mind: 6,000 steps from a random start, then 8,500, 2,000 and, with seed 6, 1,250 more, each
+    # run from the weights of the one before)
+    for method, seed, steps in (("mobilenet", "0", "1000"), ("mind", "6", "17750")):  # the packaged models
         row = rows[(method, NETWORK, T1)]
         assert (row["train_seed"], row["train_steps"]) == (seed, steps) and "sha256" in row["checkpoint"]
-    assert rows[("mind", NETWORK, T1)]["train_device"] == "cpu (its run; 6000 steps before it: train.init)"
+    assert rows[("mind", NETWORK, T1)]["train_device"] == "cpu (its run; 16500 steps before it: train.init)"
     for method in ("reinit", "scratch", "remap", "mobilenet_mind", "mind_remap", "mobilenet_mind_remap"):
         assert rows[(method, NETWORK, T1)]["train_steps"] == "0"
     assert rows[("mobilenet_mind", NETWORK, T1)]["extractor"] == "mobilenet_v1_025+mind"
