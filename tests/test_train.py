@@ -397,12 +397,12 @@ def test_a_run_can_start_from_a_trained_checkpoint(tiny_dataset, capsys):
     assert main(["train", "--config", str(path), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "does not fit the recipe's model" in err and "flow_stride 2 (the recipe: 1)" in err and "model.pt" in err
-    cfg["train"]["init"] = "default"  # the packaged model: MIND-SSC, a cascade of 2, wider UNets
+    cfg["train"]["init"] = "default"  # the packaged model: MIND-SSC, a cascade of 3, wider UNets
     cfg["model"]["flow_stride"] = 2
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(path), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "extractor mind (the recipe: mobilenet_v1_025)" in err and "cascade 2 (the recipe: 1)" in err
+    assert "extractor mind (the recipe: mobilenet_v1_025)" in err and "cascade 3 (the recipe: 1)" in err
     assert not (tiny_dataset / "misfit" / "log.csv").exists()
 
 
