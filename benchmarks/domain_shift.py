@@ -224,7 +224,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
     import torch
 
     from unireg.model import build_model, load_checkpoint
-    from unireg.train import load_config
+    from unireg.train import load_config, steps_seen
 
     _, recipe, _ = METHODS[method]
     if method == "affine":
@@ -267,7 +267,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
     differs = {k: v for k, v in network.items() if recipe_network.get(k) != v}
     if differs:
         recipe = f"{recipe} but model {', '.join(f'{k}: {v}' for k, v in differs.items())}"
-    # a run from trained weights (train.init): count the steps those weights saw too (their lineage)
+    # a run from trained weights (train.init) says how many steps came before it
     before = (card.get("init") or {}).get("steps") or 0
     device = card.get("device")
     if before and device:
@@ -276,7 +276,7 @@ def load_model(method: str, checkpoint: Path | None, val_ids: list[str], smoke: 
         "checkpoint": f"{shown} (sha256 {sha[:12]})",
         "extractor": card["extractor"],
         "train_seed": card["seed"],
-        "train_steps": card.get("best_step", card["steps"]) + before,  # the steps the shipped weights saw
+        "train_steps": steps_seen(card),  # the steps the shipped weights saw, their lineage included
         "train_seconds": card.get("train_seconds", card.get("train_seconds_this_run")),
         "train_device": device,
         "recipe": recipe,

@@ -220,6 +220,14 @@ def discover_dataset(images: str | Path, labels: str | Path | None = None) -> li
     return sorted(items, key=lambda r: r["id"])
 
 
+def steps_seen(card: dict) -> int | None:
+    """The training steps a checkpoint's weights saw (None if its card does not say): its run's up
+    to the step they are (a finished run's model.pt is its best step, not its last) plus those of the
+    weights that run started from (``init.steps``, their own lineage)."""
+    seen = card.get("best_step", card.get("steps"))
+    return None if seen is None else seen + ((card.get("init") or {}).get("steps") or 0)
+
+
 def split_dataset(items: list[dict], n_train: int, n_val: int, seed: int, exclude=()) -> tuple[list, list]:
     items = [r for r in items if r["id"] not in set(exclude)]
     order = list(range(len(items)))
@@ -565,17 +573,12 @@ class Trainer:
         stages, last = self.model.stage_modules(), trained.stage_modules()[-1]
         for stage in stages[trained.cascade :]:
             stage.load_state_dict(last.state_dict())
-        card = payload.get("model_card") or {}
-        # the steps these weights saw: their run's up to the step they are (a finished run's
-        # model.pt is its best step, not its last) plus those of the weights that run started from
-        seen = card.get("best_step", card.get("steps"))
-        if seen is not None:
-            seen += (card.get("init") or {}).get("steps") or 0
+        seen = steps_seen(payload.get("model_card") or {})
         self.init = {"checkpoint": str(path), "sha256": payload["sha256"], "steps": seen}
         if grown:
             self.init["cascade"] = trained.cascade
         self.log(
-            f"initialised from {path} ({card.get('steps', '?')} steps"
+            f"initialised from {path} ({seen if seen is not None else '?'} steps"
             + (
                 f"; new stages {list(range(trained.cascade + 1, len(stages) + 1))} copy its stage {trained.cascade})"
                 if grown
